@@ -1,0 +1,846 @@
+"""Session: a base snapshot plus a thread-safe change set; commit, fork, merge.
+
+A writable session records every write in its :class:`ChangeSet`. Chunk
+bytes go to storage as they are written (``chunks/<id>``); only references
+stay in memory, so what a worker sends back is small. ``commit`` publishes
+all of it at once by appending one entry to the branch's create-only log,
+rebasing onto commits that landed meanwhile when they do not conflict.
+
+Forks (``fork()``, or pickled copies made under ``allow_pickling()``) see
+their parent's uncommitted state and record only their own changes, which
+``merge`` brings back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from icechunk_dask._changeset import ChangeSet
+from icechunk_dask._exceptions import (
+    ConflictError,
+    ErrorKind,
+    InvalidInputError,
+    NoChangesToCommitError,
+    NotFoundError,
+    PicklingNotAllowedError,
+    ReadOnlyError,
+    RebaseFailedError,
+    SessionStateError,
+    UnmergedWritesError,
+)
+from icechunk_dask._flush import shard_of, write_snapshot
+from icechunk_dask._repository import Repository, now_iso
+from icechunk_dask._sync import run
+from icechunk_dask.format import ChunkRef, decode_scratch, encode_scratch, new_id
+from icechunk_dask.format._keys import is_meta_key, split_key
+
+if TYPE_CHECKING:
+    from icechunk_dask._store import SessionStore
+
+__all__ = ["ALLOW_PICKLING_HOOKS", "Session", "SessionStatus"]
+
+#: Context-manager factories entered (outermost level only) by ``Session.allow_pickling``.
+#: ``icechunk_dask.dask`` registers one that makes plain ``ds.to_zarr(session.store)``
+#: bring worker-side writes back on a distributed cluster.
+ALLOW_PICKLING_HOOKS: list[Callable[[Session], contextlib.AbstractContextManager[None]]] = []
+
+READ_ONLY_MESSAGE = "store was opened in read-only mode and does not support writing"
+
+PICKLING_MESSAGE = (
+    "A writable session cannot be pickled without opting in: a copy sent to another "
+    "process (a Dask worker, a process pool) records its writes in its own change set, and "
+    "they are lost unless that copy comes back and is merged. Choose one:\n"
+    "  * icechunk_dask.to_zarr(ds, session) or icechunk_dask.store_sessions(...) for Dask "
+    "arrays: they fork, write and merge for you;\n"
+    "  * session.fork() for a picklable child whose changes you merge back with "
+    "session.merge(...);\n"
+    "  * 'with session.allow_pickling():' to send the session itself, then return the "
+    "copies and merge them with merge_sessions(session, *copies) before commit.\n"
+    "To only read data, pass repo.readonly_session(...) instead."
+)
+
+_MISSING: Any = object()
+_BIG = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStatus:
+    """What a session changed relative to its base snapshot."""
+
+    new_groups: set[str] = field(default_factory=set)
+    new_arrays: set[str] = field(default_factory=set)
+    updated_groups: set[str] = field(default_factory=set)
+    updated_arrays: set[str] = field(default_factory=set)
+    deleted_groups: set[str] = field(default_factory=set)
+    deleted_arrays: set[str] = field(default_factory=set)
+    updated_chunks: dict[str, int] = field(default_factory=dict)
+    """Number of chunks written or deleted, per array path."""
+    deleted_chunks: dict[str, int] = field(default_factory=dict)
+    """Of those, how many were deleted."""
+
+    def is_empty(self) -> bool:
+        """Whether nothing changed."""
+        return not any(
+            (
+                self.new_groups,
+                self.new_arrays,
+                self.updated_groups,
+                self.updated_arrays,
+                self.deleted_groups,
+                self.deleted_arrays,
+                self.updated_chunks,
+            )
+        )
+
+
+def _node_type(doc: bytes | None, key: str) -> str:
+    name = key.rpartition("/")[2]
+    if name == ".zarray":
+        return "array"
+    if name == ".zgroup":
+        return "group"
+    if doc is None:
+        return "unknown"
+    try:
+        parsed = json.loads(doc)
+    except ValueError:
+        return "unknown"
+    return str(parsed.get("node_type", "unknown")) if isinstance(parsed, dict) else "unknown"
+
+
+def _validate_metadata(key: str, doc: bytes) -> None:
+    """Refuse ``zarr.json`` documents that are not valid Zarr v3 metadata."""
+    if key.rpartition("/")[2] != "zarr.json":
+        return
+    try:
+        parsed = json.loads(doc)
+    except ValueError as e:
+        raise InvalidInputError(f"{key!r} is not valid JSON ({e}); nothing was committed") from e
+    if not isinstance(parsed, dict) or parsed.get("zarr_format") != 3:
+        raise InvalidInputError(
+            f"{key!r} is not Zarr v3 metadata (no \"zarr_format\": 3); write arrays and groups "
+            "with zarr (zarr_format=3). Nothing was committed"
+        )
+    node_type = parsed.get("node_type")
+    if node_type == "array":
+        from zarr.core.metadata.v3 import ArrayV3Metadata
+
+        try:
+            ArrayV3Metadata.from_dict(dict(parsed))
+        except Exception as e:
+            raise InvalidInputError(
+                f"{key!r} is not valid Zarr v3 array metadata: {e}. Nothing was committed"
+            ) from e
+    elif node_type != "group":
+        raise InvalidInputError(
+            f"{key!r} has node_type {node_type!r}; Zarr v3 knows 'array' and 'group'. "
+            "Nothing was committed"
+        )
+
+
+class Session:
+    """A view of one snapshot, writable or not, that records and commits changes.
+
+    Sessions are made by :meth:`Repository.writable_session` and
+    :meth:`Repository.readonly_session`; do not construct them directly.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        snapshot_id: str,
+        *,
+        branch: str | None,
+        read_only: bool,
+        session_id: str | None = None,
+        is_fork: bool = False,
+        tracked: bool = False,
+    ) -> None:
+        self._repo = repo
+        self._base = snapshot_id
+        self._branch = branch
+        self._read_only = read_only
+        self._committed = False
+        self._is_fork = is_fork
+        self._tracked = tracked
+        self._session_id = session_id or new_id()
+        self._cs = ChangeSet(repo.repo_id, snapshot_id)
+        self._inh_meta: dict[str, bytes | None] = {}
+        self._inh_chunks: dict[str, ChunkRef | None] | None = {}
+        self._inh_scratch: str | None = None
+        self._lock = threading.Lock()
+        self._load_lock = asyncio.Lock()
+        self._writer = new_id()
+        self._seq = itertools.count()
+        self._marker_done = False
+        self._pickle_depth = 0
+        self._pickle_stack: contextlib.ExitStack | None = None
+        self._chunks_version = 0
+        self._scratch_cache: tuple[int, str] | None = None
+        self._store: SessionStore | None = None
+
+    # -- properties -----------------------------------------------------------
+
+    @property
+    def repository(self) -> Repository:
+        """The repository this session belongs to."""
+        return self._repo
+
+    @property
+    def store(self) -> SessionStore:
+        """The Zarr store through which this session reads and writes."""
+        if self._store is None:
+            from icechunk_dask._store import SessionStore
+
+            self._store = SessionStore(self)
+        return self._store
+
+    @property
+    def branch(self) -> str | None:
+        """The branch this session commits to (``None`` for forks and snapshot views)."""
+        return self._branch
+
+    @property
+    def snapshot_id(self) -> str:
+        """The snapshot the session is based on (after commit: the new snapshot)."""
+        return self._base
+
+    @property
+    def session_id(self) -> str:
+        """Id shared by a session, its forks and its pickled copies."""
+        return self._session_id
+
+    @property
+    def read_only(self) -> bool:
+        """Whether writes are refused (read-only sessions, and sessions after commit)."""
+        return self._read_only
+
+    @property
+    def is_fork(self) -> bool:
+        """Whether this is a fork or a pickled copy (it merges back; it cannot commit)."""
+        return self._is_fork
+
+    @property
+    def has_uncommitted_changes(self) -> bool:
+        """Whether this session holds changes of its own."""
+        return bool(self._cs)
+
+    def __repr__(self) -> str:
+        kind = "read-only" if self._read_only else ("fork" if self._is_fork else "writable")
+        return (
+            f"<Session {kind} branch={self._branch!r} snapshot={self._base} "
+            f"changes={len(self._cs)}>"
+        )
+
+    # -- reading --------------------------------------------------------------
+
+    async def _inherited_chunks(self) -> dict[str, ChunkRef | None]:
+        chunks = self._inh_chunks
+        if chunks is not None:
+            return chunks
+        async with self._load_lock:
+            if self._inh_chunks is None:
+                assert self._inh_scratch is not None
+                key = self._inh_scratch
+                self._inh_chunks = decode_scratch(await self._repo.storage.get(key), key)
+            return self._inh_chunks
+
+    async def _committed_ref(self, key: str) -> ChunkRef | None:
+        snap = await self._repo.get_snapshot(self._base)
+        node, suffix = split_key(key)
+        nm = snap.nodes.get(node)
+        if nm is None:
+            return None
+        mid = nm.shards[shard_of(suffix, len(nm.shards))]
+        if mid is None:
+            return None
+        return (await self._repo.get_manifest(mid)).get(suffix)
+
+    async def get_meta(self, key: str) -> bytes | None:
+        """The current metadata document at ``key`` (``None`` if absent)."""
+        doc = self._cs.meta.get(key, _MISSING)
+        if doc is _MISSING:
+            doc = self._inh_meta.get(key, _MISSING)
+        if doc is _MISSING:
+            doc = (await self._repo.get_snapshot(self._base)).meta.get(key)
+        return doc  # type: ignore[no-any-return]
+
+    async def get_ref(self, key: str) -> ChunkRef | None:
+        """The current chunk reference at ``key`` (``None`` if absent)."""
+        ref = self._cs.chunks.get(key, _MISSING)
+        if ref is _MISSING:
+            inherited = self._inh_chunks
+            if inherited is None or inherited:
+                ref = (await self._inherited_chunks()).get(key, _MISSING)
+        if ref is _MISSING:
+            ref = await self._committed_ref(key)
+        return ref  # type: ignore[no-any-return]
+
+    async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes | None:
+        """Read a key's bytes (optionally a range); ``None`` if the key does not exist.
+
+        Whole-chunk reads are verified against the checksum in the manifest.
+
+        Raises
+        ------
+        CorruptObjectError
+            If the stored chunk is truncated or fails its checksum.
+        """
+        if is_meta_key(key):
+            doc = await self.get_meta(key)
+            if doc is None:
+                return None
+            return doc[start:] if length is None else doc[start : start + length]
+        ref = await self.get_ref(key)
+        if ref is None:
+            return None
+        loc, offset, size, crc = ref
+        if isinstance(loc, bytes):
+            return loc[start:] if length is None else loc[start : start + length]
+        from icechunk_dask._exceptions import CorruptObjectError
+
+        obj = f"chunks/{loc}"
+        whole = start == 0 and (length is None or length >= size)
+        start = min(start, size)
+        want = size - start if length is None else max(0, min(length, size - start))
+        try:
+            data = await self._repo.storage.get_range(obj, offset + start, want)
+        except NotFoundError:
+            raise CorruptObjectError(
+                f"chunk {key!r} is referenced but its object {obj!r} is missing: the "
+                "repository is damaged",
+                key=obj,
+            ) from None
+        if len(data) != want:
+            raise CorruptObjectError(
+                f"chunk {key!r} (object {obj!r}) is truncated: {len(data)} of {want} bytes",
+                key=obj,
+            )
+        if whole:
+            got = await asyncio.to_thread(zlib.crc32, data) if want > _BIG else zlib.crc32(data)
+            if got != crc:
+                raise CorruptObjectError(
+                    f"chunk {key!r} (object {obj!r}) fails its checksum: it is damaged",
+                    key=obj,
+                )
+        return data
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` exists in this session's view."""
+        if is_meta_key(key):
+            return await self.get_meta(key) is not None
+        return await self.get_ref(key) is not None
+
+    async def list_prefix(self, prefix: str) -> set[str]:
+        """All keys starting with ``prefix`` in this session's view."""
+        snap = await self._repo.get_snapshot(self._base)
+        keys = {k for k in snap.meta if k.startswith(prefix)}
+        for node, nm in snap.nodes.items():
+            head = f"{node}/" if node else ""
+            if not (head.startswith(prefix) or prefix.startswith(head)):
+                continue
+            for mid in nm.shards:
+                if mid is None:
+                    continue
+                for suffix in await self._repo.get_manifest(mid):
+                    k = head + suffix
+                    if k.startswith(prefix):
+                        keys.add(k)
+        layers: list[dict[str, Any]] = [self._inh_meta, await self._inherited_chunks()]
+        layers += [self._cs.meta, self._cs.chunks]
+        for layer in layers:
+            for k, v in list(layer.items()):
+                if not k.startswith(prefix):
+                    continue
+                if v is None:
+                    keys.discard(k)
+                else:
+                    keys.add(k)
+        return keys
+
+    # -- writing --------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            why = "it was committed" if self._committed else "it is a read-only session"
+            raise ReadOnlyError(
+                f"{READ_ONLY_MESSAGE}: {why}. Start a new one with "
+                "repo.writable_session(branch) to write"
+            )
+
+    async def _mark_writer(self) -> None:
+        # A tracked copy (made by pickling under allow_pickling) leaves a marker before its
+        # first data write, so that commit can tell whether its writes came back.
+        if self._tracked and not self._marker_done:
+            key = f"sessions/{self._session_id}/{self._writer}"
+            await self._repo.storage.put(key, b"")
+            with self._lock:
+                self._cs.writers.add(self._writer)
+                self._marker_done = True
+
+    async def _record(self, key: str, value: Any, meta: bool) -> None:
+        inherited: dict[str, Any] = (
+            self._inh_meta if meta else (await self._inherited_chunks() if not meta else {})
+        )
+        with self._lock:
+            self._check_writable()
+            own = self._cs.meta if meta else self._cs.chunks
+            if key not in own and key in inherited:
+                prev = self._cs.prev_meta if meta else self._cs.prev_chunks
+                prev[key] = inherited[key]
+            own[key] = value
+            if not meta:
+                self._chunks_version += 1
+
+    async def write(self, key: str, data: bytes) -> None:
+        """Record a write of ``data`` at ``key``.
+
+        Raises
+        ------
+        ReadOnlyError
+            If the session is read-only or committed.
+        """
+        self._check_writable()
+        if is_meta_key(key):
+            await self._record(key, bytes(data), meta=True)
+            return
+        await self._mark_writer()
+        size = len(data)
+        crc = await asyncio.to_thread(zlib.crc32, data) if size > _BIG else zlib.crc32(data)
+        if size <= self._repo.config.inline_threshold:
+            ref: ChunkRef = (bytes(data), 0, size, crc)
+        else:
+            chunk_id = f"{self._writer}{next(self._seq):x}"
+            await self._repo.storage.put(f"chunks/{chunk_id}", data)
+            ref = (chunk_id, 0, size, crc)
+        await self._record(key, ref, meta=False)
+
+    async def remove(self, key: str) -> None:
+        """Record the deletion of ``key`` (no-op if it does not exist)."""
+        self._check_writable()
+        if not await self.exists(key):
+            return
+        await self._record(key, None, meta=is_meta_key(key))
+
+    # -- status ---------------------------------------------------------------
+
+    def status(self) -> SessionStatus:
+        """Summarise this session's changes (including what a fork inherited).
+
+        Returns
+        -------
+        SessionStatus
+            New, updated and deleted groups and arrays, and chunk counts per array.
+        """
+        snap = run(self._repo.get_snapshot(self._base))
+        with self._lock:
+            meta = {**self._inh_meta, **self._cs.meta}
+            chunks = dict(self._cs.chunks)
+        out = SessionStatus()
+        for key, doc in meta.items():
+            path = key.rpartition("/")[0]
+            before = snap.meta.get(key)
+            kind = _node_type(doc if doc is not None else before, key)
+            if kind not in ("array", "group"):
+                continue
+            if doc is None:
+                target = out.deleted_arrays if kind == "array" else out.deleted_groups
+                if before is not None:
+                    target.add(path)
+            elif before is None:
+                (out.new_arrays if kind == "array" else out.new_groups).add(path)
+            elif before != doc:
+                (out.updated_arrays if kind == "array" else out.updated_groups).add(path)
+        for key, ref in chunks.items():
+            node, _ = split_key(key)
+            out.updated_chunks[node] = out.updated_chunks.get(node, 0) + 1
+            if ref is None:
+                out.deleted_chunks[node] = out.deleted_chunks.get(node, 0) + 1
+        return out
+
+    def discard_changes(self) -> None:
+        """Drop every uncommitted change of this session."""
+        self._check_writable()
+        with self._lock:
+            self._cs = ChangeSet(self._repo.repo_id, self._base)
+            self._chunks_version += 1
+
+    # -- fork / merge ---------------------------------------------------------
+
+    def _child(self, *, tracked: bool) -> Session:
+        child = Session(
+            self._repo,
+            self._base,
+            branch=self._branch,
+            read_only=False,
+            session_id=self._session_id,
+            is_fork=True,
+            tracked=tracked,
+        )
+        return child
+
+    def fork(self) -> Session:
+        """Return a picklable child that sees this session's uncommitted state.
+
+        The child records only its own changes; bring them back with
+        :meth:`merge`. Forking does no I/O unless a pickled fork must carry
+        uncommitted chunk writes of its parent (then they are stored once, as
+        a small scratch object, when the fork is first pickled).
+
+        Returns
+        -------
+        Session
+            A fork: writable, picklable, cannot commit.
+
+        Raises
+        ------
+        SessionStateError
+            If this session is read-only or committed.
+        """
+        if self._read_only:
+            raise SessionStateError(
+                "cannot fork a read-only or committed session; forks are for writing. Use "
+                "repo.writable_session(branch).fork()"
+            )
+        child = self._child(tracked=False)
+        with self._lock:
+            own_meta, own_chunks = self._cs.meta, self._cs.chunks
+            child._inh_meta = {**self._inh_meta, **own_meta} if own_meta else self._inh_meta
+            if not own_chunks:
+                child._inh_chunks = self._inh_chunks
+                child._inh_scratch = self._inh_scratch
+            else:
+                child._inh_chunks = None if self._inh_chunks is None else dict(self._inh_chunks)
+                child._inh_scratch = self._inh_scratch
+                if child._inh_chunks is None:
+                    child._inh_chunks = dict(run(self._inherited_chunks()))
+                child._inh_chunks.update(own_chunks)
+                child._inh_scratch = None
+        return child
+
+    def changes(self) -> ChangeSet:
+        """Return a compact, picklable record of this session's own changes.
+
+        Pure: the session keeps its changes. A Dask task returns this record;
+        :meth:`merge` accepts it.
+
+        Returns
+        -------
+        ChangeSet
+            A copy of the session's change set.
+        """
+        with self._lock:
+            return self._cs.copy()
+
+    def merge(self, *others: Session | ChangeSet) -> None:
+        """Merge forks, pickled copies or change records into this session, in place.
+
+        All or nothing: if any record cannot be merged, the session is unchanged.
+
+        Parameters
+        ----------
+        *others
+            Sessions (forks or copies of this session) or :class:`ChangeSet` records.
+
+        Raises
+        ------
+        InvalidInputError
+            If a record belongs to another repository or another base snapshot.
+        ConflictError
+            If two records wrote different bytes to one chunk, or conflicting metadata.
+        TypeError
+            If an argument is neither a Session nor a ChangeSet.
+        """
+        self._check_writable()
+        records: list[ChangeSet] = []
+        for other in others:
+            if isinstance(other, Session):
+                if other is not self:
+                    records.append(other.changes())
+            elif isinstance(other, ChangeSet):
+                records.append(other)
+            else:
+                raise TypeError(
+                    f"merge accepts Session and ChangeSet objects, got {type(other).__name__}"
+                )
+        with self._lock:
+            merged = self._cs.copy()
+            for rec in records:
+                merged.update(rec)
+            self._cs = merged
+            self._chunks_version += 1
+
+    # -- pickling -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def allow_pickling(self) -> Iterator[None]:
+        """Allow this writable session to be pickled inside the block (nestable).
+
+        Every unpickled copy is a fork that records its own writes and must be
+        returned and merged (``merge_sessions(session, *copies)``) before
+        :meth:`commit`; commit refuses to proceed if a copy wrote data that
+        never came back.
+
+        Yields
+        ------
+        None
+        """
+        with self._lock:
+            self._pickle_depth += 1
+            outer = self._pickle_depth == 1
+        stack = contextlib.ExitStack()
+        try:
+            if outer:
+                for hook in ALLOW_PICKLING_HOOKS:
+                    stack.enter_context(hook(self))
+            yield
+        finally:
+            stack.close()
+            with self._lock:
+                self._pickle_depth -= 1
+
+    @property
+    def pickling_allowed(self) -> bool:
+        """Whether this session may be pickled now."""
+        return self._read_only or self._is_fork or self._pickle_depth > 0
+
+    def _scratch_key(self, chunks: dict[str, ChunkRef | None], version: int) -> str | None:
+        if not chunks:
+            return None
+        cached = self._scratch_cache
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        key = f"scratch/{new_id()}"
+        run(self._repo.storage.put(key, encode_scratch(self._base, chunks)))
+        self._scratch_cache = (version, key)
+        return key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._read_only:
+            return (_rebuild_readonly, (self._repo, self._base, self._branch, self._session_id))
+        if not self.pickling_allowed:
+            raise PicklingNotAllowedError(PICKLING_MESSAGE)
+        with self._lock:
+            if self._is_fork:
+                # a fork travels with its own changes; what it inherited stays inherited
+                meta = self._inh_meta
+                own: bytes | None = self._cs.to_bytes()
+                inherited = self._inh_chunks or {}
+                scratch = self._inh_scratch
+                version, tracked = -1, self._tracked
+            else:
+                # a copy of a root session: the root's changes become the copy's inheritance
+                meta = {**self._inh_meta, **self._cs.meta}
+                own = None
+                inherited = dict(self._cs.chunks)
+                scratch = None
+                version, tracked = self._chunks_version, True
+        if scratch is None and inherited:
+            scratch = self._scratch_key(inherited, version)
+        state = (self._repo, self._base, self._branch, self._session_id, meta, scratch, own)
+        return (_rebuild_fork, (*state, tracked))
+
+    # -- commit ---------------------------------------------------------------
+
+    def commit(
+        self,
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        rebase_tries: int = 1000,
+    ) -> str:
+        """Commit every change of this session atomically to its branch.
+
+        If the branch moved since the session started, the changes are
+        rebased onto the new tip when they do not touch the same keys (with a
+        jittered exponential backoff between attempts). After a commit the
+        session is read-only at the new snapshot.
+
+        Parameters
+        ----------
+        message
+            Commit message.
+        metadata
+            JSON-serialisable properties stored with the snapshot.
+        rebase_tries
+            How many times to retry when other commits land first.
+
+        Returns
+        -------
+        str
+            The new snapshot id.
+
+        Raises
+        ------
+        NoChangesToCommitError
+            If there is nothing to commit.
+        RebaseFailedError
+            If commits that landed meanwhile changed the same keys (named in the error).
+        UnmergedWritesError
+            If pickled copies of this session wrote data that was never merged back.
+        SessionStateError
+            If this is a fork (merge it into its parent instead).
+        InvalidInputError
+            If a metadata document is not valid Zarr v3, or ``metadata`` is not JSON.
+        """
+        self._check_writable()
+        if self._is_fork:
+            raise SessionStateError(
+                "a fork cannot commit: merge it into the session it was forked from "
+                "(session.merge(fork) or merge_sessions(session, fork)) and commit that one"
+            )
+        if not isinstance(message, str):
+            raise InvalidInputError(f"the commit message must be a str, got {message!r}")
+        try:
+            meta_json = json.loads(json.dumps(metadata or {}))
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"commit metadata must be JSON-serialisable: {e}") from e
+        if not isinstance(meta_json, dict):
+            raise InvalidInputError("commit metadata must be a dict")
+        with self._lock:
+            cs = self._cs.copy()
+        if not cs:
+            raise NoChangesToCommitError(
+                "there are no changes to commit; write data through session.store first"
+            )
+        for key, doc in cs.meta.items():
+            if doc is not None:
+                _validate_metadata(key, doc)
+        assert self._branch is not None
+        new_id_ = run(self._commit_async(cs, message, meta_json, rebase_tries))
+        with self._lock:
+            self._base = new_id_
+            self._read_only = True
+            self._committed = True
+            self._cs = ChangeSet(self._repo.repo_id, new_id_)
+        return new_id_
+
+    async def _unmerged_writers(self, cs: ChangeSet) -> list[str]:
+        prefix = f"sessions/{self._session_id}/"
+        found = {k[len(prefix) :] for k in await self._repo.storage.list(prefix)}
+        return sorted(found - cs.writers)
+
+    async def _commit_async(
+        self, cs: ChangeSet, message: str, metadata: dict[str, Any], tries: int
+    ) -> str:
+        repo, branch = self._repo, self._branch
+        assert branch is not None
+        unmerged = await self._unmerged_writers(cs)
+        if unmerged:
+            raise UnmergedWritesError(
+                f"{len(unmerged)} pickled copies of this session wrote data that was never "
+                "merged back, so committing now would silently lose it. Return the sessions "
+                "from your tasks and call merge_sessions(session, *returned) (or "
+                "session.merge(...)) before commit; with Dask use icechunk_dask.to_zarr / "
+                "store_sessions, or run ds.to_zarr(session.store) inside "
+                "'with session.allow_pickling():'. To drop those writes deliberately, start "
+                "a new session"
+            )
+        checked = self._base
+        for attempt in range(tries + 1):
+            seq, ref = await repo.branch_tip(branch)
+            if ref is None or ref.deleted or ref.snapshot_id is None:
+                raise NotFoundError(
+                    f"branch {branch!r} was deleted; nothing was committed. Create it again "
+                    "with repo.create_branch or commit to another branch"
+                )
+            tip = ref.snapshot_id
+            if tip != checked:
+                await self._check_rebase(cs, checked, tip)
+                checked = tip
+            parent = await repo.get_snapshot(tip)
+            snap = await write_snapshot(repo, parent, cs, message, metadata, now_iso())
+            await repo.storage.durability_barrier()
+            if await repo.try_advance_branch(branch, seq + 1, snap.id, tip):
+                with contextlib.suppress(Exception):
+                    prefix = f"sessions/{self._session_id}/"
+                    await repo.storage.delete(prefix + w for w in cs.writers)
+                return snap.id
+            await asyncio.sleep(min(1.0, 0.005 * 2 ** min(attempt, 8)) * random.random())
+        raise ConflictError(
+            f"gave up committing to {branch!r} after {tries + 1} attempts: other commits kept "
+            "landing first. Nothing was committed; retry later or raise rebase_tries",
+            kind=ErrorKind.COMMIT_CONFLICT,
+        )
+
+    async def _check_rebase(self, cs: ChangeSet, since: str, tip: str) -> None:
+        repo = self._repo
+        logs = []
+        current: str | None = tip
+        while current != since:
+            if current is None:
+                raise RebaseFailedError(
+                    f"branch {self._branch!r} was reset to a history that does not contain this "
+                    f"session's base snapshot {since}; nothing was committed. Start a new "
+                    "session and redo the writes",
+                    conflicts=[("", "branch reset")],
+                )
+            logs.append(await repo.get_transaction_log(current))
+            current = (await repo.get_snapshot(current)).parent_id
+        tip_snap = await repo.get_snapshot(tip)
+        our_nodes = {split_key(k)[0] for k in cs.chunks}
+        our_meta_nodes = {k.rpartition("/")[0] for k in cs.meta}
+        conflicts: list[tuple[str, str]] = []
+        for log in logs:
+            for key in cs.meta.keys() & log.meta_keys:
+                if tip_snap.meta.get(key) != cs.meta[key]:
+                    conflicts.append((key, f"metadata also changed by commit {log.snapshot_id}"))
+            for key in cs.chunks.keys() & log.chunk_keys:
+                conflicts.append((key, f"chunk also written by commit {log.snapshot_id}"))
+            their_meta_nodes = {k.rpartition("/")[0] for k in log.meta_keys}
+            for node in our_nodes & their_meta_nodes:
+                conflicts.append((node, f"array metadata changed by commit {log.snapshot_id}"))
+            their_nodes = {split_key(k)[0] for k in log.chunk_keys}
+            for node in our_meta_nodes & their_nodes:
+                if node not in our_nodes:
+                    conflicts.append(
+                        (node, f"chunks written by commit {log.snapshot_id} under changed metadata")
+                    )
+        if conflicts:
+            shown = "; ".join(f"{k!r}: {why}" for k, why in conflicts[:10])
+            more = f" (and {len(conflicts) - 10} more)" if len(conflicts) > 10 else ""
+            raise RebaseFailedError(
+                f"cannot commit to {self._branch!r}: commits that landed since this session "
+                f"started changed the same data: {shown}{more}. Nothing was committed; start a "
+                "new session on the branch tip and redo the conflicting writes",
+                conflicts=conflicts,
+            )
+
+
+def _rebuild_readonly(
+    repo: Repository, snapshot_id: str, branch: str | None, session_id: str
+) -> Session:
+    return Session(repo, snapshot_id, branch=branch, read_only=True, session_id=session_id)
+
+
+def _rebuild_fork(
+    repo: Repository,
+    base: str,
+    branch: str | None,
+    session_id: str,
+    meta: dict[str, bytes | None],
+    scratch: str | None,
+    own: bytes | None,
+    tracked: bool,
+) -> Session:
+    repo.storage.check_usable()
+    s = Session(
+        repo, base, branch=branch, read_only=False, session_id=session_id, is_fork=True,
+        tracked=tracked,
+    )
+    s._inh_meta = meta
+    if scratch is not None:
+        s._inh_chunks = None
+        s._inh_scratch = scratch
+    if own is not None:
+        s._cs = ChangeSet.from_bytes(own)
+    return s

@@ -1,0 +1,17 @@
+"""Run the async core from synchronous public methods."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from zarr.core.sync import sync
+
+__all__ = ["run"]
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on zarr's I/O event loop and return its result."""
+    return sync(coro)

@@ -1,0 +1,134 @@
+"""The envelope every repository object is stored in: magic, kind, checksum.
+
+Layout (little endian)::
+
+    b"ICDK" | format u8 | kind u8 | flags u16 | header_len u32 | body_len u64
+    | crc32(header + body) u32 | header (JSON, UTF-8) | body
+
+Flag bit 0 means the body is zlib-compressed. A wrong magic, size or checksum
+is reported as :class:`CorruptObjectError` naming the key; it is never
+returned as data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from enum import IntEnum
+from typing import Any
+
+from icechunk_dask._exceptions import CorruptObjectError, FormatVersionError
+
+__all__ = ["FORMAT_VERSION", "ObjectKind", "decode_object", "encode_object"]
+
+MAGIC = b"ICDK"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<4sBBHIQI")
+_ZLIB = 1
+
+
+class ObjectKind(IntEnum):
+    """What an object is; stored in its envelope."""
+
+    CONFIG = 1
+    SNAPSHOT = 2
+    MANIFEST = 3
+    TRANSACTION = 4
+    BRANCH_REF = 5
+    TAG_REF = 6
+    SCRATCH = 7
+
+
+def encode_object(
+    kind: ObjectKind, header: dict[str, Any], body: bytes = b"", *, compress: bool = True
+) -> bytes:
+    """Wrap ``header`` and ``body`` into a checksummed envelope.
+
+    Parameters
+    ----------
+    kind
+        What the object is.
+    header
+        JSON-serialisable metadata, kept uncompressed.
+    body
+        Payload bytes.
+    compress
+        Compress the body with zlib (level 1).
+
+    Returns
+    -------
+    bytes
+        The stored form.
+    """
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    flags = 0
+    if compress and body:
+        body = zlib.compress(body, 1)
+        flags |= _ZLIB
+    crc = zlib.crc32(body, zlib.crc32(head))
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, int(kind), flags, len(head), len(body), crc)
+    return b"".join((prefix, head, body))
+
+
+def decode_object(data: bytes, key: str, kind: ObjectKind) -> tuple[dict[str, Any], bytes]:
+    """Check and unwrap an envelope.
+
+    Parameters
+    ----------
+    data
+        The stored bytes.
+    key
+        The storage key (for error messages).
+    kind
+        The kind the caller expects.
+
+    Returns
+    -------
+    tuple of (dict, bytes)
+        The header and the (decompressed) body.
+
+    Raises
+    ------
+    CorruptObjectError
+        If the object is truncated, has a wrong checksum or is not of ``kind``.
+    FormatVersionError
+        If the object was written by a newer format version.
+    """
+    if len(data) < _PREFIX.size:
+        raise CorruptObjectError(
+            f"object {key!r} is truncated ({len(data)} bytes); the repository is damaged",
+            key=key,
+        )
+    magic, version, got_kind, flags, head_len, body_len, crc = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptObjectError(f"object {key!r} is not an icechunk_dask object", key=key)
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"object {key!r} uses format version {version}, newer than this icechunk_dask "
+            f"supports ({FORMAT_VERSION}); upgrade icechunk_dask to read it"
+        )
+    end = _PREFIX.size + head_len + body_len
+    if len(data) != end:
+        raise CorruptObjectError(
+            f"object {key!r} has {len(data)} bytes but its header says {end}: it is "
+            "truncated or damaged",
+            key=key,
+        )
+    view = memoryview(data)
+    head = view[_PREFIX.size : _PREFIX.size + head_len]
+    body = view[_PREFIX.size + head_len : end]
+    if zlib.crc32(body, zlib.crc32(head)) != crc:
+        raise CorruptObjectError(f"object {key!r} fails its checksum: it is damaged", key=key)
+    if got_kind != int(kind):
+        raise CorruptObjectError(
+            f"object {key!r} is a {ObjectKind(got_kind).name.lower()}, expected a "
+            f"{kind.name.lower()}",
+            key=key,
+        )
+    try:
+        header = json.loads(bytes(head))
+        payload = zlib.decompress(body) if flags & _ZLIB else bytes(body)
+    except (ValueError, zlib.error) as e:
+        raise CorruptObjectError(f"object {key!r} cannot be decoded: {e}", key=key) from e
+    return header, payload

@@ -1,0 +1,143 @@
+"""Columnar encoding of chunk references (manifests and change records).
+
+A chunk reference is a plain tuple ``(location, offset, length, checksum)``:
+``location`` is a chunk-object id (``str``) or the chunk's bytes themselves
+(``bytes``, inlined small chunks); ``checksum`` is the CRC-32 of the chunk's
+bytes. ``None`` in a change record means "deleted".
+
+The columns (keys, ids, kinds, offsets, lengths, checksums, inline bytes) are
+laid out one after the other; the envelope compresses them, so regular keys
+and ids cost a few bytes each.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["ChunkRef", "decode_refs", "encode_refs", "same_chunk"]
+
+ChunkRef = tuple[str | bytes, int, int, int]
+
+_FILE, _INLINE, _DELETED = 0, 1, 2
+_COUNTS = struct.Struct("<QQQQ")
+
+
+def same_chunk(a: ChunkRef | None, b: ChunkRef | None) -> bool:
+    """Whether two references name the same chunk content (or are both deletions)."""
+    if a is None or b is None:
+        return a is b
+    if a[2] != b[2] or a[3] != b[3]:
+        return False
+    if isinstance(a[0], bytes) and isinstance(b[0], bytes):
+        return a[0] == b[0]
+    return True
+
+
+def encode_refs(keys: Sequence[str], refs: Sequence[ChunkRef | None]) -> bytes:
+    """Encode parallel sequences of keys and references into columns.
+
+    Parameters
+    ----------
+    keys
+        Keys (or key suffixes); must not contain NUL characters.
+    refs
+        One reference (or ``None`` for a deletion) per key.
+
+    Returns
+    -------
+    bytes
+        The uncompressed columnar form.
+    """
+    n = len(keys)
+    kinds = np.zeros(n, dtype=np.uint8)
+    offsets = np.zeros(n, dtype=np.uint64)
+    lengths = np.zeros(n, dtype=np.uint64)
+    crcs = np.zeros(n, dtype=np.uint32)
+    ids: list[str] = []
+    inline: list[bytes] = []
+    for i, ref in enumerate(refs):
+        if ref is None:
+            kinds[i] = _DELETED
+            ids.append("")
+            continue
+        loc, off, length, crc = ref
+        if isinstance(loc, bytes):
+            kinds[i] = _INLINE
+            ids.append("")
+            inline.append(loc)
+        else:
+            ids.append(loc)
+        offsets[i] = off
+        lengths[i] = length
+        crcs[i] = crc
+    key_blob = "\0".join(keys).encode()
+    id_blob = "\0".join(ids).encode()
+    inline_blob = b"".join(inline)
+    return b"".join(
+        (
+            _COUNTS.pack(n, len(key_blob), len(id_blob), len(inline_blob)),
+            key_blob,
+            id_blob,
+            kinds.tobytes(),
+            offsets.tobytes(),
+            lengths.tobytes(),
+            crcs.tobytes(),
+            inline_blob,
+        )
+    )
+
+
+def decode_refs(data: bytes) -> tuple[list[str], list[ChunkRef | None]]:
+    """Decode the output of :func:`encode_refs`.
+
+    Returns
+    -------
+    tuple of (list of str, list of ChunkRef or None)
+        Keys and their references.
+
+    Raises
+    ------
+    ValueError
+        If the columns are inconsistent (the caller reports the object key).
+    """
+    n, klen, ilen, blen = _COUNTS.unpack_from(data)
+    pos = _COUNTS.size
+    key_blob = bytes(data[pos : pos + klen])
+    pos += klen
+    id_blob = bytes(data[pos : pos + ilen])
+    pos += ilen
+    kinds = np.frombuffer(data, dtype=np.uint8, count=n, offset=pos)
+    pos += n
+    offsets = np.frombuffer(data, dtype=np.uint64, count=n, offset=pos).tolist()
+    pos += 8 * n
+    lengths = np.frombuffer(data, dtype=np.uint64, count=n, offset=pos).tolist()
+    pos += 8 * n
+    crcs = np.frombuffer(data, dtype=np.uint32, count=n, offset=pos).tolist()
+    pos += 4 * n
+    inline_blob = data[pos : pos + blen]
+    if pos + blen != len(data):
+        raise ValueError("chunk reference columns have the wrong size")
+    if n == 0:
+        return [], []
+    keys = key_blob.decode().split("\0")
+    ids = id_blob.decode().split("\0")
+    if len(keys) != n or len(ids) != n:
+        raise ValueError("chunk reference columns disagree in length")
+    refs: list[ChunkRef | None] = []
+    if not kinds.any():
+        refs.extend(zip(ids, offsets, lengths, crcs, strict=True))
+        return keys, refs
+    ipos = 0
+    for i, kind in enumerate(kinds.tolist()):
+        if kind == _FILE:
+            refs.append((ids[i], offsets[i], lengths[i], crcs[i]))
+        elif kind == _INLINE:
+            length = lengths[i]
+            refs.append((bytes(inline_blob[ipos : ipos + length]), offsets[i], length, crcs[i]))
+            ipos += length
+        else:
+            refs.append(None)
+    return keys, refs

@@ -1,0 +1,101 @@
+"""The byte-storage contract that every backend implements.
+
+Keys are ``/``-separated strings relative to the repository root. Values are
+``bytes``. A commit needs nothing more than these operations; nothing here
+knows about Zarr.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+__all__ = ["Storage"]
+
+
+class Storage(ABC):
+    """Asynchronous byte storage behind a repository.
+
+    Implementations must be safe to call concurrently from many tasks and
+    threads, and must be picklable (a pickled storage names the same place).
+    """
+
+    #: ``True`` when the data only lives in this process (in-memory storage).
+    process_local: bool = False
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """A short URL-like description of where the data lives."""
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes:
+        """Return the whole object.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no object at ``key``.
+        StorageError
+            If the backend fails.
+        """
+
+    @abstractmethod
+    async def get_range(self, key: str, start: int, length: int | None) -> bytes:
+        """Return ``length`` bytes from ``start`` (to the end when ``length`` is None).
+
+        Raises
+        ------
+        NotFoundError
+            If there is no object at ``key``.
+        """
+
+    @abstractmethod
+    async def put(self, key: str, data: bytes) -> None:
+        """Write an object, replacing any previous one atomically.
+
+        Used for objects with unique names (chunks, manifests, snapshots) and for
+        best-effort hints; a reader sees the old object or the new one, never a
+        partial write.
+        """
+
+    @abstractmethod
+    async def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create an object only if none exists at ``key``.
+
+        Exactly one of several concurrent callers wins.
+
+        Returns
+        -------
+        bool
+            ``True`` if this call created the object, ``False`` if it already
+            existed. Backends whose acknowledgements can be lost (S3) must
+            read the object back and report ``True`` when it holds ``data``.
+        """
+
+    @abstractmethod
+    async def list(self, prefix: str) -> list[str]:
+        """Return every key that starts with ``prefix`` (full keys, any order)."""
+
+    @abstractmethod
+    async def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects; missing keys are ignored."""
+
+    async def exists(self, key: str) -> bool:
+        """Return whether an object exists at ``key``."""
+        from icechunk_dask._exceptions import NotFoundError
+
+        try:
+            await self.get_range(key, 0, 0)
+        except NotFoundError:
+            return False
+        return True
+
+    async def durability_barrier(self) -> None:  # noqa: B027 - optional hook
+        """Make every object written so far durable before a ref is written.
+
+        The default does nothing (object stores are durable on acknowledgement).
+        """
+
+    def check_usable(self) -> None:  # noqa: B027 - optional hook
+        """Raise a clear error if this storage cannot be used in this process."""

@@ -1,0 +1,109 @@
+"""In-memory storage: a dict behind a lock, for tests and scratch work."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from icechunk_dask._exceptions import InvalidInputError, NotFoundError
+from icechunk_dask.storage._base import Storage
+
+__all__ = ["InMemoryStorage", "in_memory_storage"]
+
+_REGISTRY: weakref.WeakValueDictionary[str, InMemoryStorage] = weakref.WeakValueDictionary()
+
+
+class InMemoryStorage(Storage):
+    """Process-local storage in a dict.
+
+    It pickles as a reference to the live dict of *this* process: unpickling
+    in the same process finds the same data; using it in another process (a
+    Dask worker, a ProcessPoolExecutor) raises :class:`InvalidInputError`.
+    """
+
+    process_local = True
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._token = uuid.uuid4().hex
+        self._pid = os.getpid()
+        _REGISTRY[self._token] = self
+
+    @property
+    def url(self) -> str:
+        return f"memory://{self._token[:12]}"
+
+    def __repr__(self) -> str:
+        return f"InMemoryStorage({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InMemoryStorage) and other._token == self._token
+
+    def __hash__(self) -> int:
+        return hash(self._token)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_lookup_memory_storage, (self._token, self._pid))
+
+    def check_usable(self) -> None:
+        pass
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise NotFoundError(f"no object at {key!r} in {self.url}") from None
+
+    async def get_range(self, key: str, start: int, length: int | None) -> bytes:
+        data = await self.get(key)
+        return data[start:] if length is None else data[start : start + length]
+
+    async def put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self._data[key] = bytes(data)
+
+    async def put_if_absent(self, key: str, data: bytes) -> bool:
+        with self._lock:
+            if key in self._data:
+                return False
+            self._data[key] = bytes(data)
+            return True
+
+    async def list(self, prefix: str) -> list[str]:
+        with self._lock:
+            return [k for k in self._data if k.startswith(prefix)]
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            for k in keys:
+                self._data.pop(k, None)
+
+    async def exists(self, key: str) -> bool:
+        return key in self._data
+
+
+def _lookup_memory_storage(token: str, pid: int) -> InMemoryStorage:
+    found = _REGISTRY.get(token)
+    if found is None or pid != os.getpid():
+        raise InvalidInputError(
+            "in-memory storage lives only in the process that created it and cannot be "
+            "used from another process (a Dask worker or a process pool). Use "
+            "local_filesystem_storage(path) (or S3 storage) for multi-process writes."
+        )
+    return found
+
+
+def in_memory_storage() -> InMemoryStorage:
+    """Create a new, empty in-memory storage.
+
+    Returns
+    -------
+    InMemoryStorage
+        Storage whose data lives in this process only.
+    """
+    return InMemoryStorage()
