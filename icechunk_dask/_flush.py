@@ -38,12 +38,23 @@ def shard_of(suffix: str, nshards: int) -> int:
 def group_by_node(chunks: dict[str, ChunkRef | None]) -> dict[str, dict[str, ChunkRef | None]]:
     """Group chunk changes by node: ``{node: {suffix: ref}}``."""
     out: dict[str, dict[str, ChunkRef | None]] = {}
+    # memo: directory -> (node's group, length of the node prefix to strip)
+    memo: dict[str, tuple[dict[str, ChunkRef | None], int]] = {}
     for key, ref in chunks.items():
-        node, suffix = split_key(key)
-        group = out.get(node)
-        if group is None:
-            group = out[node] = {}
-        group[suffix] = ref
+        dirname, _, name = key.rpartition("/")
+        hit = memo.get(dirname) if name != "c" else None
+        if hit is None:
+            node, suffix = split_key(key)
+            group = out.get(node)
+            if group is None:
+                group = out[node] = {}
+            cut = len(key) - len(suffix)
+            if name != "c":
+                memo[dirname] = (group, cut)
+            group[suffix] = ref
+        else:
+            group, cut = hit
+            group[key[cut:]] = ref
     return out
 
 
@@ -157,7 +168,7 @@ async def write_snapshot(
         else:
             nodes[name] = nm
     snap = Snapshot(new_id(), parent.id, written_at, message, metadata, meta, nodes)
-    txlog = TransactionLog(snap.id, parent.id, frozenset(changes.meta), frozenset(changes.chunks))
+    txlog = TransactionLog(snap.id, parent.id, changes.meta.keys(), changes.chunks.keys())
     tx_bytes = await asyncio.to_thread(txlog.encode)
     await repo.storage.put(f"transactions/{snap.id}", tx_bytes)
     await repo.storage.put(f"snapshots/{snap.id}", await asyncio.to_thread(snap.encode))

@@ -563,6 +563,7 @@ class Repository:
         from icechunk_dask._session import Session
 
         snapshot_id = self.lookup_branch(branch)
+        run(self.get_snapshot(snapshot_id))  # fail early on a missing or damaged snapshot
         return Session(self, snapshot_id, branch=branch, read_only=False)
 
     def readonly_session(
@@ -582,6 +583,7 @@ class Repository:
         from icechunk_dask._session import Session
 
         snap = run(self.resolve(branch, tag, snapshot_id))
+        run(self.get_snapshot(snap))  # fail early on a missing or damaged snapshot
         return Session(self, snap, branch=branch, read_only=True)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,8 +195,8 @@ class TransactionLog:
 
     snapshot_id: str
     parent_id: str | None
-    meta_keys: frozenset[str]
-    chunk_keys: frozenset[str]
+    meta_keys: AbstractSet[str]
+    chunk_keys: AbstractSet[str]
 
     def encode(self) -> bytes:
         """Return the stored form."""

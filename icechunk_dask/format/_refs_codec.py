@@ -52,27 +52,45 @@ def encode_refs(keys: Sequence[str], refs: Sequence[ChunkRef | None]) -> bytes:
         The uncompressed columnar form.
     """
     n = len(keys)
-    kinds = np.zeros(n, dtype=np.uint8)
-    offsets = np.zeros(n, dtype=np.uint64)
-    lengths = np.zeros(n, dtype=np.uint64)
-    crcs = np.zeros(n, dtype=np.uint32)
-    ids: list[str] = []
-    inline: list[bytes] = []
-    for i, ref in enumerate(refs):
-        if ref is None:
-            kinds[i] = _DELETED
-            ids.append("")
-            continue
-        loc, off, length, crc = ref
-        if isinstance(loc, bytes):
-            kinds[i] = _INLINE
-            ids.append("")
-            inline.append(loc)
-        else:
-            ids.append(loc)
-        offsets[i] = off
-        lengths[i] = length
-        crcs[i] = crc
+    if n and all(type(r) is tuple and type(r[0]) is str for r in refs):
+        # the common case (every chunk in its own object): transpose in C
+        id_col, off_col, len_col, crc_col = zip(*refs, strict=True)
+        ids: list[str] | tuple[str, ...] = id_col  # type: ignore[assignment]
+        kinds = np.zeros(n, dtype=np.uint8)
+        offsets = np.array(off_col, dtype=np.uint64)
+        lengths = np.array(len_col, dtype=np.uint64)
+        crcs = np.array(crc_col, dtype=np.uint32)
+        inline: list[bytes] = []
+    else:
+        kind_l: list[int] = []
+        ids = []
+        off_l: list[int] = []
+        len_l: list[int] = []
+        crc_l: list[int] = []
+        inline = []
+        for ref in refs:
+            if ref is None:
+                kind_l.append(_DELETED)
+                ids.append("")
+                off_l.append(0)
+                len_l.append(0)
+                crc_l.append(0)
+                continue
+            loc, off, length, crc = ref
+            if isinstance(loc, bytes):
+                kind_l.append(_INLINE)
+                ids.append("")
+                inline.append(loc)
+            else:
+                kind_l.append(_FILE)
+                ids.append(loc)
+            off_l.append(off)
+            len_l.append(length)
+            crc_l.append(crc)
+        kinds = np.array(kind_l, dtype=np.uint8)
+        offsets = np.array(off_l, dtype=np.uint64)
+        lengths = np.array(len_l, dtype=np.uint64)
+        crcs = np.array(crc_l, dtype=np.uint32)
     key_blob = "\0".join(keys).encode()
     id_blob = "\0".join(ids).encode()
     inline_blob = b"".join(inline)

@@ -1,0 +1,23 @@
+"""Byte storage backends: local filesystem (default), in-memory, S3 (extra ``s3``).
+
+:class:`FaultyStorage` wraps any of them to inject failures in tests.
+"""
+
+from __future__ import annotations
+
+from icechunk_dask.storage._base import Storage
+from icechunk_dask.storage._faulty import FaultyStorage
+from icechunk_dask.storage._local import LocalFileSystemStorage, local_filesystem_storage
+from icechunk_dask.storage._memory import InMemoryStorage, in_memory_storage
+from icechunk_dask.storage._s3 import S3Storage, s3_storage
+
+__all__ = [
+    "FaultyStorage",
+    "InMemoryStorage",
+    "LocalFileSystemStorage",
+    "S3Storage",
+    "Storage",
+    "in_memory_storage",
+    "local_filesystem_storage",
+    "s3_storage",
+]
