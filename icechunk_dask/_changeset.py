@@ -155,8 +155,8 @@ class ChangeSet:
             cur = mine.get(key, _MISSING)
             if cur is _MISSING:
                 chunk_updates[key] = ref
-            elif not same_chunk(cur, ref):  # type: ignore[arg-type]
-                if key in theirs_prev and same_chunk(theirs_prev[key], cur):  # type: ignore[arg-type]
+            elif not same_chunk(cur, ref):
+                if key in theirs_prev and same_chunk(theirs_prev[key], cur):
                     chunk_updates[key] = ref
                 else:
                     conflicts.append((key, "chunk written with different bytes by two sessions"))

@@ -9,6 +9,7 @@ wins each step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import uuid
@@ -298,18 +299,17 @@ class Repository:
         """Return ``(seq, ref)`` of a branch's newest log entry (``(-1, None)`` if none)."""
         prefix = f"refs/branch.{branch}/"
         seq = 0
-        try:
+        with contextlib.suppress(NotFoundError, ValueError):
             seq = int((await self.storage.get(prefix + "hint.json")).decode())
-        except (NotFoundError, ValueError):
-            pass
         try:
             data = await self.storage.get(branch_ref_key(branch, seq))
         except NotFoundError:
             if seq == 0:
                 return -1, None
-            seq, data = await self._tip_by_listing(branch)
-            if data is None:
+            seq, found = await self._tip_by_listing(branch)
+            if found is None:
                 return -1, None
+            data = found
         while True:
             try:
                 nxt = await self.storage.get(branch_ref_key(branch, seq + 1))
@@ -337,10 +337,8 @@ class Repository:
         ref = BranchRef(snapshot_id, parent_id, uuid.uuid4().hex, now_iso(), **kw)
         won = await self.storage.put_if_absent(branch_ref_key(branch, seq), ref.encode())
         if won:
-            try:
+            with contextlib.suppress(IcechunkDaskError):  # the hint is only an optimisation
                 await self.storage.put(f"refs/branch.{branch}/hint.json", str(seq).encode())
-            except IcechunkDaskError:
-                pass  # the hint is only an optimisation
         return won
 
     async def _lookup_branch(self, branch: str) -> tuple[int, str]:

@@ -17,28 +17,25 @@ import asyncio
 import contextlib
 import itertools
 import json
-import random
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from icechunk_dask._changeset import ChangeSet
+from icechunk_dask._commit import commit_changes, validate_metadata
 from icechunk_dask._exceptions import (
-    ConflictError,
-    ErrorKind,
+    CorruptObjectError,
     InvalidInputError,
     NoChangesToCommitError,
     NotFoundError,
     PicklingNotAllowedError,
     ReadOnlyError,
-    RebaseFailedError,
     SessionStateError,
-    UnmergedWritesError,
 )
-from icechunk_dask._flush import shard_of, write_snapshot
-from icechunk_dask._repository import Repository, now_iso
+from icechunk_dask._flush import shard_of
+from icechunk_dask._repository import Repository
+from icechunk_dask._status import SessionStatus, compute_status
 from icechunk_dask._sync import run
 from icechunk_dask.format import ChunkRef, decode_scratch, encode_scratch, new_id
 from icechunk_dask.format._keys import is_meta_key, split_key
@@ -70,81 +67,6 @@ PICKLING_MESSAGE = (
 
 _MISSING: Any = object()
 _BIG = 1 << 16
-
-
-@dataclass(frozen=True, slots=True)
-class SessionStatus:
-    """What a session changed relative to its base snapshot."""
-
-    new_groups: set[str] = field(default_factory=set)
-    new_arrays: set[str] = field(default_factory=set)
-    updated_groups: set[str] = field(default_factory=set)
-    updated_arrays: set[str] = field(default_factory=set)
-    deleted_groups: set[str] = field(default_factory=set)
-    deleted_arrays: set[str] = field(default_factory=set)
-    updated_chunks: dict[str, int] = field(default_factory=dict)
-    """Number of chunks written or deleted, per array path."""
-    deleted_chunks: dict[str, int] = field(default_factory=dict)
-    """Of those, how many were deleted."""
-
-    def is_empty(self) -> bool:
-        """Whether nothing changed."""
-        return not any(
-            (
-                self.new_groups,
-                self.new_arrays,
-                self.updated_groups,
-                self.updated_arrays,
-                self.deleted_groups,
-                self.deleted_arrays,
-                self.updated_chunks,
-            )
-        )
-
-
-def _node_type(doc: bytes | None, key: str) -> str:
-    name = key.rpartition("/")[2]
-    if name == ".zarray":
-        return "array"
-    if name == ".zgroup":
-        return "group"
-    if doc is None:
-        return "unknown"
-    try:
-        parsed = json.loads(doc)
-    except ValueError:
-        return "unknown"
-    return str(parsed.get("node_type", "unknown")) if isinstance(parsed, dict) else "unknown"
-
-
-def _validate_metadata(key: str, doc: bytes) -> None:
-    """Refuse ``zarr.json`` documents that are not valid Zarr v3 metadata."""
-    if key.rpartition("/")[2] != "zarr.json":
-        return
-    try:
-        parsed = json.loads(doc)
-    except ValueError as e:
-        raise InvalidInputError(f"{key!r} is not valid JSON ({e}); nothing was committed") from e
-    if not isinstance(parsed, dict) or parsed.get("zarr_format") != 3:
-        raise InvalidInputError(
-            f"{key!r} is not Zarr v3 metadata (no \"zarr_format\": 3); write arrays and groups "
-            "with zarr (zarr_format=3). Nothing was committed"
-        )
-    node_type = parsed.get("node_type")
-    if node_type == "array":
-        from zarr.core.metadata.v3 import ArrayV3Metadata
-
-        try:
-            ArrayV3Metadata.from_dict(dict(parsed))
-        except Exception as e:
-            raise InvalidInputError(
-                f"{key!r} is not valid Zarr v3 array metadata: {e}. Nothing was committed"
-            ) from e
-    elif node_type != "group":
-        raise InvalidInputError(
-            f"{key!r} has node_type {node_type!r}; Zarr v3 knows 'array' and 'group'. "
-            "Nothing was committed"
-        )
 
 
 class Session:
@@ -306,8 +228,6 @@ class Session:
         loc, offset, size, crc = ref
         if isinstance(loc, bytes):
             return loc[start:] if length is None else loc[start : start + length]
-        from icechunk_dask._exceptions import CorruptObjectError
-
         obj = f"chunks/{loc}"
         whole = start == 0 and (length is None or length >= size)
         start = min(start, size)
@@ -388,9 +308,7 @@ class Session:
                 self._marker_done = True
 
     async def _record(self, key: str, value: Any, meta: bool) -> None:
-        inherited: dict[str, Any] = (
-            self._inh_meta if meta else (await self._inherited_chunks() if not meta else {})
-        )
+        inherited: dict[str, Any] = self._inh_meta if meta else await self._inherited_chunks()
         with self._lock:
             self._check_writable()
             own = self._cs.meta if meta else self._cs.chunks
@@ -445,27 +363,7 @@ class Session:
         with self._lock:
             meta = {**self._inh_meta, **self._cs.meta}
             chunks = dict(self._cs.chunks)
-        out = SessionStatus()
-        for key, doc in meta.items():
-            path = key.rpartition("/")[0]
-            before = snap.meta.get(key)
-            kind = _node_type(doc if doc is not None else before, key)
-            if kind not in ("array", "group"):
-                continue
-            if doc is None:
-                target = out.deleted_arrays if kind == "array" else out.deleted_groups
-                if before is not None:
-                    target.add(path)
-            elif before is None:
-                (out.new_arrays if kind == "array" else out.new_groups).add(path)
-            elif before != doc:
-                (out.updated_arrays if kind == "array" else out.updated_groups).add(path)
-        for key, ref in chunks.items():
-            node, _ = split_key(key)
-            out.updated_chunks[node] = out.updated_chunks.get(node, 0) + 1
-            if ref is None:
-                out.deleted_chunks[node] = out.deleted_chunks.get(node, 0) + 1
-        return out
+        return compute_status(snap.meta, meta, chunks)
 
     def discard_changes(self) -> None:
         """Drop every uncommitted change of this session."""
@@ -714,106 +612,26 @@ class Session:
             )
         for key, doc in cs.meta.items():
             if doc is not None:
-                _validate_metadata(key, doc)
+                validate_metadata(key, doc)
         assert self._branch is not None
-        new_id_ = run(self._commit_async(cs, message, meta_json, rebase_tries))
+        new_id_ = run(
+            commit_changes(
+                self._repo,
+                self._branch,
+                self._session_id,
+                self._base,
+                cs,
+                message,
+                meta_json,
+                rebase_tries,
+            )
+        )
         with self._lock:
             self._base = new_id_
             self._read_only = True
             self._committed = True
             self._cs = ChangeSet(self._repo.repo_id, new_id_)
         return new_id_
-
-    async def _unmerged_writers(self, cs: ChangeSet) -> list[str]:
-        prefix = f"sessions/{self._session_id}/"
-        found = {k[len(prefix) :] for k in await self._repo.storage.list(prefix)}
-        return sorted(found - cs.writers)
-
-    async def _commit_async(
-        self, cs: ChangeSet, message: str, metadata: dict[str, Any], tries: int
-    ) -> str:
-        repo, branch = self._repo, self._branch
-        assert branch is not None
-        unmerged = await self._unmerged_writers(cs)
-        if unmerged:
-            raise UnmergedWritesError(
-                f"{len(unmerged)} pickled copies of this session wrote data that was never "
-                "merged back, so committing now would silently lose it. Return the sessions "
-                "from your tasks and call merge_sessions(session, *returned) (or "
-                "session.merge(...)) before commit; with Dask use icechunk_dask.to_zarr / "
-                "store_sessions, or run ds.to_zarr(session.store) inside "
-                "'with session.allow_pickling():'. To drop those writes deliberately, start "
-                "a new session"
-            )
-        checked = self._base
-        for attempt in range(tries + 1):
-            seq, ref = await repo.branch_tip(branch)
-            if ref is None or ref.deleted or ref.snapshot_id is None:
-                raise NotFoundError(
-                    f"branch {branch!r} was deleted; nothing was committed. Create it again "
-                    "with repo.create_branch or commit to another branch"
-                )
-            tip = ref.snapshot_id
-            if tip != checked:
-                await self._check_rebase(cs, checked, tip)
-                checked = tip
-            parent = await repo.get_snapshot(tip)
-            snap = await write_snapshot(repo, parent, cs, message, metadata, now_iso())
-            await repo.storage.durability_barrier()
-            if await repo.try_advance_branch(branch, seq + 1, snap.id, tip):
-                with contextlib.suppress(Exception):
-                    prefix = f"sessions/{self._session_id}/"
-                    await repo.storage.delete(prefix + w for w in cs.writers)
-                return snap.id
-            await asyncio.sleep(min(1.0, 0.005 * 2 ** min(attempt, 8)) * random.random())
-        raise ConflictError(
-            f"gave up committing to {branch!r} after {tries + 1} attempts: other commits kept "
-            "landing first. Nothing was committed; retry later or raise rebase_tries",
-            kind=ErrorKind.COMMIT_CONFLICT,
-        )
-
-    async def _check_rebase(self, cs: ChangeSet, since: str, tip: str) -> None:
-        repo = self._repo
-        logs = []
-        current: str | None = tip
-        while current != since:
-            if current is None:
-                raise RebaseFailedError(
-                    f"branch {self._branch!r} was reset to a history that does not contain this "
-                    f"session's base snapshot {since}; nothing was committed. Start a new "
-                    "session and redo the writes",
-                    conflicts=[("", "branch reset")],
-                )
-            logs.append(await repo.get_transaction_log(current))
-            current = (await repo.get_snapshot(current)).parent_id
-        tip_snap = await repo.get_snapshot(tip)
-        our_nodes = {split_key(k)[0] for k in cs.chunks}
-        our_meta_nodes = {k.rpartition("/")[0] for k in cs.meta}
-        conflicts: list[tuple[str, str]] = []
-        for log in logs:
-            for key in cs.meta.keys() & log.meta_keys:
-                if tip_snap.meta.get(key) != cs.meta[key]:
-                    conflicts.append((key, f"metadata also changed by commit {log.snapshot_id}"))
-            for key in cs.chunks.keys() & log.chunk_keys:
-                conflicts.append((key, f"chunk also written by commit {log.snapshot_id}"))
-            their_meta_nodes = {k.rpartition("/")[0] for k in log.meta_keys}
-            for node in our_nodes & their_meta_nodes:
-                conflicts.append((node, f"array metadata changed by commit {log.snapshot_id}"))
-            their_nodes = {split_key(k)[0] for k in log.chunk_keys}
-            for node in our_meta_nodes & their_nodes:
-                if node not in our_nodes:
-                    conflicts.append(
-                        (node, f"chunks written by commit {log.snapshot_id} under changed metadata")
-                    )
-        if conflicts:
-            shown = "; ".join(f"{k!r}: {why}" for k, why in conflicts[:10])
-            more = f" (and {len(conflicts) - 10} more)" if len(conflicts) > 10 else ""
-            raise RebaseFailedError(
-                f"cannot commit to {self._branch!r}: commits that landed since this session "
-                f"started changed the same data: {shown}{more}. Nothing was committed; start a "
-                "new session on the branch tip and redo the conflicting writes",
-                conflicts=conflicts,
-            )
 
 
 def _rebuild_readonly(
@@ -834,7 +652,12 @@ def _rebuild_fork(
 ) -> Session:
     repo.storage.check_usable()
     s = Session(
-        repo, base, branch=branch, read_only=False, session_id=session_id, is_fork=True,
+        repo,
+        base,
+        branch=branch,
+        read_only=False,
+        session_id=session_id,
+        is_fork=True,
         tracked=tracked,
     )
     s._inh_meta = meta

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from zarr.core.sync import sync
 
 __all__ = ["run"]
 
-T = TypeVar("T")
 
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
+def run[T](coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion on zarr's I/O event loop and return its result."""
     return sync(coro)

@@ -16,7 +16,10 @@ def new_repo(path: Path) -> Repository:
 
 
 def make_array(
-    session: Session, name: str = "a", shape: tuple[int, ...] = (8, 8), chunks: tuple[int, ...] = (4, 4)
+    session: Session,
+    name: str = "a",
+    shape: tuple[int, ...] = (8, 8),
+    chunks: tuple[int, ...] = (4, 4),
 ) -> zarr.Array:
     """Create a float64 array with no compression (so bytes on disk are predictable)."""
     return zarr.create_array(

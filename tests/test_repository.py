@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,7 @@ def test_ancestry_is_newest_first(tmp_path: Path) -> None:
     infos = list(repo.ancestry(branch="main"))
     assert [i.id for i in infos[:3]] == ids[::-1]
     assert infos[-1].parent_id is None and infos[-1].message == "Repository initialized"
-    assert all(a.parent_id == b.id for a, b in zip(infos, infos[1:], strict=False))
+    assert all(a.parent_id == b.id for a, b in itertools.pairwise(infos))
     assert infos[0].written_at >= infos[1].written_at
 
 

@@ -59,15 +59,16 @@ def test_seed_thread_pool() -> None:
 def test_seed_process_pool() -> None:
     ds, repo = _initialise()
     session = repo.writable_session("main")
-    with ProcessPoolExecutor() as executor:
-        # opt-in to successful pickling of a writable session
-        with session.allow_pickling():
-            futures = [
-                executor.submit(write_timestamp, itime=i, session=session)
-                for i in range(ds.sizes["time"])
-            ]
-            # grab the Session objects from each individual write task
-            sessions = [f.result() for f in futures]
+    # (the seed nests the two `with` blocks; one statement here, same behaviour)
+    # opt-in to successful pickling of a writable session
+    with ProcessPoolExecutor() as executor, session.allow_pickling():
+        # submit the writes
+        futures = [
+            executor.submit(write_timestamp, itime=i, session=session)
+            for i in range(ds.sizes["time"])
+        ]
+        # grab the Session objects from each individual write task
+        sessions = [f.result() for f in futures]
 
     # manually merge the remote sessions in to the local session
     session = merge_sessions(session, *sessions)

@@ -29,7 +29,9 @@ from icechunk_dask import (
 
 @pytest.fixture(params=["memory", "local"])
 def session(request: pytest.FixtureRequest, tmp_path: Any) -> Session:
-    storage = in_memory_storage() if request.param == "memory" else local_filesystem_storage(tmp_path)
+    storage = (
+        in_memory_storage() if request.param == "memory" else local_filesystem_storage(tmp_path)
+    )
     return Repository.create(storage).writable_session("main")
 
 

@@ -55,7 +55,7 @@ def encode_refs(keys: Sequence[str], refs: Sequence[ChunkRef | None]) -> bytes:
     if n and all(type(r) is tuple and type(r[0]) is str for r in refs):
         # the common case (every chunk in its own object): transpose in C
         id_col, off_col, len_col, crc_col = zip(*refs, strict=True)
-        ids: list[str] | tuple[str, ...] = id_col  # type: ignore[assignment]
+        ids: list[str] | tuple[str, ...] = id_col
         kinds = np.zeros(n, dtype=np.uint8)
         offsets = np.array(off_col, dtype=np.uint64)
         lengths = np.array(len_col, dtype=np.uint64)

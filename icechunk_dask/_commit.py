@@ -1,0 +1,181 @@
+"""Commit protocol: validate, check for unmerged writers, write, publish, rebase on races.
+
+A commit writes its manifests, transaction log and snapshot under fresh ids,
+makes them durable, then appends one entry to the branch's create-only log.
+Losing that race means another commit landed: the transaction logs of the
+commits in between are checked against this change set; if they touched
+none of its keys the commit is rebuilt on the new tip and retried with
+jittered exponential backoff, else :class:`RebaseFailedError` names the keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from typing import TYPE_CHECKING, Any
+
+from icechunk_dask._exceptions import (
+    ConflictError,
+    ErrorKind,
+    InvalidInputError,
+    NotFoundError,
+    RebaseFailedError,
+    UnmergedWritesError,
+)
+from icechunk_dask._flush import write_snapshot
+from icechunk_dask._repository import now_iso
+from icechunk_dask.format._keys import split_key
+
+if TYPE_CHECKING:
+    from icechunk_dask._changeset import ChangeSet
+    from icechunk_dask._repository import Repository
+
+__all__ = ["check_rebase", "commit_changes", "unmerged_writers", "validate_metadata"]
+
+
+def validate_metadata(key: str, doc: bytes) -> None:
+    """Refuse ``zarr.json`` documents that are not valid Zarr v3 metadata."""
+    if key.rpartition("/")[2] != "zarr.json":
+        return
+    try:
+        parsed = json.loads(doc)
+    except ValueError as e:
+        raise InvalidInputError(f"{key!r} is not valid JSON ({e}); nothing was committed") from e
+    if not isinstance(parsed, dict) or parsed.get("zarr_format") != 3:
+        raise InvalidInputError(
+            f'{key!r} is not Zarr v3 metadata (no "zarr_format": 3); write arrays and groups '
+            "with zarr (zarr_format=3). Nothing was committed"
+        )
+    node_type = parsed.get("node_type")
+    if node_type == "array":
+        from zarr.core.metadata.v3 import ArrayV3Metadata
+
+        try:
+            ArrayV3Metadata.from_dict(dict(parsed))
+        except Exception as e:
+            raise InvalidInputError(
+                f"{key!r} is not valid Zarr v3 array metadata: {e}. Nothing was committed"
+            ) from e
+    elif node_type != "group":
+        raise InvalidInputError(
+            f"{key!r} has node_type {node_type!r}; Zarr v3 knows 'array' and 'group'. "
+            "Nothing was committed"
+        )
+
+
+async def unmerged_writers(repo: Repository, session_id: str, cs: ChangeSet) -> list[str]:
+    """Writers that left a marker for this session but whose changes are not in ``cs``."""
+    prefix = f"sessions/{session_id}/"
+    found = {k[len(prefix) :] for k in await repo.storage.list(prefix)}
+    return sorted(found - cs.writers)
+
+
+async def commit_changes(
+    repo: Repository,
+    branch: str,
+    session_id: str,
+    base: str,
+    cs: ChangeSet,
+    message: str,
+    metadata: dict[str, Any],
+    tries: int,
+) -> str:
+    """Publish ``cs`` (made on ``base``) as a new snapshot at the tip of ``branch``.
+
+    Writes manifests, transaction log and snapshot, makes them durable, then
+    appends one entry to the branch's create-only log. If another commit got
+    there first, checks the commits in between for conflicts, rebases and
+    retries with jittered exponential backoff.
+
+    Returns
+    -------
+    str
+        The new snapshot id.
+    """
+    unmerged = await unmerged_writers(repo, session_id, cs)
+    if unmerged:
+        raise UnmergedWritesError(
+            f"{len(unmerged)} pickled copies of this session wrote data that was never "
+            "merged back, so committing now would silently lose it. Return the sessions "
+            "from your tasks and call merge_sessions(session, *returned) (or "
+            "session.merge(...)) before commit; with Dask use icechunk_dask.to_zarr / "
+            "store_sessions, or run ds.to_zarr(session.store) inside "
+            "'with session.allow_pickling():'. To drop those writes deliberately, start "
+            "a new session"
+        )
+    checked = base
+    for attempt in range(tries + 1):
+        seq, ref = await repo.branch_tip(branch)
+        if ref is None or ref.deleted or ref.snapshot_id is None:
+            raise NotFoundError(
+                f"branch {branch!r} was deleted; nothing was committed. Create it again "
+                "with repo.create_branch or commit to another branch"
+            )
+        tip = ref.snapshot_id
+        if tip != checked:
+            await check_rebase(repo, branch, cs, checked, tip)
+            checked = tip
+        parent = await repo.get_snapshot(tip)
+        snap = await write_snapshot(repo, parent, cs, message, metadata, now_iso())
+        await repo.storage.durability_barrier()
+        if await repo.try_advance_branch(branch, seq + 1, snap.id, tip):
+            with contextlib.suppress(Exception):
+                prefix = f"sessions/{session_id}/"
+                await repo.storage.delete(prefix + w for w in cs.writers)
+            return snap.id
+        await asyncio.sleep(min(1.0, 0.005 * 2 ** min(attempt, 8)) * random.random())
+    raise ConflictError(
+        f"gave up committing to {branch!r} after {tries + 1} attempts: other commits kept "
+        "landing first. Nothing was committed; retry later or raise rebase_tries",
+        kind=ErrorKind.COMMIT_CONFLICT,
+    )
+
+
+async def check_rebase(repo: Repository, branch: str, cs: ChangeSet, since: str, tip: str) -> None:
+    """Raise :class:`RebaseFailedError` if commits from ``since`` to ``tip`` touched ``cs``'s keys."""
+    logs = []
+    current: str | None = tip
+    while current != since:
+        if current is None:
+            raise RebaseFailedError(
+                f"branch {branch!r} was reset to a history that does not contain this "
+                f"session's base snapshot {since}; nothing was committed. Start a new "
+                "session and redo the writes",
+                conflicts=[("", "branch reset")],
+            )
+        logs.append(await repo.get_transaction_log(current))
+        current = (await repo.get_snapshot(current)).parent_id
+    tip_snap = await repo.get_snapshot(tip)
+    our_nodes = {split_key(k)[0] for k in cs.chunks}
+    our_meta_nodes = {k.rpartition("/")[0] for k in cs.meta}
+    conflicts: list[tuple[str, str]] = []
+    for log in logs:
+        by = f"commit {log.snapshot_id}"
+        conflicts.extend(
+            (key, f"metadata also changed by {by}")
+            for key in cs.meta.keys() & log.meta_keys
+            if tip_snap.meta.get(key) != cs.meta[key]
+        )
+        conflicts.extend(
+            (key, f"chunk also written by {by}") for key in cs.chunks.keys() & log.chunk_keys
+        )
+        their_meta_nodes = {k.rpartition("/")[0] for k in log.meta_keys}
+        conflicts.extend(
+            (node, f"array metadata changed by {by}") for node in our_nodes & their_meta_nodes
+        )
+        their_nodes = {split_key(k)[0] for k in log.chunk_keys}
+        conflicts.extend(
+            (node, f"chunks written by {by} under changed metadata")
+            for node in (our_meta_nodes & their_nodes) - our_nodes
+        )
+    if conflicts:
+        shown = "; ".join(f"{k!r}: {why}" for k, why in conflicts[:10])
+        more = f" (and {len(conflicts) - 10} more)" if len(conflicts) > 10 else ""
+        raise RebaseFailedError(
+            f"cannot commit to {branch!r}: commits that landed since this session "
+            f"started changed the same data: {shown}{more}. Nothing was committed; start a "
+            "new session on the branch tip and redo the conflicting writes",
+            conflicts=conflicts,
+        )
