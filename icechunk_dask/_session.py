@@ -18,7 +18,6 @@ import contextlib
 import itertools
 import json
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,13 @@ from icechunk_dask._flush import shard_of
 from icechunk_dask._repository import Repository
 from icechunk_dask._status import SessionStatus, compute_status
 from icechunk_dask._sync import run
-from icechunk_dask.format import ChunkRef, decode_scratch, encode_scratch, new_id
+from icechunk_dask.format import (
+    ChunkRef,
+    chunk_checksum,
+    decode_scratch,
+    encode_scratch,
+    new_id,
+)
 from icechunk_dask.format._keys import is_meta_key, split_key
 
 if TYPE_CHECKING:
@@ -66,7 +71,6 @@ PICKLING_MESSAGE = (
 )
 
 _MISSING: Any = object()
-_BIG = 1 << 16
 
 
 class Session:
@@ -232,27 +236,28 @@ class Session:
         whole = start == 0 and (length is None or length >= size)
         start = min(start, size)
         want = size - start if length is None else max(0, min(length, size - start))
+
+        def check(data: bytes) -> bytes:
+            if len(data) != want:
+                raise CorruptObjectError(
+                    f"chunk {key!r} (object {obj!r}) is truncated: {len(data)} of {want} bytes",
+                    key=obj,
+                )
+            if whole and chunk_checksum(data) != crc:
+                raise CorruptObjectError(
+                    f"chunk {key!r} (object {obj!r}) fails its checksum: it is damaged",
+                    key=obj,
+                )
+            return data
+
         try:
-            data = await self._repo.storage.get_range(obj, offset + start, want)
+            return await self._repo.storage.get_range_then(obj, offset + start, want, check)
         except NotFoundError:
             raise CorruptObjectError(
                 f"chunk {key!r} is referenced but its object {obj!r} is missing: the "
                 "repository is damaged",
                 key=obj,
             ) from None
-        if len(data) != want:
-            raise CorruptObjectError(
-                f"chunk {key!r} (object {obj!r}) is truncated: {len(data)} of {want} bytes",
-                key=obj,
-            )
-        if whole:
-            got = await asyncio.to_thread(zlib.crc32, data) if want > _BIG else zlib.crc32(data)
-            if got != crc:
-                raise CorruptObjectError(
-                    f"chunk {key!r} (object {obj!r}) fails its checksum: it is damaged",
-                    key=obj,
-                )
-        return data
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` exists in this session's view."""
@@ -333,7 +338,7 @@ class Session:
             return
         await self._mark_writer()
         size = len(data)
-        crc = await asyncio.to_thread(zlib.crc32, data) if size > _BIG else zlib.crc32(data)
+        crc = chunk_checksum(data)
         if size <= self._repo.config.inline_threshold:
             ref: ChunkRef = (bytes(data), 0, size, crc)
         else:

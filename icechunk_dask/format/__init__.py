@@ -23,7 +23,13 @@ from icechunk_dask.format._objects import (
     encode_scratch,
     tag_key,
 )
-from icechunk_dask.format._refs_codec import ChunkRef, decode_refs, encode_refs, same_chunk
+from icechunk_dask.format._refs_codec import (
+    ChunkRef,
+    chunk_checksum,
+    decode_refs,
+    encode_refs,
+    same_chunk,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,6 +43,7 @@ __all__ = [
     "TagRef",
     "TransactionLog",
     "branch_ref_key",
+    "chunk_checksum",
     "decode_manifest",
     "decode_object",
     "decode_refs",

@@ -2,8 +2,8 @@
 
 A chunk reference is a plain tuple ``(location, offset, length, checksum)``:
 ``location`` is a chunk-object id (``str``) or the chunk's bytes themselves
-(``bytes``, inlined small chunks); ``checksum`` is the CRC-32 of the chunk's
-bytes. ``None`` in a change record means "deleted".
+(``bytes``, inlined small chunks); ``checksum`` is the 64-bit XXH3 hash of the
+chunk's bytes (:func:`chunk_checksum`). ``None`` in a change record means "deleted".
 
 The columns (keys, ids, kinds, offsets, lengths, checksums, inline bytes) are
 laid out one after the other; the envelope compresses them, so regular keys
@@ -16,13 +16,19 @@ import struct
 from collections.abc import Sequence
 
 import numpy as np
+import xxhash
 
-__all__ = ["ChunkRef", "decode_refs", "encode_refs", "same_chunk"]
+__all__ = ["ChunkRef", "chunk_checksum", "decode_refs", "encode_refs", "same_chunk"]
 
 ChunkRef = tuple[str | bytes, int, int, int]
 
 _FILE, _INLINE, _DELETED = 0, 1, 2
 _COUNTS = struct.Struct("<QQQQ")
+
+
+def chunk_checksum(data: bytes | memoryview) -> int:
+    """The checksum stored with every chunk reference: XXH3, 64 bits (~30 GB/s)."""
+    return xxhash.xxh3_64_intdigest(data)
 
 
 def same_chunk(a: ChunkRef | None, b: ChunkRef | None) -> bool:
@@ -59,7 +65,7 @@ def encode_refs(keys: Sequence[str], refs: Sequence[ChunkRef | None]) -> bytes:
         kinds = np.zeros(n, dtype=np.uint8)
         offsets = np.array(off_col, dtype=np.uint64)
         lengths = np.array(len_col, dtype=np.uint64)
-        crcs = np.array(crc_col, dtype=np.uint32)
+        crcs = np.array(crc_col, dtype=np.uint64)
         inline: list[bytes] = []
     else:
         kind_l: list[int] = []
@@ -90,7 +96,7 @@ def encode_refs(keys: Sequence[str], refs: Sequence[ChunkRef | None]) -> bytes:
         kinds = np.array(kind_l, dtype=np.uint8)
         offsets = np.array(off_l, dtype=np.uint64)
         lengths = np.array(len_l, dtype=np.uint64)
-        crcs = np.array(crc_l, dtype=np.uint32)
+        crcs = np.array(crc_l, dtype=np.uint64)
     key_blob = "\0".join(keys).encode()
     id_blob = "\0".join(ids).encode()
     inline_blob = b"".join(inline)
@@ -133,8 +139,8 @@ def decode_refs(data: bytes) -> tuple[list[str], list[ChunkRef | None]]:
     pos += 8 * n
     lengths = np.frombuffer(data, dtype=np.uint64, count=n, offset=pos).tolist()
     pos += 8 * n
-    crcs = np.frombuffer(data, dtype=np.uint32, count=n, offset=pos).tolist()
-    pos += 4 * n
+    crcs = np.frombuffer(data, dtype=np.uint64, count=n, offset=pos).tolist()
+    pos += 8 * n
     inline_blob = data[pos : pos + blen]
     if pos + blen != len(data):
         raise ValueError("chunk reference columns have the wrong size")

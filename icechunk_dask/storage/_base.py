@@ -8,9 +8,12 @@ knows about Zarr.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 __all__ = ["Storage"]
+
+T = TypeVar("T")
 
 
 class Storage(ABC):
@@ -49,6 +52,16 @@ class Storage(ABC):
         NotFoundError
             If there is no object at ``key``.
         """
+
+    async def get_range_then(
+        self, key: str, start: int, length: int | None, then: Callable[[bytes], T]
+    ) -> T:
+        """Read a range and apply ``then`` to it (for example a checksum check).
+
+        Backends that read in worker threads run ``then`` in the same thread,
+        while the bytes are still in the CPU cache and off the event loop.
+        """
+        return then(await self.get_range(key, start, length))
 
     @abstractmethod
     async def put(self, key: str, data: bytes) -> None:

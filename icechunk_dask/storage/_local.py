@@ -9,9 +9,9 @@ import ctypes.util
 import errno
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
 from icechunk_dask.storage._base import Storage
@@ -19,6 +19,7 @@ from icechunk_dask.storage._base import Storage
 __all__ = ["LocalFileSystemStorage", "local_filesystem_storage"]
 
 _TMP = ".tmp-"
+T = TypeVar("T")
 
 
 def _syncfs(path: Path) -> None:
@@ -181,6 +182,11 @@ class LocalFileSystemStorage(Storage):
 
     async def get_range(self, key: str, start: int, length: int | None) -> bytes:
         return await asyncio.to_thread(self._get_sync, key, start, length)
+
+    async def get_range_then(
+        self, key: str, start: int, length: int | None, then: Callable[[bytes], T]
+    ) -> T:
+        return await asyncio.to_thread(lambda: then(self._get_sync(key, start, length)))
 
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put_sync, key, data)
