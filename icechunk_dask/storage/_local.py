@@ -60,9 +60,13 @@ class LocalFileSystemStorage(Storage):
     ----------
     path
         The repository directory; created on first write.
+    durable
+        Flush to disk before a commit is published (default). ``False`` skips
+        every fsync: commits stay atomic if a *process* dies, but not if the
+        machine loses power. For scratch data and tests.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         root = Path(path).expanduser().absolute()
         if root.exists() and not root.is_dir():
             raise InvalidInputError(
@@ -70,6 +74,7 @@ class LocalFileSystemStorage(Storage):
                 "give the path of a directory (it is created if missing)"
             )
         self.root = root
+        self.durable = durable
 
     @property
     def url(self) -> str:
@@ -85,7 +90,7 @@ class LocalFileSystemStorage(Storage):
         return hash(self.root)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (LocalFileSystemStorage, (str(self.root),))
+        return (_rebuild, (str(self.root), self.durable))
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith("/") or ".." in key.split("/"):
@@ -137,7 +142,7 @@ class LocalFileSystemStorage(Storage):
     def _put_if_absent_sync(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         try:
-            tmp = self._write_tmp(path, data, fsync=True)
+            tmp = self._write_tmp(path, data, fsync=self.durable)
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -145,7 +150,8 @@ class LocalFileSystemStorage(Storage):
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-            _fsync_dir(path.parent)
+            if self.durable:
+                _fsync_dir(path.parent)
             return True
         except OSError as e:
             if e.errno == errno.EEXIST:
@@ -204,17 +210,27 @@ class LocalFileSystemStorage(Storage):
         return await asyncio.to_thread(self._path(key).is_file)
 
     async def durability_barrier(self) -> None:
-        if self.root.is_dir():
+        if self.durable and self.root.is_dir():
             await asyncio.to_thread(_syncfs, self.root)
 
 
-def local_filesystem_storage(path: str | os.PathLike[str]) -> LocalFileSystemStorage:
+def _rebuild(path: str, durable: bool) -> LocalFileSystemStorage:
+    return LocalFileSystemStorage(path, durable=durable)
+
+
+def local_filesystem_storage(
+    path: str | os.PathLike[str], *, durable: bool = True
+) -> LocalFileSystemStorage:
     """Storage in a local directory (the default backend).
 
     Parameters
     ----------
     path
         Directory of the repository; created if missing.
+    durable
+        Flush to disk before each commit is published (default ``True``).
+        ``False`` keeps commits atomic against process crashes but not
+        against power loss; use it for scratch data and tests.
 
     Returns
     -------
@@ -226,4 +242,4 @@ def local_filesystem_storage(path: str | os.PathLike[str]) -> LocalFileSystemSto
     InvalidInputError
         If ``path`` exists and is not a directory.
     """
-    return LocalFileSystemStorage(path)
+    return LocalFileSystemStorage(path, durable=durable)
