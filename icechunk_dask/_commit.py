@@ -32,7 +32,21 @@ if TYPE_CHECKING:
     from icechunk_dask._changeset import ChangeSet
     from icechunk_dask._repository import Repository
 
-__all__ = ["check_rebase", "commit_changes", "unmerged_writers", "validate_metadata"]
+__all__ = [
+    "UNMERGED_MESSAGE",
+    "check_rebase",
+    "commit_changes",
+    "unmerged_writers",
+    "validate_metadata",
+]
+
+UNMERGED_MESSAGE = (
+    "pickled copies of this session wrote data that was never merged back, so committing "
+    "now would silently lose it. Return the sessions from your tasks and call "
+    "merge_sessions(session, *returned) (or session.merge(...)) before commit; with Dask use "
+    "icechunk_dask.to_zarr / store_sessions, or run ds.to_zarr(session.store) inside "
+    "'with session.allow_pickling():'. To drop those writes deliberately, start a new session"
+)
 
 
 def validate_metadata(key: str, doc: bytes) -> None:
@@ -96,15 +110,7 @@ async def commit_changes(
     """
     unmerged = await unmerged_writers(repo, session_id, cs)
     if unmerged:
-        raise UnmergedWritesError(
-            f"{len(unmerged)} pickled copies of this session wrote data that was never "
-            "merged back, so committing now would silently lose it. Return the sessions "
-            "from your tasks and call merge_sessions(session, *returned) (or "
-            "session.merge(...)) before commit; with Dask use icechunk_dask.to_zarr / "
-            "store_sessions, or run ds.to_zarr(session.store) inside "
-            "'with session.allow_pickling():'. To drop those writes deliberately, start "
-            "a new session"
-        )
+        raise UnmergedWritesError(f"{len(unmerged)} {UNMERGED_MESSAGE}")
     checked = base
     for attempt in range(tries + 1):
         seq, ref = await repo.branch_tip(branch)

@@ -13,6 +13,7 @@ import contextlib
 import re
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ class Repository:
         return f"<Repository {self.storage.url} id={self.config.repo_id}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Repository, (self.storage, self.config))
+        return (_reopen, (self.storage, self.config))
 
     @property
     def repo_id(self) -> str:
@@ -583,6 +584,25 @@ class Repository:
         snap = run(self.resolve(branch, tag, snapshot_id))
         run(self.get_snapshot(snap))  # fail early on a missing or damaged snapshot
         return Session(self, snap, branch=branch, read_only=True)
+
+
+_OPEN: weakref.WeakValueDictionary[tuple[str, str], Repository] = weakref.WeakValueDictionary()
+_OPEN_LOCK = threading.Lock()
+
+
+def _reopen(storage: Storage, config: RepoConfig) -> Repository:
+    """Unpickle a repository, sharing one instance (and its caches) per process.
+
+    Every Dask task unpickles its own copy of the target; without this, each
+    would start with empty snapshot and manifest caches.
+    """
+    key = (storage.url, config.repo_id)
+    with _OPEN_LOCK:
+        repo = _OPEN.get(key)
+        if repo is None or repo.storage != storage:
+            repo = Repository(storage, config)
+            _OPEN[key] = repo
+        return repo
 
 
 def _check_storage(storage: object) -> None:

@@ -22,7 +22,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from icechunk_dask._changeset import ChangeSet
-from icechunk_dask._commit import commit_changes, validate_metadata
+from icechunk_dask._commit import (
+    UNMERGED_MESSAGE,
+    commit_changes,
+    unmerged_writers,
+    validate_metadata,
+)
 from icechunk_dask._exceptions import (
     CorruptObjectError,
     InvalidInputError,
@@ -31,6 +36,7 @@ from icechunk_dask._exceptions import (
     PicklingNotAllowedError,
     ReadOnlyError,
     SessionStateError,
+    UnmergedWritesError,
 )
 from icechunk_dask._flush import shard_of
 from icechunk_dask._repository import Repository
@@ -612,6 +618,8 @@ class Session:
         with self._lock:
             cs = self._cs.copy()
         if not cs:
+            if run(unmerged_writers(self._repo, self._session_id, cs)):
+                raise UnmergedWritesError(f"some {UNMERGED_MESSAGE}")
             raise NoChangesToCommitError(
                 "there are no changes to commit; write data through session.store first"
             )

@@ -344,3 +344,19 @@ def test_session_properties(repo: Repository) -> None:
     f = s.fork()
     assert f.is_fork and f.session_id == s.session_id
     assert isinstance(s, Session) and "writable" in repr(s)
+
+
+def test_unmerged_copies_reported_even_without_own_changes(repo: Repository) -> None:
+    init_array(repo)
+    s = repo.writable_session("main")
+    with s.allow_pickling():
+        copy = pickle.loads(pickle.dumps(s))
+    zarr.open_array(copy.store, path="a")[:4, :4] = 1.0
+    with pytest.raises(UnmergedWritesError, match="never merged back"):
+        s.commit("coordinator wrote nothing itself")
+
+
+def test_unpickled_repositories_share_caches(repo: Repository) -> None:
+    a = pickle.loads(pickle.dumps(repo))
+    b = pickle.loads(pickle.dumps(repo))
+    assert a is b
