@@ -63,7 +63,7 @@ def resolve_ref(repo: Repository, ref: str) -> str:
     NotFoundError
         If ``ref`` names no branch, tag or snapshot, or the history is shorter than ``N``.
     """
-    if not isinstance(ref, str) or not ref:
+    if not ref:
         raise InvalidInputError(f"expected a branch, tag or snapshot id, got {ref!r}")
     base, steps = ref, 0
     m = _ANCESTOR.match(ref)

@@ -186,8 +186,10 @@ def normalize_region(
                 f"region for array {name!r} must be a tuple of slices, got {sl!r} on axis {axis}"
             )
         start, stop, step = sl.indices(size)
-        if step != 1 or (sl.start is not None and sl.start < 0) or (
-            sl.stop is not None and (sl.stop < 0 or sl.stop > size)
+        if (
+            step != 1
+            or (sl.start is not None and sl.start < 0)
+            or (sl.stop is not None and (sl.stop < 0 or sl.stop > size))
         ):
             raise InvalidInputError(
                 f"region {sl!r} on axis {axis} of array {name!r} (length {size}) must be a "
@@ -252,9 +254,7 @@ def plan_writes(
     current: list[Piece] = []
     nbytes = nblocks = 0
     for p in pieces:
-        if current and (
-            nbytes + p.nbytes > target_task_bytes or nblocks + p.nblocks > max_blocks
-        ):
+        if current and (nbytes + p.nbytes > target_task_bytes or nblocks + p.nblocks > max_blocks):
             tasks.append(tuple(current))
             current, nbytes, nblocks = [], 0, 0
         current.append(p)
@@ -298,14 +298,18 @@ def _misaligned_message(a: ArrayWrite, axis: int, i: int, pos: int, fixes: Seque
     what = "shard" if a.sharded else "chunk"
     aligned = _aligned_chunks(a.chunks[axis], a.region[axis].start, unit)
     lines = [
-        f"Dask blocks {i} and {i + 1} on axis {axis} of the data written to array {a.name!r} "
-        f"meet at index {pos}, inside the Zarr {what} [{lo}, {lo + unit}) "
-        f"({what} size {unit} on that axis; dask chunks {_short(a.chunks[axis])}, region "
-        f"{_fmt_region(a.region)}). Two tasks writing parts of one {what} in parallel would "
-        f"each store their own version of it, so nothing was written. To fix this, "
-        "choose one of:",
-        f"- rechunk the dask array so that block boundaries fall on multiples of {unit} "
-        f"(from the start of the array), e.g. chunks {_short(aligned)} on axis {axis};",
+        (
+            f"Dask blocks {i} and {i + 1} on axis {axis} of the data written to array "
+            f"{a.name!r} meet at index {pos}, inside the Zarr {what} [{lo}, {lo + unit}) "
+            f"({what} size {unit} on that axis; dask chunks {_short(a.chunks[axis])}, region "
+            f"{_fmt_region(a.region)}). Two tasks writing parts of one {what} in parallel "
+            "would each store their own version of it, so nothing was written. To fix this, "
+            "choose one of:"
+        ),
+        (
+            f"- rechunk the dask array so that block boundaries fall on multiples of {unit} "
+            f"(from the start of the array), e.g. chunks {_short(aligned)} on axis {axis};"
+        ),
         *(f"- {fix}" for fix in fixes),
     ]
     return "\n".join(lines)
@@ -316,7 +320,7 @@ def _aligned_chunks(chunks: tuple[int, ...], start: int, unit: int) -> tuple[int
     stop = start + sum(chunks)
     size = unit * max(1, max(chunks) // unit)
     edges = [start, *range((start // size + 1) * size, stop, size), stop]
-    return tuple(b - a for a, b in zip(edges, edges[1:], strict=False))
+    return tuple(b - a for a, b in itertools.pairwise(edges))
 
 
 def _short(chunks: tuple[int, ...]) -> str:
@@ -352,9 +356,7 @@ def _check_overlaps(arrays: Sequence[ArrayWrite]) -> None:
 def _unit_box(a: ArrayWrite) -> list[tuple[int, int]] | None:
     if any(s.stop == s.start for s in a.region):
         return None
-    return [
-        (s.start // u, -(-s.stop // u)) for s, u in zip(a.region, a.unit, strict=True)
-    ]
+    return [(s.start // u, -(-s.stop // u)) for s, u in zip(a.region, a.unit, strict=True)]
 
 
 # -- batching -------------------------------------------------------------------
@@ -375,7 +377,9 @@ def _pieces(
     per_axis: list[list[tuple[int, int]]] = []
     for axis in range(ndim):
         runs, f = axis_groups[axis], factors[axis]
-        per_axis.append([(runs[k][0], runs[min(k + f, len(runs)) - 1][1]) for k in range(0, len(runs), f)])
+        per_axis.append(
+            [(runs[k][0], runs[min(k + f, len(runs)) - 1][1]) for k in range(0, len(runs), f)]
+        )
     offsets = [list(itertools.accumulate(c, initial=0)) for c in a.chunks]
     for box in itertools.product(*per_axis):
         start = tuple(b[0] for b in box)

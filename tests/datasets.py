@@ -32,8 +32,16 @@ def rasm_like(ntime: int = 24, ny: int = 20, nx: int = 27, seed: int = 0) -> xr.
         },
         coords={
             "time": ("time", time),
-            "xc": (("y", "x"), xc, {"long_name": "longitude of grid cell center", "units": "degrees_east"}),
-            "yc": (("y", "x"), yc, {"long_name": "latitude of grid cell center", "units": "degrees_north"}),
+            "xc": (
+                ("y", "x"),
+                xc,
+                {"long_name": "longitude of grid cell center", "units": "degrees_east"},
+            ),
+            "yc": (
+                ("y", "x"),
+                yc,
+                {"long_name": "latitude of grid cell center", "units": "degrees_north"},
+            ),
         },
         attrs={"title": "synthetic rasm-like data", "institution": "icechunk_dask tests"},
     )

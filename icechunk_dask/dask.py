@@ -1,0 +1,397 @@
+"""Dask-native writes into a session: write + change record per task, tree merge, one commit.
+
+:func:`store_sessions` turns ``dask.array.store``-style writes into a graph in
+which every task computes a box of blocks, writes whole Zarr chunks (or
+shards) through its own fork of the session and returns that fork's compact
+change record; a tree reduction (fan-in ``split_every``) merges the records
+of all target arrays, and only the root reaches the client. The assignment of
+blocks to tasks is a pure plan (:mod:`icechunk_dask._plan`), checked before
+anything is written.
+
+This module also makes plain ``ds.to_zarr(session.store)`` safe on a cluster:
+inside ``session.allow_pickling()`` a client-side ``scheduler=`` wrapper
+makes the tasks that hold copies of the session also return the copies'
+change records, and merges them back when the computation ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import dask
+import dask.array as da
+import dask.threaded
+import zarr
+from dask._task_spec import convert_legacy_graph
+from dask.base import compute, get_scheduler
+from dask.delayed import Delayed
+from dask.local import get_sync
+from dask.typing import Key
+
+from icechunk_dask._changeset import ChangeSet
+from icechunk_dask._exceptions import InvalidInputError, ReadOnlyError
+from icechunk_dask._graph import (
+    TargetSpec,
+    WriteContext,
+    build_write_graph,
+    reroute_session_writes,
+)
+from icechunk_dask._plan import ArrayWrite, WritePlan, normalize_region, plan_writes
+from icechunk_dask._session import ALLOW_PICKLING_HOOKS, READ_ONLY_MESSAGE, Session
+from icechunk_dask._store import SessionStore
+
+__all__ = ["store_sessions"]
+
+#: Default fan-in of the tree reduction that merges change records.
+SPLIT_EVERY = 16
+
+_STORE_FIXES = ("pass align_chunks=True to write the blocks that share a chunk from one task.",)
+
+
+# -- public API -------------------------------------------------------------------
+
+
+@overload
+def store_sessions(
+    sources: da.Array | Sequence[da.Array],
+    targets: zarr.Array[Any] | Sequence[zarr.Array[Any]],
+    session: Session,
+    *,
+    regions: Sequence[tuple[slice, ...] | None] | tuple[slice, ...] | None = ...,
+    split_every: int | None = ...,
+    align_chunks: bool = ...,
+    progress: bool = ...,
+    compute: Literal[True] = ...,
+) -> None: ...
+
+
+@overload
+def store_sessions(
+    sources: da.Array | Sequence[da.Array],
+    targets: zarr.Array[Any] | Sequence[zarr.Array[Any]],
+    session: Session,
+    *,
+    regions: Sequence[tuple[slice, ...] | None] | tuple[slice, ...] | None = ...,
+    split_every: int | None = ...,
+    align_chunks: bool = ...,
+    progress: bool = ...,
+    compute: Literal[False],
+) -> Delayed: ...
+
+
+def store_sessions(
+    sources: da.Array | Sequence[da.Array],
+    targets: zarr.Array[Any] | Sequence[zarr.Array[Any]],
+    session: Session,
+    *,
+    regions: Sequence[tuple[slice, ...] | None] | tuple[slice, ...] | None = None,
+    split_every: int | None = None,
+    align_chunks: bool = False,
+    progress: bool = False,
+    compute: bool = True,
+) -> Delayed | None:
+    """Write dask arrays into Zarr arrays of a session, from any Dask scheduler.
+
+    Every task computes a box of neighbouring blocks, writes them (whole Zarr
+    chunks or shards) through its own fork of ``session`` and returns the
+    fork's change record; a tree reduction merges the records of all targets
+    and only the merged record reaches the client. Nothing is visible in the
+    repository until ``session.commit(...)``; if the computation fails,
+    ``session`` is unchanged.
+
+    Parameters
+    ----------
+    sources
+        Dask arrays to write (or a single one).
+    targets
+        Zarr arrays opened on ``session.store`` (or a single one), one per
+        source. Create them first, e.g. ``zarr.create_array(session.store, ...)``.
+    session
+        The writable session that receives the writes.
+    regions
+        Where each source goes in its target: a tuple of slices per source
+        (``None`` = the whole array), or one tuple for all.
+    split_every
+        Fan-in of the tree reduction of change records (default 16).
+    align_chunks
+        Blocks whose boundaries fall inside a Zarr chunk (or shard) are
+        refused by default; with ``True`` the blocks that share a chunk are
+        written by one task instead.
+    progress
+        Show a progress bar while computing (dask's for local schedulers,
+        distributed's for a cluster). Only with ``compute=True``.
+    compute
+        Compute now and merge the result into ``session`` (``True``), or
+        return a lazy collection (``False``).
+
+    Returns
+    -------
+    None
+        With ``compute=True``: the writes are merged into ``session``; commit
+        it to publish them.
+    dask.delayed.Delayed
+        With ``compute=False``: ``dask.compute(result)`` yields the merged
+        :class:`~icechunk_dask.ChangeSet`; pass it to ``session.merge(...)``
+        and commit. Computing it more than once is harmless.
+
+    Raises
+    ------
+    InvalidInputError
+        If shapes, regions or arrays do not fit, or blocks would share a Zarr
+        chunk with another task (before anything is written).
+    ReadOnlyError
+        If ``session`` is read-only or committed.
+    TypeError
+        If a source is not a dask array or a target is not a Zarr array on a
+        session store.
+
+    Examples
+    --------
+    >>> arr = zarr.create_array(session.store, name="t", shape=(100, 100), chunks=(10, 10),
+    ...                         dtype="f8")  # doctest: +SKIP
+    >>> store_sessions([x], [arr], session)  # doctest: +SKIP
+    >>> session.commit("write t")  # doctest: +SKIP
+    """
+    prepared = prepare_write(
+        sources,
+        targets,
+        session,
+        regions=regions,
+        split_every=split_every,
+        group_shared=align_chunks,
+        fixes=_STORE_FIXES,
+    )
+    collection = prepared.collection(session.fork())
+    if not compute:
+        return collection
+    merge_computed(collection, session, progress=progress)
+    return None
+
+
+# -- building the collection -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """A checked plan: nothing has been written yet."""
+
+    plan: WritePlan
+    sources: list[da.Array]
+    targets: tuple[TargetSpec, ...]
+    split_every: int
+
+    def collection(self, base: Session) -> Delayed:
+        """The lazy write: tasks fork ``base``; the result also carries ``base``'s own changes."""
+        return build_write_graph(
+            self.plan, self.sources, WriteContext(base, self.targets), self.split_every
+        )
+
+
+def prepare_write(
+    sources: da.Array | Sequence[da.Array],
+    targets: zarr.Array[Any] | Sequence[zarr.Array[Any]],
+    session: Session,
+    *,
+    regions: Sequence[tuple[slice, ...] | None] | tuple[slice, ...] | None = None,
+    split_every: int | None = None,
+    group_shared: bool = False,
+    fixes: Sequence[str] = _STORE_FIXES,
+) -> PreparedWrite:
+    """Check the arguments and plan which task writes which blocks (no writes, no graph).
+
+    Raises
+    ------
+    InvalidInputError
+        If shapes or regions do not fit or blocks would share a chunk between tasks.
+    ReadOnlyError
+        If ``session`` is read-only.
+    TypeError
+        If sources or targets have the wrong types.
+    """
+    srcs = [sources] if isinstance(sources, da.Array) else list(sources)
+    tgts = [targets] if isinstance(targets, zarr.Array) else list(targets)
+    if len(srcs) != len(tgts):
+        raise InvalidInputError(
+            f"got {len(srcs)} sources but {len(tgts)} targets; pass one target per source"
+        )
+    regs = _normalize_regions(regions, len(srcs))
+    if not isinstance(session, Session):
+        raise TypeError(f"session must be an icechunk_dask.Session, got {type(session).__name__}")
+    if session.read_only:
+        raise ReadOnlyError(
+            f"{READ_ONLY_MESSAGE}: writing needs a writable session; start one with "
+            "repo.writable_session(branch)"
+        )
+    split: object = SPLIT_EVERY if split_every is None else split_every
+    if not isinstance(split, int) or split < 2:
+        raise InvalidInputError(f"split_every must be an int >= 2, got {split_every!r}")
+    writes, specs = [], []
+    for i, (src, tgt, reg) in enumerate(zip(srcs, tgts, regs, strict=True)):
+        if not isinstance(src, da.Array):
+            raise TypeError(
+                f"source {i} must be a dask array, got {type(src).__name__}; write numpy data "
+                "directly with target[...] = data"
+            )
+        writes.append(_array_write(src, _check_target(tgt, session, i), reg))
+        specs.append(TargetSpec(tgt.path, tgt.metadata, tgt.async_array.config))  # type: ignore[arg-type]
+    plan = plan_writes(writes, group_shared=group_shared, fixes=fixes)
+    return PreparedWrite(plan, srcs, tuple(specs), split)
+
+
+def _normalize_regions(
+    regions: Sequence[tuple[slice, ...] | None] | tuple[slice, ...] | None, n: int
+) -> list[tuple[slice, ...] | None]:
+    if regions is None:
+        return [None] * n
+    if isinstance(regions, tuple) and all(isinstance(r, slice) for r in regions):
+        return [regions] * n
+    out = list(regions)
+    if len(out) != n:
+        raise InvalidInputError(f"got {len(out)} regions for {n} sources; pass one per source")
+    return out  # type: ignore[return-value]
+
+
+def _check_target(target: object, session: Session, i: int) -> zarr.Array[Any]:
+    if not isinstance(target, zarr.Array):
+        raise TypeError(
+            f"target {i} must be a zarr.Array opened on session.store, got {type(target).__name__}"
+        )
+    store = target.store
+    if not isinstance(store, SessionStore) or store.session.session_id != session.session_id:
+        raise TypeError(
+            f"target {i} ({target.path!r}) is not opened on this session's store (it is on "
+            f"{store!r}); open it with zarr.open_array(session.store, path=...)"
+        )
+    if target.metadata.zarr_format != 3:
+        raise InvalidInputError(f"target {i} ({target.path!r}) must be a Zarr v3 array")
+    return target
+
+
+def _array_write(
+    src: da.Array, tgt: zarr.Array[Any], region: tuple[slice, ...] | None
+) -> ArrayWrite:
+    try:
+        chunks = tgt.chunks
+        shards = tgt.shards
+    except NotImplementedError:
+        raise InvalidInputError(
+            f"array {tgt.path!r} does not use a regular chunk grid; only regular grids are "
+            "supported"
+        ) from None
+    reg = normalize_region(region, tgt.shape, src.shape, tgt.path)
+    return ArrayWrite(
+        name=tgt.path,
+        shape=tgt.shape,
+        unit=shards or chunks,
+        region=reg,
+        chunks=src.chunks,
+        itemsize=max(1, src.dtype.itemsize),
+        sharded=shards is not None,
+    )
+
+
+# -- computing --------------------------------------------------------------------------
+
+
+def merge_computed(collection: Delayed, session: Session, *, progress: bool = False) -> None:
+    """Compute a collection that yields a change record and merge it into ``session``.
+
+    Parameters
+    ----------
+    collection
+        What ``store_sessions(..., compute=False)`` or ``to_zarr(..., compute=False)`` returned.
+    session
+        The session to merge into.
+    progress
+        Show a progress bar (dask's, or distributed's on a cluster).
+    """
+    record = _compute(collection, progress)
+    session.merge(record)
+
+
+def _compute(collection: Delayed, progress: bool) -> ChangeSet:
+    if not progress:
+        (result,) = compute(collection)
+        return result  # type: ignore[no-any-return]
+    from distributed import Client
+    from distributed import progress as distributed_progress
+
+    scheduler = get_scheduler(collections=[collection])
+    if isinstance(scheduler, SessionScheduler):
+        scheduler = scheduler.inner()
+    client = getattr(scheduler, "__self__", None)
+    if isinstance(client, Client):
+        future = client.compute(collection)
+        distributed_progress(future, scheduler=client.scheduler_info()["address"])
+        return future.result()  # type: ignore[no-any-return]
+    from dask.diagnostics.progress import ProgressBar
+
+    with ProgressBar():
+        (result,) = compute(collection)
+    return result  # type: ignore[no-any-return]
+
+
+# -- plain ds.to_zarr(session.store) on a cluster, inside allow_pickling ---------------
+
+
+_LOCAL_SCHEDULERS: tuple[Callable[..., Any], ...] = (dask.threaded.get, get_sync)
+
+
+class SessionScheduler:
+    """A client-side ``scheduler=`` that brings back writes made by worker-side copies.
+
+    Installed by ``session.allow_pickling()`` for its duration. With a
+    scheduler that runs tasks in this process (threads, synchronous) it
+    changes nothing. Otherwise every task that holds the session's store
+    also returns the change record of the copy of the session it wrote
+    through; the records are tree-merged in the graph and merged into the
+    session when the computation ends, so ``commit`` sees every write.
+
+    Parameters
+    ----------
+    session
+        The session whose worker-side writes must come back.
+    previous
+        The ``scheduler`` configuration that was in force before (``None`` for dask's default).
+    """
+
+    def __init__(self, session: Session, previous: object) -> None:
+        self.session = session
+        self.previous = previous
+
+    def inner(self) -> Callable[..., Any]:
+        """The scheduler that would run the graph without this wrapper."""
+        if self.previous is not None:
+            return get_scheduler(scheduler=self.previous)  # type: ignore[no-any-return]
+        try:
+            from distributed import get_client
+
+            return get_client().get
+        except (ImportError, ValueError):
+            return dask.threaded.get
+
+    def __call__(self, graph: Any, keys: Sequence[Key], **kwargs: Any) -> Any:
+        inner = self.inner()
+        if inner in _LOCAL_SCHEDULERS or self.session.read_only:
+            return inner(graph, keys, **kwargs)
+        dsk = convert_legacy_graph(graph if isinstance(graph, Mapping) else graph.__dask_graph__())
+        rerouted = reroute_session_writes(dsk, self.session, split_every=SPLIT_EVERY)
+        if rerouted is None:
+            return inner(graph, keys, **kwargs)
+        new_dsk, root = rerouted
+        *results, record = inner(new_dsk, [*keys, root], **kwargs)
+        self.session.merge(record)
+        return results
+
+
+@contextlib.contextmanager
+def _scheduler_hook(session: Session) -> Iterator[None]:
+    with dask.config.set(scheduler=SessionScheduler(session, dask.config.get("scheduler", None))):
+        yield
+
+
+if _scheduler_hook not in ALLOW_PICKLING_HOOKS:
+    ALLOW_PICKLING_HOOKS.append(_scheduler_hook)
