@@ -1,4 +1,9 @@
-"""icechunk_dask: write large Zarr v3 datasets with Dask, in parallel, in one atomic commit."""
+"""icechunk_dask: write large Zarr v3 datasets with Dask, in parallel, in one atomic commit.
+
+The names most programs need are here: :class:`Repository` and the storage
+constructors, :class:`Session`, :func:`merge_sessions`, the Dask writers
+:func:`store_sessions` and :func:`to_zarr`, and the error classes.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,10 @@ from icechunk_dask._exceptions import (
 from icechunk_dask._repository import Repository, SnapshotInfo
 from icechunk_dask._session import Session, SessionStatus
 from icechunk_dask._store import SessionStore
-from icechunk_dask.storage import in_memory_storage, local_filesystem_storage
+from icechunk_dask.dask import store_sessions  # also registers the allow_pickling hook
+from icechunk_dask.distributed import merge_sessions
+from icechunk_dask.storage import in_memory_storage, local_filesystem_storage, s3_storage
+from icechunk_dask.xarray import to_zarr
 
 __version__ = "0.1.0"
 
@@ -50,4 +58,8 @@ __all__ = [
     "__version__",
     "in_memory_storage",
     "local_filesystem_storage",
+    "merge_sessions",
+    "s3_storage",
+    "store_sessions",
+    "to_zarr",
 ]

@@ -67,16 +67,30 @@ def validate_metadata(key: str, doc: bytes) -> None:
         from zarr.core.metadata.v3 import ArrayV3Metadata
 
         try:
-            ArrayV3Metadata.from_dict(dict(parsed))
+            array_meta = ArrayV3Metadata.from_dict(dict(parsed))
         except Exception as e:
             raise InvalidInputError(
                 f"{key!r} is not valid Zarr v3 array metadata: {e}. Nothing was committed"
             ) from e
+        _check_chunk_shape(key, array_meta)
     elif node_type != "group":
         raise InvalidInputError(
             f"{key!r} has node_type {node_type!r}; Zarr v3 knows 'array' and 'group'. "
             "Nothing was committed"
         )
+
+
+def _check_chunk_shape(key: str, meta: Any) -> None:
+    # zarr accepts a chunk length of 0 in metadata, but no data can ever be stored that way
+    chunks = getattr(meta.chunk_grid, "chunk_shape", None)
+    if chunks is None:
+        return
+    for axis, (size, chunk) in enumerate(zip(meta.shape, chunks, strict=False)):
+        if chunk == 0 and size > 0:
+            raise InvalidInputError(
+                f"{key!r} has chunk length 0 on axis {axis} of length {size}: no data could "
+                "ever be stored. Use chunks of at least 1 element. Nothing was committed"
+            )
 
 
 async def unmerged_writers(repo: Repository, session_id: str, cs: ChangeSet) -> list[str]:
@@ -141,7 +155,9 @@ async def commit_changes(
 
 async def check_rebase(repo: Repository, branch: str, cs: ChangeSet, since: str, tip: str) -> None:
     """Raise :class:`RebaseFailedError` if commits from ``since`` to ``tip`` touched ``cs``'s keys."""
-    logs = []
+    # Walk the chain first: after a reset the base is not an ancestor of the tip, and the
+    # walk ends at the root snapshot, which has no transaction log.
+    between: list[str] = []
     current: str | None = tip
     while current != since:
         if current is None:
@@ -151,8 +167,9 @@ async def check_rebase(repo: Repository, branch: str, cs: ChangeSet, since: str,
                 "session and redo the writes",
                 conflicts=[("", "branch reset")],
             )
-        logs.append(await repo.get_transaction_log(current))
+        between.append(current)
         current = (await repo.get_snapshot(current)).parent_id
+    logs = [await repo.get_transaction_log(snapshot_id) for snapshot_id in between]
     tip_snap = await repo.get_snapshot(tip)
     our_nodes = {split_key(k)[0] for k in cs.chunks}
     our_meta_nodes = {k.rpartition("/")[0] for k in cs.meta}

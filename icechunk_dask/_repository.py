@@ -25,6 +25,7 @@ from icechunk_dask._exceptions import (
     IcechunkDaskError,
     InvalidInputError,
     NotFoundError,
+    StorageError,
 )
 from icechunk_dask._sync import run
 from icechunk_dask.format import (
@@ -63,6 +64,12 @@ def validate_ref_name(name: object, what: str) -> str:
         raise InvalidInputError(
             f"invalid {what} name {name!r}: use 1-255 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (for example 'main' or 'experiment-2')"
+        )
+    if what == "tag" and name.endswith(".deleted"):
+        # refs/tag.<name>.deleted.json is the tombstone of tag <name>
+        raise InvalidInputError(
+            f"invalid tag name {name!r}: names ending in '.deleted' are reserved; choose "
+            "another name"
         )
     return name
 
@@ -139,6 +146,9 @@ class Repository:
         self.config = config
         self._snapshots = _LRU(256)
         self._manifests = _LRU(2_000_000)
+        # chunk objects whose whole bytes passed their checksum: partial reads of them
+        # (inner chunks of a shard) need no whole read to be trusted
+        self.verified_chunks = _LRU(200_000)
 
     def __repr__(self) -> str:
         return f"<Repository {self.storage.url} id={self.config.repo_id}>"
@@ -336,7 +346,16 @@ class Repository:
     ) -> bool:
         """Append entry ``seq`` to a branch log; ``False`` if another writer got there first."""
         ref = BranchRef(snapshot_id, parent_id, uuid.uuid4().hex, now_iso(), **kw)
-        won = await self.storage.put_if_absent(branch_ref_key(branch, seq), ref.encode())
+        key, data = branch_ref_key(branch, seq), ref.encode()
+        try:
+            won = await self.storage.put_if_absent(key, data)
+        except StorageError as e:
+            # The entry may have landed with its acknowledgement lost. It carries a unique
+            # token, so reading it back tells whether this writer won.
+            try:
+                won = await self.storage.get(key) == data
+            except IcechunkDaskError:
+                raise e from None
         if won:
             with contextlib.suppress(IcechunkDaskError):  # the hint is only an optimisation
                 await self.storage.put(f"refs/branch.{branch}/hint.json", str(seq).encode())

@@ -220,7 +220,9 @@ class Session:
     async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes | None:
         """Read a key's bytes (optionally a range); ``None`` if the key does not exist.
 
-        Whole-chunk reads are verified against the checksum in the manifest.
+        Every chunk is verified against the checksum in the manifest: a whole
+        read directly, a byte range by checking the whole chunk the first time
+        any part of it is read (remembered per repository object).
 
         Raises
         ------
@@ -240,6 +242,13 @@ class Session:
             return loc[start:] if length is None else loc[start : start + length]
         obj = f"chunks/{loc}"
         whole = start == 0 and (length is None or length >= size)
+        verified_key = f"{loc}:{offset}:{size}:{crc}"
+        if not whole and self._repo.verified_chunks.get(verified_key) is None:
+            # a byte range cannot be checked on its own: check the whole chunk once
+            data = await self.read(key)
+            if data is None:  # pragma: no cover - the reference was just found
+                return None
+            return data[start:] if length is None else data[start : start + length]
         start = min(start, size)
         want = size - start if length is None else max(0, min(length, size - start))
 
@@ -257,13 +266,16 @@ class Session:
             return data
 
         try:
-            return await self._repo.storage.get_range_then(obj, offset + start, want, check)
+            data = await self._repo.storage.get_range_then(obj, offset + start, want, check)
         except NotFoundError:
             raise CorruptObjectError(
                 f"chunk {key!r} is referenced but its object {obj!r} is missing: the "
                 "repository is damaged",
                 key=obj,
             ) from None
+        if whole:
+            self._repo.verified_chunks.put(verified_key, True)
+        return data
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` exists in this session's view."""
@@ -309,8 +321,8 @@ class Session:
             )
 
     async def _mark_writer(self) -> None:
-        # A tracked copy (made by pickling under allow_pickling) leaves a marker before its
-        # first data write, so that commit can tell whether its writes came back.
+        # A tracked copy (any session rebuilt from a pickle) leaves a marker before its
+        # first change, so that commit can tell whether its changes came back.
         if self._tracked and not self._marker_done:
             key = f"sessions/{self._session_id}/{self._writer}"
             await self._repo.storage.put(key, b"")
@@ -339,10 +351,10 @@ class Session:
             If the session is read-only or committed.
         """
         self._check_writable()
+        await self._mark_writer()
         if is_meta_key(key):
             await self._record(key, bytes(data), meta=True)
             return
-        await self._mark_writer()
         size = len(data)
         crc = chunk_checksum(data)
         if size <= self._repo.config.inline_threshold:
@@ -358,6 +370,7 @@ class Session:
         self._check_writable()
         if not await self.exists(key):
             return
+        await self._mark_writer()
         await self._record(key, None, meta=is_meta_key(key))
 
     # -- status ---------------------------------------------------------------
@@ -545,7 +558,8 @@ class Session:
                 own: bytes | None = self._cs.to_bytes()
                 inherited = self._inh_chunks or {}
                 scratch = self._inh_scratch
-                version, tracked = -1, self._tracked
+                # every unpickled copy is tracked: only in-process forks are not
+                version, tracked = -1, True
             else:
                 # a copy of a root session: the root's changes become the copy's inheritance
                 meta = {**self._inh_meta, **self._cs.meta}
@@ -609,6 +623,10 @@ class Session:
             )
         if not isinstance(message, str):
             raise InvalidInputError(f"the commit message must be a str, got {message!r}")
+        if isinstance(rebase_tries, bool) or not isinstance(rebase_tries, int) or rebase_tries < 0:
+            raise InvalidInputError(
+                f"rebase_tries must be an int >= 0 (0: never rebase), got {rebase_tries!r}"
+            )
         try:
             meta_json = json.loads(json.dumps(metadata or {}))
         except (TypeError, ValueError) as e:

@@ -3,10 +3,12 @@
 Layout (little endian)::
 
     b"ICDK" | format u8 | kind u8 | flags u16 | header_len u32 | body_len u64
-    | crc32(header + body) u32 | header (JSON, UTF-8) | body
+    | crc32(first 20 bytes + header + body) u32 | header (JSON, UTF-8) | body
 
-Flag bit 0 means the body is zlib-compressed. A wrong magic, size or checksum
-is reported as :class:`CorruptObjectError` naming the key; it is never
+Flag bit 0 means the body is zlib-compressed; other flag bits are reserved
+and must be 0. The checksum covers the fixed prefix too, so a damaged format,
+kind, flags or length field is caught like damaged content. A wrong magic,
+size, kind, flag or checksum is reported as :class:`CorruptObjectError` naming the key; it is never
 returned as data.
 """
 
@@ -26,6 +28,8 @@ MAGIC = b"ICDK"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sBBHIQI")
 _ZLIB = 1
+_KNOWN_FLAGS = _ZLIB
+_CRC_AT = _PREFIX.size - 4  # the checksum is the last prefix field
 
 
 class ObjectKind(IntEnum):
@@ -38,6 +42,9 @@ class ObjectKind(IntEnum):
     BRANCH_REF = 5
     TAG_REF = 6
     SCRATCH = 7
+
+
+_KINDS = frozenset(int(k) for k in ObjectKind)
 
 
 def encode_object(
@@ -66,9 +73,9 @@ def encode_object(
     if compress and body:
         body = zlib.compress(body, 1)
         flags |= _ZLIB
-    crc = zlib.crc32(body, zlib.crc32(head))
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, int(kind), flags, len(head), len(body), crc)
-    return b"".join((prefix, head, body))
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, int(kind), flags, len(head), len(body), 0)
+    crc = zlib.crc32(body, zlib.crc32(head, zlib.crc32(prefix[:_CRC_AT])))
+    return b"".join((prefix[:_CRC_AT], crc.to_bytes(4, "little"), head, body))
 
 
 def decode_object(data: bytes, key: str, kind: ObjectKind) -> tuple[dict[str, Any], bytes]:
@@ -103,6 +110,8 @@ def decode_object(data: bytes, key: str, kind: ObjectKind) -> tuple[dict[str, An
     magic, version, got_kind, flags, head_len, body_len, crc = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise CorruptObjectError(f"object {key!r} is not an icechunk_dask object", key=key)
+    if version == 0:
+        raise CorruptObjectError(f"object {key!r} has format version 0: it is damaged", key=key)
     if version > FORMAT_VERSION:
         raise FormatVersionError(
             f"object {key!r} uses format version {version}, newer than this icechunk_dask "
@@ -118,14 +127,15 @@ def decode_object(data: bytes, key: str, kind: ObjectKind) -> tuple[dict[str, An
     view = memoryview(data)
     head = view[_PREFIX.size : _PREFIX.size + head_len]
     body = view[_PREFIX.size + head_len : end]
-    if zlib.crc32(body, zlib.crc32(head)) != crc:
+    if zlib.crc32(body, zlib.crc32(head, zlib.crc32(view[:_CRC_AT]))) != crc:
         raise CorruptObjectError(f"object {key!r} fails its checksum: it is damaged", key=key)
     if got_kind != int(kind):
+        what = ObjectKind(got_kind).name.lower() if got_kind in _KINDS else f"kind {got_kind}"
         raise CorruptObjectError(
-            f"object {key!r} is a {ObjectKind(got_kind).name.lower()}, expected a "
-            f"{kind.name.lower()}",
-            key=key,
+            f"object {key!r} is a {what}, expected a {kind.name.lower()}", key=key
         )
+    if flags & ~_KNOWN_FLAGS:
+        raise CorruptObjectError(f"object {key!r} has unknown flags {flags:#x}", key=key)
     try:
         header = json.loads(bytes(head))
         payload = zlib.decompress(body) if flags & _ZLIB else bytes(body)
