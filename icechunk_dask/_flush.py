@@ -8,8 +8,12 @@ changed, not what the repository holds.
 from __future__ import annotations
 
 import asyncio
+import operator
 import zlib
+from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from icechunk_dask.format import (
     ChunkRef,
@@ -17,7 +21,9 @@ from icechunk_dask.format import (
     Snapshot,
     TransactionLog,
     encode_manifest,
+    encode_manifest_columns,
     new_id,
+    ref_columns,
 )
 from icechunk_dask.format._keys import split_key
 
@@ -25,9 +31,15 @@ if TYPE_CHECKING:
     from icechunk_dask._changeset import ChangeSet
     from icechunk_dask._repository import Repository
 
-__all__ = ["group_by_node", "shard_of", "write_snapshot"]
+__all__ = ["group_by_node", "shard_of", "shard_order", "write_snapshot"]
 
 _CONCURRENCY = 32
+
+#: How many nodes ``group_by_node`` splits off with C-level prefix tests before it
+#: falls back to one ``split_key`` per key (each fast step is a pass over the keys left).
+_FAST_NODES = 16
+
+_Refs = list[ChunkRef | None]
 
 
 def shard_of(suffix: str, nshards: int) -> int:
@@ -35,26 +47,73 @@ def shard_of(suffix: str, nshards: int) -> int:
     return zlib.crc32(suffix.encode()) % nshards if nshards > 1 else 0
 
 
-def group_by_node(chunks: dict[str, ChunkRef | None]) -> dict[str, dict[str, ChunkRef | None]]:
-    """Group chunk changes by node: ``{node: {suffix: ref}}``."""
-    out: dict[str, dict[str, ChunkRef | None]] = {}
-    # memo: directory -> (node's group, length of the node prefix to strip)
-    memo: dict[str, tuple[dict[str, ChunkRef | None], int]] = {}
-    for key, ref in chunks.items():
+def shard_order(suffixes: list[str], nshards: int) -> tuple[np.ndarray, list[int]]:
+    """Group ``suffixes`` by :func:`shard_of`, hashing in C.
+
+    Returns
+    -------
+    tuple of (ndarray, list of int)
+        A stable order of the indices of ``suffixes`` by shard, and the
+        ``nshards + 1`` boundaries of each shard's run in that order.
+    """
+    n = len(suffixes)
+    if nshards <= 1:
+        return np.arange(n), [0, n]
+    hashes = np.fromiter(map(zlib.crc32, map(str.encode, suffixes)), dtype=np.uint32, count=n)
+    shard = hashes % np.uint32(nshards)
+    order = np.argsort(shard, kind="stable")
+    return order, [0, *np.cumsum(np.bincount(shard, minlength=nshards)).tolist()]
+
+
+def group_by_node(chunks: dict[str, ChunkRef | None]) -> dict[str, tuple[list[str], _Refs]]:
+    """Group chunk changes by node: ``{node: (suffixes, refs)}`` (parallel lists).
+
+    Keys in Zarr v3's default encoding (``<node>/c/...``) are split off per
+    node with C-level prefix tests, no Python bytecode per key; anything else
+    goes through :func:`split_key` one key at a time. Both give exactly
+    ``split_key``'s grouping.
+    """
+    out: dict[str, tuple[list[str], _Refs]] = {}
+    keys = list(chunks)
+    refs = list(chunks.values())
+    # "<dir>/c" is a 0-d array's only chunk, grouped by its directory: not for the fast path
+    if not any(map(str.endswith, keys, repeat("/c"))):
+        for _ in range(_FAST_NODES):
+            if not keys:
+                return out
+            node, suffix = split_key(keys[0])
+            if not suffix.startswith("c/"):
+                break
+            # node has no "c" component, so every "<node>/c/..." key belongs to it
+            prefix = f"{node}/c/" if node else "c/"
+            mask = list(map(str.startswith, keys, repeat(prefix)))
+            if all(mask):
+                mine_k, mine_r, keys, refs = keys, refs, [], []
+            else:
+                mine_k, mine_r = list(compress(keys, mask)), list(compress(refs, mask))
+                rest = list(map(operator.not_, mask))
+                keys, refs = list(compress(keys, rest)), list(compress(refs, rest))
+            cut = operator.itemgetter(slice(len(node) + 1 if node else 0, None))
+            out[node] = (list(map(cut, mine_k)), mine_r)
+    # the general case; memo: directory -> (node's lists, length of the node prefix to strip)
+    memo: dict[str, tuple[list[str], _Refs, int]] = {}
+    for key, ref in zip(keys, refs, strict=True):
         dirname, _, name = key.rpartition("/")
         hit = memo.get(dirname) if name != "c" else None
         if hit is None:
             node, suffix = split_key(key)
             group = out.get(node)
             if group is None:
-                group = out[node] = {}
-            cut = len(key) - len(suffix)
+                group = out[node] = ([], [])
+            cut_at = len(key) - len(suffix)
             if name != "c":
-                memo[dirname] = (group, cut)
-            group[suffix] = ref
+                memo[dirname] = (*group, cut_at)
+            group[0].append(suffix)
+            group[1].append(ref)
         else:
-            group, cut = hit
-            group[key[cut:]] = ref
+            sfx, rfs, cut_at = hit
+            sfx.append(key[cut_at:])
+            rfs.append(ref)
     return out
 
 
@@ -62,22 +121,26 @@ async def _rewrite_node(
     repo: Repository,
     node: str,
     old: NodeManifests | None,
-    changes: dict[str, ChunkRef | None],
+    suffixes: list[str],
+    refs: _Refs,
     sem: asyncio.Semaphore,
 ) -> NodeManifests | None:
     shard_size = repo.config.manifest_shard_size
     old_shards: tuple[str | None, ...] = old.shards if old is not None else (None,)
     old_count = old.count if old is not None else 0
     n = len(old_shards)
-    upper = old_count + sum(1 for r in changes.values() if r is not None)
+    upper = old_count + len(refs) - operator.countOf(refs, None)
     reshard = upper > n * shard_size
     if reshard:
         while upper > n * shard_size // 2:
             n *= 2
-    # bucket the changes by (new) shard
-    buckets: dict[int, dict[str, ChunkRef | None]] = {}
-    for suffix, ref in changes.items():
-        buckets.setdefault(shard_of(suffix, n), {})[suffix] = ref
+
+    def plan() -> tuple[np.ndarray, list[int], tuple[Any, ...] | None]:
+        # the changes' order by (new) shard, and the changes as columns if they are all
+        # chunk objects (transposed in insertion order, where the refs sit close in memory)
+        return (*shard_order(suffixes, n), ref_columns(refs))
+
+    order, bounds, columns = await asyncio.to_thread(plan)
 
     async def load(mid: str | None) -> dict[str, ChunkRef]:
         if mid is None:
@@ -85,46 +148,76 @@ async def _rewrite_node(
         async with sem:
             return await repo.get_manifest(mid)
 
-    async def write(i: int, entries: dict[str, ChunkRef]) -> str | None:
+    def encode(i: int, base: dict[str, ChunkRef]) -> tuple[bytes | None, int]:
+        idx = order[bounds[i] : bounds[i + 1]]
+        pick = idx.tolist()
+        keys = list(map(suffixes.__getitem__, pick))
+        if not base and columns is not None:
+            # new entries only, no deletions: straight from the columns
+            ids, offsets, lengths, checksums = columns
+            cols = (list(map(ids.__getitem__, pick)), offsets[idx], lengths[idx], checksums[idx])
+            return encode_manifest_columns(node, i, n, keys, cols), len(keys)
+        entries = dict(base)
+        _apply(entries, keys, list(map(refs.__getitem__, pick)))
         if not entries:
-            return None
+            return None, 0
+        return encode_manifest(node, i, n, entries), len(entries)
+
+    async def write(i: int, base: dict[str, ChunkRef]) -> tuple[str | None, int]:
+        """Write shard ``i``: ``base`` plus the changes that fall into it; (id, count)."""
+        if not base and bounds[i] == bounds[i + 1]:
+            return None, 0
+        data, count = await asyncio.to_thread(encode, i, base)
+        if data is None:
+            return None, 0
         mid = new_id()
-        data = await asyncio.to_thread(encode_manifest, node, i, n, entries)
         async with sem:
             await repo.storage.put(f"manifests/{mid}", data)
-        return mid
+        return mid, count
 
+    changed = [i for i in range(n) if bounds[i] < bounds[i + 1]]
     if reshard:
-        olds = await asyncio.gather(*(load(m) for m in old_shards))
-        shards: list[dict[str, ChunkRef]] = [{} for _ in range(n)]
-        for entries in olds:
-            for suffix, ref in entries.items():
-                shards[shard_of(suffix, n)][suffix] = ref
-        for i, bucket in buckets.items():
-            _apply(shards[i], bucket)
-        ids = await asyncio.gather(*(write(i, s) for i, s in enumerate(shards)))
-        count = sum(len(s) for s in shards)
+        bases: list[dict[str, ChunkRef]] = [{} for _ in range(n)]
+        for entries in await asyncio.gather(*(load(m) for m in old_shards)):
+            if entries:
+                await asyncio.to_thread(_redistribute, entries, bases)
+        done = await asyncio.gather(*(write(i, bases[i]) for i in range(n)))
+        ids: list[str | None] = [mid for mid, _ in done]
+        count = sum(c for _, c in done)
     else:
-        new_ids: list[str | None] = list(old_shards)
+        ids = list(old_shards)
         count = old_count
 
-        async def redo(i: int, bucket: dict[str, ChunkRef | None]) -> int:
-            entries = dict(await load(old_shards[i]))
-            before = len(entries)
-            _apply(entries, bucket)
-            new_ids[i] = await write(i, entries)
-            return len(entries) - before
+        async def redo(i: int) -> int:
+            base = await load(old_shards[i])
+            ids[i], after = await write(i, base)
+            return after - len(base)
 
-        deltas = await asyncio.gather(*(redo(i, b) for i, b in buckets.items()))
-        count += sum(deltas)
-        ids = new_ids
+        count += sum(await asyncio.gather(*(redo(i) for i in changed)))
     if count == 0:
         return None
     return NodeManifests(tuple(ids), count)
 
 
-def _apply(entries: dict[str, ChunkRef], changes: dict[str, ChunkRef | None]) -> None:
-    for suffix, ref in changes.items():
+def _redistribute(entries: dict[str, ChunkRef], bases: list[dict[str, ChunkRef]]) -> None:
+    """Add ``entries`` (one old shard) to the new shards ``bases``."""
+    keys = list(entries)
+    vals = list(entries.values())
+    order, bounds = shard_order(keys, len(bases))
+    idx = order.tolist()
+    keys = list(map(keys.__getitem__, idx))
+    vals = list(map(vals.__getitem__, idx))
+    for i, base in enumerate(bases):
+        lo, hi = bounds[i], bounds[i + 1]
+        if lo < hi:
+            base.update(zip(keys[lo:hi], vals[lo:hi], strict=True))
+
+
+def _apply(entries: dict[str, ChunkRef], suffixes: list[str], refs: _Refs) -> None:
+    if None not in refs:  # no deletions: one C-level update
+        entries.update(zip(suffixes, refs, strict=True))  # type: ignore[arg-type]
+        return
+    for suffix, ref in zip(suffixes, refs, strict=True):
         if ref is None:
             entries.pop(suffix, None)
         else:
@@ -155,21 +248,29 @@ async def write_snapshot(
             meta.pop(key, None)
         else:
             meta[key] = doc
-    by_node = await asyncio.to_thread(group_by_node, changes.chunks)
-    sem = asyncio.Semaphore(_CONCURRENCY)
+    snap_id = new_id()
+
+    async def write_txlog() -> None:
+        # independent of the manifests: encode and store it while they are written
+        txlog = TransactionLog(snap_id, parent.id, changes.meta.keys(), changes.chunks.keys())
+        await repo.storage.put(f"transactions/{snap_id}", await asyncio.to_thread(txlog.encode))
+
+    async def write_manifests() -> list[tuple[str, NodeManifests | None]]:
+        by_node = await asyncio.to_thread(group_by_node, changes.chunks)
+        sem = asyncio.Semaphore(_CONCURRENCY)
+        names = list(by_node)
+        results = await asyncio.gather(
+            *(_rewrite_node(repo, n, parent.nodes.get(n), *by_node[n], sem) for n in names)
+        )
+        return list(zip(names, results, strict=True))
+
+    _, rewritten = await asyncio.gather(write_txlog(), write_manifests())
     nodes = dict(parent.nodes)
-    names = list(by_node)
-    results = await asyncio.gather(
-        *(_rewrite_node(repo, n, parent.nodes.get(n), by_node[n], sem) for n in names)
-    )
-    for name, nm in zip(names, results, strict=True):
+    for name, nm in rewritten:
         if nm is None:
             nodes.pop(name, None)
         else:
             nodes[name] = nm
-    snap = Snapshot(new_id(), parent.id, written_at, message, metadata, meta, nodes)
-    txlog = TransactionLog(snap.id, parent.id, changes.meta.keys(), changes.chunks.keys())
-    tx_bytes = await asyncio.to_thread(txlog.encode)
-    await repo.storage.put(f"transactions/{snap.id}", tx_bytes)
+    snap = Snapshot(snap_id, parent.id, written_at, message, metadata, meta, nodes)
     await repo.storage.put(f"snapshots/{snap.id}", await asyncio.to_thread(snap.encode))
     return snap

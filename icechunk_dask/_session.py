@@ -78,6 +78,13 @@ PICKLING_MESSAGE = (
 
 _MISSING: Any = object()
 
+#: Chunks of at most this many bytes are packed: appended to the session's open pack object
+#: (one ``chunks/<id>`` holding many chunks, referenced by offset) instead of one object each.
+PACK_MAX_CHUNK = 256 * 1024
+#: An open pack is stored once it holds this many bytes (and, at the latest, when the
+#: session's changes leave it: ``changes()``, ``fork()``, pickling, ``commit()``).
+PACK_TARGET = 8 * 1024 * 1024
+
 
 class Session:
     """A view of one snapshot, writable or not, that records and commits changes.
@@ -119,6 +126,14 @@ class Session:
         self._chunks_version = 0
         self._scratch_cache: tuple[int, str] | None = None
         self._store: SessionStore | None = None
+        # Packed small chunks (guarded by _lock): the open pack (object id, parts by offset,
+        # size); closed packs not stored yet (in flight, or failed: retried by the next
+        # flush), readable from memory until they are; and who is storing which.
+        self._pack_id: str | None = None
+        self._pack: dict[int, bytes] = {}
+        self._pack_size = 0
+        self._unstored: dict[str, dict[int, bytes]] = {}
+        self._inflight: dict[str, threading.Event] = {}
 
     # -- properties -----------------------------------------------------------
 
@@ -240,6 +255,9 @@ class Session:
         loc, offset, size, crc = ref
         if isinstance(loc, bytes):
             return loc[start:] if length is None else loc[start : start + length]
+        pending = self._pending_part(loc, offset)
+        if pending is not None:
+            return pending[start:] if length is None else pending[start : start + length]
         obj = f"chunks/{loc}"
         whole = start == 0 and (length is None or length >= size)
         verified_key = f"{loc}:{offset}:{size}:{crc}"
@@ -359,11 +377,96 @@ class Session:
         crc = chunk_checksum(data)
         if size <= self._repo.config.inline_threshold:
             ref: ChunkRef = (bytes(data), 0, size, crc)
+        elif size <= PACK_MAX_CHUNK:
+            await self._write_packed(key, bytes(data), crc)
+            return
         else:
             chunk_id = f"{self._writer}{next(self._seq):x}"
             await self._repo.storage.put(f"chunks/{chunk_id}", data)
             ref = (chunk_id, 0, size, crc)
         await self._record(key, ref, meta=False)
+
+    async def _write_packed(self, key: str, data: bytes, crc: int) -> None:
+        # Append to the open pack and record the ref in one critical section, so that a
+        # concurrent fork()/changes() either sees neither or both (and then stores the pack).
+        inherited = await self._inherited_chunks()
+        with self._lock:
+            self._check_writable()
+            if self._pack_id is None:
+                self._pack_id = f"{self._writer}{next(self._seq):x}"
+            pack_id, offset = self._pack_id, self._pack_size
+            self._pack[offset] = data
+            self._pack_size += len(data)
+            own = self._cs.chunks
+            if key not in own and key in inherited:
+                self._cs.prev_chunks[key] = inherited[key]
+            own[key] = (pack_id, offset, len(data), crc)
+            self._chunks_version += 1
+            claims: list[tuple[str, dict[int, bytes]]] = []
+            if self._pack_size >= PACK_TARGET:  # full: store it now
+                self._close_pack()
+                claims = self._claim({pack_id})[0]
+        if claims:
+            await self._store_packs(claims)
+
+    def _pending_part(self, loc: str, offset: int) -> bytes | None:
+        """A packed chunk that is not in storage yet (``None`` if it is)."""
+        if loc == self._pack_id or loc in self._unstored:
+            with self._lock:
+                parts = self._pack if loc == self._pack_id else self._unstored.get(loc)
+                if parts is not None:
+                    return parts.get(offset)
+        return None
+
+    def _close_pack(self) -> set[str]:
+        """Close the open pack; return the ids of every pack not stored yet (hold ``_lock``)."""
+        if self._pack_id is not None:
+            self._unstored[self._pack_id] = self._pack
+            self._pack_id, self._pack, self._pack_size = None, {}, 0
+        return set(self._unstored)
+
+    def _claim(
+        self, ids: set[str]
+    ) -> tuple[list[tuple[str, dict[int, bytes]]], list[threading.Event]]:
+        """Claim the packs of ``ids`` nobody is storing; events of the others (hold ``_lock``)."""
+        claims = [(i, self._unstored[i]) for i in ids if i not in self._inflight]
+        waits = [self._inflight[i] for i in ids if i in self._inflight]
+        for i, _ in claims:
+            self._inflight[i] = threading.Event()
+        return claims, waits
+
+    async def _store_packs(self, claims: list[tuple[str, dict[int, bytes]]]) -> None:
+        async def one(pack_id: str, parts: dict[int, bytes]) -> None:
+            stored = False
+            try:
+                await self._repo.storage.put(f"chunks/{pack_id}", b"".join(parts.values()))
+                stored = True
+            finally:
+                with self._lock:
+                    if stored:
+                        self._unstored.pop(pack_id, None)
+                    self._inflight.pop(pack_id).set()
+
+        results = await asyncio.gather(*(one(*c) for c in claims), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    def _ensure_stored(self, ids: set[str]) -> None:
+        """Block until the packs ``ids`` are in storage (storing or retrying them as needed).
+
+        Call before chunk refs leave the session (a record, a fork, a pickle, a commit):
+        they may point into these packs. Raises if a pack cannot be stored; it stays
+        pending, and the next call retries it.
+        """
+        while ids:
+            with self._lock:
+                ids &= self._unstored.keys()
+                claims, waits = self._claim(ids)
+            if claims:
+                run(self._store_packs(claims))
+            for event in waits:
+                event.wait()
 
     async def remove(self, key: str) -> None:
         """Record the deletion of ``key`` (no-op if it does not exist)."""
@@ -394,6 +497,9 @@ class Session:
         self._check_writable()
         with self._lock:
             self._cs = ChangeSet(self._repo.repo_id, self._base)
+            self._pack_id, self._pack, self._pack_size = None, {}, 0
+            for pack_id in set(self._unstored) - set(self._inflight):
+                del self._unstored[pack_id]
             self._chunks_version += 1
 
     # -- fork / merge ---------------------------------------------------------
@@ -414,9 +520,11 @@ class Session:
         """Return a picklable child that sees this session's uncommitted state.
 
         The child records only its own changes; bring them back with
-        :meth:`merge`. Forking does no I/O unless a pickled fork must carry
-        uncommitted chunk writes of its parent (then they are stored once, as
-        a small scratch object, when the fork is first pickled).
+        :meth:`merge`. Forking does no I/O unless this session holds
+        uncommitted small chunks in its open pack (stored first, so the child
+        can read them) or a pickled fork must carry uncommitted chunk writes
+        of its parent (then they are stored once, as a small scratch object,
+        when the fork is first pickled).
 
         Returns
         -------
@@ -435,6 +543,7 @@ class Session:
             )
         child = self._child(tracked=False)
         with self._lock:
+            pending = self._close_pack()  # the child must be able to read every inherited ref
             own_meta, own_chunks = self._cs.meta, self._cs.chunks
             child._inh_meta = {**self._inh_meta, **own_meta} if own_meta else self._inh_meta
             if not own_chunks:
@@ -447,13 +556,15 @@ class Session:
                     child._inh_chunks = dict(run(self._inherited_chunks()))
                 child._inh_chunks.update(own_chunks)
                 child._inh_scratch = None
+        self._ensure_stored(pending)
         return child
 
     def changes(self) -> ChangeSet:
         """Return a compact, picklable record of this session's own changes.
 
-        Pure: the session keeps its changes. A Dask task returns this record;
-        :meth:`merge` accepts it.
+        Pure: the session keeps its changes. Small chunks still buffered in
+        the session's open pack are stored first, because the record points
+        into it. A Dask task returns this record; :meth:`merge` accepts it.
 
         Returns
         -------
@@ -461,7 +572,10 @@ class Session:
             A copy of the session's change set.
         """
         with self._lock:
-            return self._cs.copy()
+            pending = self._close_pack()  # the refs leave the session: store what they point to
+            cs = self._cs.copy()
+        self._ensure_stored(pending)
+        return cs
 
     def merge(self, *others: Session | ChangeSet) -> None:
         """Merge forks, pickled copies or change records into this session, in place.
@@ -552,6 +666,7 @@ class Session:
         if not self.pickling_allowed:
             raise PicklingNotAllowedError(PICKLING_MESSAGE)
         with self._lock:
+            pending = self._close_pack()
             if self._is_fork:
                 # a fork travels with its own changes; what it inherited stays inherited
                 meta = self._inh_meta
@@ -567,6 +682,7 @@ class Session:
                 inherited = dict(self._cs.chunks)
                 scratch = None
                 version, tracked = self._chunks_version, True
+        self._ensure_stored(pending)
         if scratch is None and inherited:
             scratch = self._scratch_key(inherited, version)
         state = (self._repo, self._base, self._branch, self._session_id, meta, scratch, own)
@@ -634,7 +750,9 @@ class Session:
         if not isinstance(meta_json, dict):
             raise InvalidInputError("commit metadata must be a dict")
         with self._lock:
+            pending = self._close_pack()
             cs = self._cs.copy()
+        self._ensure_stored(pending)
         if not cs:
             if run(unmerged_writers(self._repo, self._session_id, cs)):
                 raise UnmergedWritesError(f"some {UNMERGED_MESSAGE}")

@@ -3,7 +3,8 @@
 A repository on local disk holds two commits of one uncompressed array, a tag
 and the transaction log a rebase reads. For each object the read path needs
 (a chunk, a manifest, a snapshot, the branch-log entry at the tip, a tag, the
-transaction log, the repository config) the test flips a bit in *every* byte,
+transaction log, the repository config) the test flips a bit in *every* byte (of a chunk
+object: every byte a reference at the tip points at),
 one at a time, truncates it at several lengths, appends a byte (envelopes only)
 and deletes it. After each damage a fresh ``Repository`` reads through the
 normal API; it must raise a :class:`CorruptObjectError` whose ``key`` names the
@@ -60,7 +61,12 @@ class Scenario:
         snap = sync(repo.get_snapshot(self.tip))
         (self.manifest,) = (m for m in snap.nodes["a"].shards if m is not None)
         refs = sync(repo.get_manifest(self.manifest))
-        self.chunks = sorted(ref[0] for ref in refs.values())  # type: ignore[type-var]
+        self.chunks = sorted({ref[0] for ref in refs.values()})  # type: ignore[type-var]
+        # Small chunks are packed: an object may also hold bytes no snapshot at the tip
+        # references (the first commit's version of chunk 0). Damage there is harmless.
+        self.live: dict[str, set[int]] = {}
+        for loc, offset, length, _ in refs.values():
+            self.live.setdefault(f"chunks/{loc}", set()).update(range(offset, offset + length))
         self.tip_seq = int(max(p.stem for p in (root / "refs" / "branch.main").glob("0*.json")))
 
     def fresh(self) -> Repository:
@@ -88,8 +94,12 @@ class Scenario:
         return session.commit("over the tip")
 
 
-def _damages(data: bytes, envelope: bool) -> Iterator[tuple[str, bytes]]:
+def _damages(
+    data: bytes, envelope: bool, live: set[int] | None = None
+) -> Iterator[tuple[str, bytes]]:
     for i in range(len(data)):
+        if live is not None and i not in live:
+            continue
         flipped = bytearray(data)
         flipped[i] ^= 1 << (i % 8)
         yield f"bit {i % 8} of byte {i}", bytes(flipped)
@@ -166,7 +176,7 @@ def test_every_damage_is_detected_and_names_the_key(scenario: Scenario, target: 
     problems: list[str] = []
     tried = 0
     try:
-        for label, damaged in _damages(original, envelope):
+        for label, damaged in _damages(original, envelope, scenario.live.get(key)):
             path.write_bytes(damaged)
             byte = int(label.rsplit(" ", 1)[1]) if label.startswith("bit") else None
             problem = _outcome(read, key, byte)
@@ -182,7 +192,7 @@ def test_every_damage_is_detected_and_names_the_key(scenario: Scenario, target: 
                 problems.append(f"deleted: {problem}")
     finally:
         path.write_bytes(original)
-    assert tried >= len(original)
+    assert tried >= len(scenario.live.get(key, original))
     assert not problems, f"{len(problems)} of {tried} damages of {key} mishandled:\n" + "\n".join(
         problems[:20]
     )

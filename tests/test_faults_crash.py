@@ -30,7 +30,7 @@ from icechunk_dask import Repository, local_filesystem_storage
 from icechunk_dask.storage import LocalFileSystemStorage
 
 SPAWN = mp.get_context("spawn")
-SHAPE, CHUNKS = (64, 8), (16, 8)  # 4 chunks of 1 KiB: stored as chunk objects
+SHAPE, CHUNKS = (64, 4096), (16, 4096)  # 4 chunks of 512 KiB: one object each (not packed)
 TIMEOUT = 120
 
 

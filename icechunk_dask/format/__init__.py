@@ -20,6 +20,7 @@ from icechunk_dask.format._objects import (
     decode_manifest,
     decode_scratch,
     encode_manifest,
+    encode_manifest_columns,
     encode_scratch,
     tag_key,
 )
@@ -28,6 +29,7 @@ from icechunk_dask.format._refs_codec import (
     chunk_checksum,
     decode_refs,
     encode_refs,
+    ref_columns,
     same_chunk,
 )
 
@@ -49,10 +51,12 @@ __all__ = [
     "decode_refs",
     "decode_scratch",
     "encode_manifest",
+    "encode_manifest_columns",
     "encode_object",
     "encode_refs",
     "encode_scratch",
     "new_id",
+    "ref_columns",
     "same_chunk",
     "tag_key",
 ]

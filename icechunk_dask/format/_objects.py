@@ -19,13 +19,21 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from icechunk_dask._exceptions import CorruptObjectError
 from icechunk_dask.format._envelope import ObjectKind, decode_object, encode_object
-from icechunk_dask.format._refs_codec import ChunkRef, decode_refs, encode_refs
+from icechunk_dask.format._refs_codec import (
+    ChunkRef,
+    decode_refs,
+    encode_ref_columns,
+    encode_refs,
+)
 
 __all__ = [
     "BranchRef",
@@ -38,6 +46,7 @@ __all__ = [
     "decode_manifest",
     "decode_scratch",
     "encode_manifest",
+    "encode_manifest_columns",
     "encode_scratch",
     "tag_key",
 ]
@@ -172,6 +181,18 @@ def encode_manifest(node: str, shard: int, nshards: int, entries: dict[str, Chun
     return encode_object(
         ObjectKind.MANIFEST, header, encode_refs(list(entries), list(entries.values()))
     )
+
+
+def encode_manifest_columns(
+    node: str,
+    shard: int,
+    nshards: int,
+    suffixes: Sequence[str],
+    columns: tuple[Sequence[str], np.ndarray, np.ndarray, np.ndarray],
+) -> bytes:
+    """Encode one manifest shard given as columns (same bytes as :func:`encode_manifest`)."""
+    header = {"node": node, "shard": shard, "of": nshards, "count": len(suffixes)}
+    return encode_object(ObjectKind.MANIFEST, header, encode_ref_columns(suffixes, *columns))
 
 
 def decode_manifest(data: bytes, key: str) -> dict[str, ChunkRef]:

@@ -14,16 +14,27 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from operator import itemgetter
+from typing import cast
 
 import numpy as np
 import xxhash
 
-__all__ = ["ChunkRef", "chunk_checksum", "decode_refs", "encode_refs", "same_chunk"]
+__all__ = [
+    "ChunkRef",
+    "chunk_checksum",
+    "decode_refs",
+    "encode_ref_columns",
+    "encode_refs",
+    "ref_columns",
+    "same_chunk",
+]
 
 ChunkRef = tuple[str | bytes, int, int, int]
 
 _FILE, _INLINE, _DELETED = 0, 1, 2
 _COUNTS = struct.Struct("<QQQQ")
+_LOC, _OFF, _LEN, _SUM = (itemgetter(i) for i in range(4))
 
 
 def chunk_checksum(data: bytes | memoryview) -> int:
@@ -42,6 +53,56 @@ def same_chunk(a: ChunkRef | None, b: ChunkRef | None) -> bool:
     return True
 
 
+def ref_columns(
+    refs: Sequence[ChunkRef | None],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:
+    """Transpose references that all point into chunk objects, in C.
+
+    Returns
+    -------
+    tuple or None
+        ``(ids, offsets, lengths, checksums)``, or ``None`` if a reference is
+        a deletion or an inline chunk (the caller takes the general path).
+    """
+    n = len(refs)
+    if not n or set(map(type, refs)) != {tuple}:
+        return None
+    file_refs = cast("Sequence[tuple[str, int, int, int]]", refs)
+    ids = list(map(_LOC, file_refs))
+    if set(map(type, ids)) != {str}:
+        return None
+    return (
+        ids,
+        np.fromiter(map(_OFF, file_refs), dtype=np.uint64, count=n),
+        np.fromiter(map(_LEN, file_refs), dtype=np.uint64, count=n),
+        np.fromiter(map(_SUM, file_refs), dtype=np.uint64, count=n),
+    )
+
+
+def encode_ref_columns(
+    keys: Sequence[str],
+    ids: Sequence[str],
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    checksums: np.ndarray,
+) -> bytes:
+    """Encode references to chunk objects given as columns (see :func:`ref_columns`)."""
+    n = len(keys)
+    key_blob = "\0".join(keys).encode()
+    id_blob = "\0".join(ids).encode()
+    return b"".join(
+        (
+            _COUNTS.pack(n, len(key_blob), len(id_blob), 0),
+            key_blob,
+            id_blob,
+            bytes(n),  # kinds: all _FILE
+            offsets.astype(np.uint64, copy=False).tobytes(),
+            lengths.astype(np.uint64, copy=False).tobytes(),
+            checksums.astype(np.uint64, copy=False).tobytes(),
+        )
+    )
+
+
 def encode_refs(keys: Sequence[str], refs: Sequence[ChunkRef | None]) -> bytes:
     """Encode parallel sequences of keys and references into columns.
 
@@ -57,46 +118,35 @@ def encode_refs(keys: Sequence[str], refs: Sequence[ChunkRef | None]) -> bytes:
     bytes
         The uncompressed columnar form.
     """
+    cols = ref_columns(refs)
+    if cols is not None:  # the common case: every chunk in its own object
+        return encode_ref_columns(keys, *cols)
     n = len(keys)
-    if n and all(type(r) is tuple and type(r[0]) is str for r in refs):
-        # the common case (every chunk in its own object): transpose in C
-        id_col, off_col, len_col, crc_col = zip(*refs, strict=True)
-        ids: list[str] | tuple[str, ...] = id_col
-        kinds = np.zeros(n, dtype=np.uint8)
-        offsets = np.array(off_col, dtype=np.uint64)
-        lengths = np.array(len_col, dtype=np.uint64)
-        crcs = np.array(crc_col, dtype=np.uint64)
-        inline: list[bytes] = []
-    else:
-        kind_l: list[int] = []
-        ids = []
-        off_l: list[int] = []
-        len_l: list[int] = []
-        crc_l: list[int] = []
-        inline = []
-        for ref in refs:
-            if ref is None:
-                kind_l.append(_DELETED)
-                ids.append("")
-                off_l.append(0)
-                len_l.append(0)
-                crc_l.append(0)
-                continue
-            loc, off, length, crc = ref
-            if isinstance(loc, bytes):
-                kind_l.append(_INLINE)
-                ids.append("")
-                inline.append(loc)
-            else:
-                kind_l.append(_FILE)
-                ids.append(loc)
-            off_l.append(off)
-            len_l.append(length)
-            crc_l.append(crc)
-        kinds = np.array(kind_l, dtype=np.uint8)
-        offsets = np.array(off_l, dtype=np.uint64)
-        lengths = np.array(len_l, dtype=np.uint64)
-        crcs = np.array(crc_l, dtype=np.uint64)
+    kind_l: list[int] = []
+    ids: list[str] = []
+    off_l: list[int] = []
+    len_l: list[int] = []
+    crc_l: list[int] = []
+    inline: list[bytes] = []
+    for ref in refs:
+        if ref is None:
+            kind_l.append(_DELETED)
+            ids.append("")
+            off_l.append(0)
+            len_l.append(0)
+            crc_l.append(0)
+            continue
+        loc, off, length, crc = ref
+        if isinstance(loc, bytes):
+            kind_l.append(_INLINE)
+            ids.append("")
+            inline.append(loc)
+        else:
+            kind_l.append(_FILE)
+            ids.append(loc)
+        off_l.append(off)
+        len_l.append(length)
+        crc_l.append(crc)
     key_blob = "\0".join(keys).encode()
     id_blob = "\0".join(ids).encode()
     inline_blob = b"".join(inline)
@@ -105,10 +155,10 @@ def encode_refs(keys: Sequence[str], refs: Sequence[ChunkRef | None]) -> bytes:
             _COUNTS.pack(n, len(key_blob), len(id_blob), len(inline_blob)),
             key_blob,
             id_blob,
-            kinds.tobytes(),
-            offsets.tobytes(),
-            lengths.tobytes(),
-            crcs.tobytes(),
+            np.array(kind_l, dtype=np.uint8).tobytes(),
+            np.array(off_l, dtype=np.uint64).tobytes(),
+            np.array(len_l, dtype=np.uint64).tobytes(),
+            np.array(crc_l, dtype=np.uint64).tobytes(),
             inline_blob,
         )
     )

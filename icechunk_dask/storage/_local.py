@@ -102,10 +102,21 @@ class LocalFileSystemStorage(Storage):
     def _get_sync(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                if start:
-                    f.seek(start)
-                return f.read() if length is None else f.read(length)
+            # one pread into the result (no buffered file object, no seek)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if length is None:
+                    length = max(0, os.fstat(fd).st_size - start)
+                data = os.pread(fd, length, start)
+                if len(data) < length:  # short read (signals, huge ranges): finish it
+                    parts, got = [data], len(data)
+                    while got < length and (more := os.pread(fd, length - got, start + got)):
+                        parts.append(more)
+                        got += len(more)
+                    data = b"".join(parts)
+                return data
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             raise NotFoundError(f"no object at {key!r} in {self.url}") from None
         except IsADirectoryError:

@@ -1,7 +1,4 @@
-"""Proposed tests for patch 0002 (small chunks packed per session). Not collected from bench/.
-
-Copy to tests/test_packing.py together with the patch.
-"""
+"""Small chunks packed per session: read-your-writes, forks, pickles, concurrency, failures."""
 
 from __future__ import annotations
 
