@@ -739,7 +739,8 @@ class Session:
             )
         if not isinstance(message, str):
             raise InvalidInputError(f"the commit message must be a str, got {message!r}")
-        if isinstance(rebase_tries, bool) or not isinstance(rebase_tries, int) or rebase_tries < 0:
+        tries: object = rebase_tries  # checked at run time: callers may pass anything
+        if isinstance(tries, bool) or not isinstance(tries, int) or tries < 0:
             raise InvalidInputError(
                 f"rebase_tries must be an int >= 0 (0: never rebase), got {rebase_tries!r}"
             )
