@@ -44,6 +44,7 @@ from zarr.core.array import AsyncArray
 from zarr.storage import StorePath
 
 from icechunk_dask._changeset import ChangeSet
+from icechunk_dask._encode import encode_chunks
 from icechunk_dask._plan import Piece, WritePlan
 from icechunk_dask._session import Session
 from icechunk_dask._store import SessionStore
@@ -190,14 +191,20 @@ def _write_task(
     fork = ctx.session.fork()
     arrays: dict[int, AsyncArray[Any]] = {}
     jobs: list[tuple[AsyncArray[Any], tuple[slice, ...], Any]] = []
+    encoded: list[tuple[str, bytes | None]] = []
     for piece, piece_keys in zip(pieces, keys, strict=True):
         if piece.array not in arrays:
             t = ctx.targets[piece.array]
             arrays[piece.array] = AsyncArray(t.metadata, StorePath(fork.store, t.path), t.config)
         data = _assemble(piece.grid, [cache[k] for k in piece_keys])
-        jobs.append((arrays[piece.array], piece.selection, data))
+        # small whole chunks are encoded here, in the task's thread; the rest goes to zarr
+        chunks = encode_chunks(arrays[piece.array], piece.selection, data)
+        if chunks is None:
+            jobs.append((arrays[piece.array], piece.selection, data))
+        else:
+            encoded.extend(chunks)
     del cache
-    run(_set_all(jobs))
+    run(_set_all(jobs, fork, encoded))
     return fork.changes()
 
 
@@ -214,14 +221,21 @@ def _assemble(grid: tuple[int, ...], blocks: list[Any]) -> Any:
     return concatenate3(nest([np.asarray(b) for b in blocks], grid))
 
 
-async def _set_all(jobs: list[tuple[AsyncArray[Any], tuple[slice, ...], Any]]) -> None:
+async def _set_all(
+    jobs: list[tuple[AsyncArray[Any], tuple[slice, ...], Any]],
+    fork: Session,
+    encoded: list[tuple[str, bytes | None]],
+) -> None:
     sem = asyncio.Semaphore(_CONCURRENT_PIECES)
 
     async def one(array: AsyncArray[Any], selection: tuple[slice, ...], data: Any) -> None:
         async with sem:
             await array.setitem(selection, data)
 
-    await asyncio.gather(*(one(*job) for job in jobs))
+    async def store(key: str, value: bytes | None) -> None:
+        await (fork.remove(key) if value is None else fork.write(key, value))
+
+    await asyncio.gather(*(one(*job) for job in jobs), *(store(*c) for c in encoded))
 
 
 def _merge_records(*records: ChangeSet | None) -> ChangeSet:

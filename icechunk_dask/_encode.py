@@ -1,0 +1,144 @@
+"""Encode whole small chunks synchronously, in the calling thread.
+
+Writing a box of blocks through ``AsyncArray.setitem`` costs zarr's pipeline
+per chunk: a future per codec call, a thread hop for the compressor, a
+gather. For chunks of a few KiB that overhead is most of the work. When a box
+covers whole chunks (or the whole of the edge chunks at the array's end), of
+a plain numeric array whose codecs all encode synchronously (zarr's
+``SupportsSyncCodec``: ``bytes``, ``transpose``, ``zstd``, ``blosc``,
+``gzip``, ``crc32c``, ...), :func:`encode_chunks` runs the same codecs, in the
+same order, directly, and the caller stores the bytes in one batch. Anything
+else (sharding, strings, datetimes, unaligned boxes, non-NumPy data, big
+chunks) returns ``None`` and goes through zarr.
+
+The bytes are those zarr writes: edge chunks are padded with the fill value,
+and chunks equal to the fill value are deleted unless the array's config says
+``write_empty_chunks``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+from zarr.core.array import AsyncArray
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.chunk_grids import RegularChunkGrid
+from zarr.core.codec_pipeline import BatchedCodecPipeline, fill_value_or_default
+from zarr.core.metadata import ArrayV3Metadata
+
+__all__ = ["FAST_MAX_CHUNK", "encode_chunks"]
+
+#: Chunks up to this size (bytes, decoded) take the synchronous path; bigger ones gain
+#: nothing from it and keep zarr's concurrent encoding.
+FAST_MAX_CHUNK = 256 * 1024
+
+_NUMERIC_KINDS = frozenset("biufc")
+
+
+def _sync_codecs(pipeline: Any) -> list[Any] | None:
+    if not isinstance(pipeline, BatchedCodecPipeline):
+        return None
+    codecs = [
+        *pipeline.array_array_codecs,
+        pipeline.array_bytes_codec,
+        *pipeline.bytes_bytes_codecs,
+    ]
+    if not all(callable(getattr(c, "_encode_sync", None)) for c in codecs):
+        return None
+    return codecs
+
+
+def _aligned(
+    selection: tuple[Any, ...], shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> list[range] | None:
+    """Chunk index ranges covered by ``selection`` if it covers them whole, else ``None``."""
+    if len(selection) != len(shape):
+        return None
+    out = []
+    for sel, size, chunk in zip(selection, shape, chunks, strict=True):
+        if not isinstance(sel, slice) or sel.step not in (None, 1):
+            return None
+        start, stop, _ = sel.indices(size)
+        if start % chunk or (stop % chunk and stop != size) or stop <= start:
+            return None
+        out.append(range(start // chunk, -(-stop // chunk)))
+    return out
+
+
+def encode_chunks(
+    array: AsyncArray[Any], selection: tuple[Any, ...], data: Any
+) -> list[tuple[str, bytes | None]] | None:
+    """Encode the chunks that ``data`` fills at ``selection``, or ``None`` to use zarr.
+
+    Parameters
+    ----------
+    array
+        The target array (Zarr v3).
+    selection
+        Where ``data`` goes: one slice per dimension.
+    data
+        The values, a NumPy array of the selection's shape and the array's dtype.
+
+    Returns
+    -------
+    list of (str, bytes or None) or None
+        Store keys (with the array's path) and their encoded bytes, ``None`` for a
+        chunk to delete (equal to the fill value); ``None`` if this write must go
+        through zarr's own pipeline.
+    """
+    meta = array.metadata
+    if not isinstance(meta, ArrayV3Metadata) or not isinstance(meta.chunk_grid, RegularChunkGrid):
+        return None
+    if type(data) is not np.ndarray or data.ndim == 0 or data.dtype.kind not in _NUMERIC_KINDS:
+        return None
+    native = meta.dtype.to_native_dtype()
+    if data.dtype != native:
+        return None
+    chunk_shape = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
+    if int(np.prod(chunk_shape)) * native.itemsize > FAST_MAX_CHUNK:
+        return None
+    ranges = _aligned(selection, meta.shape, chunk_shape)
+    if ranges is None:
+        return None
+    bounds = [sel.indices(n)[:2] for sel, n in zip(selection, meta.shape, strict=True)]
+    if data.shape != tuple(stop - start for start, stop in bounds):
+        return None
+    codecs = _sync_codecs(array.codec_pipeline)
+    if codecs is None:
+        return None
+
+    prototype = default_buffer_prototype()
+    first = tuple(r.start for r in ranges)
+    spec0 = meta.get_chunk_spec(first, array.config, prototype=prototype)
+    specs = [spec0]
+    for codec in codecs:  # the spec each codec sees, as zarr's resolve_batched computes it
+        specs.append(codec.resolve_metadata(specs[-1]))
+    fill = fill_value_or_default(spec0)
+    skip_empty = not array.config.write_empty_chunks
+    origin = [start for start, _ in bounds]
+    prefix = f"{array.store_path.path}/" if array.store_path.path else ""
+
+    out: list[tuple[str, bytes | None]] = []
+    for coords in itertools.product(*ranges):
+        region = tuple(
+            slice(c * size - o, min((c + 1) * size, n) - o)
+            for c, size, o, n in zip(coords, chunk_shape, origin, meta.shape, strict=True)
+        )
+        block = data[region]
+        if block.shape != chunk_shape:  # an edge chunk: zarr pads it with the fill value
+            padded = np.full(chunk_shape, fill, dtype=native)
+            padded[tuple(slice(0, k) for k in block.shape)] = block
+            block = padded
+        chunk: Any = prototype.nd_buffer.from_numpy_array(block)
+        key = prefix + meta.encode_chunk_key(coords)
+        if skip_empty and chunk.all_equal(fill):
+            out.append((key, None))
+            continue
+        for codec, spec in zip(codecs, specs, strict=False):
+            chunk = codec._encode_sync(chunk, spec)
+            if chunk is None:  # zarr deletes a chunk that a codec encodes to nothing
+                break
+        out.append((key, None if chunk is None else chunk.to_bytes()))
+    return out
