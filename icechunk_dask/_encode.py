@@ -1,15 +1,16 @@
-"""Encode whole small chunks synchronously, in the calling thread.
+"""Encode whole chunks synchronously, in the calling thread.
 
 Writing a box of blocks through ``AsyncArray.setitem`` costs zarr's pipeline
 per chunk: a future per codec call, a thread hop for the compressor, a
-gather. For chunks of a few KiB that overhead is most of the work. When a box
+gather, a copy into the store. For chunks of a few KiB that overhead is most
+of the work, and for big ones it is still a few per cent. When a box
 covers whole chunks (or the whole of the edge chunks at the array's end), of
 a plain numeric array whose codecs all encode synchronously (zarr's
 ``SupportsSyncCodec``: ``bytes``, ``transpose``, ``zstd``, ``blosc``,
 ``gzip``, ``crc32c``, ...), :func:`encode_chunks` runs the same codecs, in the
 same order, directly, and the caller stores the bytes in one batch. Anything
-else (sharding, strings, datetimes, unaligned boxes, non-NumPy data, big
-chunks) returns ``None`` and goes through zarr.
+else (sharding, strings, datetimes, unaligned boxes, non-NumPy data)
+returns ``None`` and goes through zarr.
 
 The bytes are those zarr writes: edge chunks are padded with the fill value,
 and chunks equal to the fill value are deleted unless the array's config says
@@ -28,11 +29,7 @@ from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.codec_pipeline import BatchedCodecPipeline, fill_value_or_default
 from zarr.core.metadata import ArrayV3Metadata
 
-__all__ = ["FAST_MAX_CHUNK", "encode_chunks"]
-
-#: Chunks up to this size (bytes, decoded) take the synchronous path; bigger ones gain
-#: nothing from it and keep zarr's concurrent encoding.
-FAST_MAX_CHUNK = 256 * 1024
+__all__ = ["encode_chunks"]
 
 _NUMERIC_KINDS = frozenset("biufc")
 
@@ -97,8 +94,6 @@ def encode_chunks(
     if data.dtype != native:
         return None
     chunk_shape = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
-    if int(np.prod(chunk_shape)) * native.itemsize > FAST_MAX_CHUNK:
-        return None
     ranges = _aligned(selection, meta.shape, chunk_shape)
     if ranges is None:
         return None

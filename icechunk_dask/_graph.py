@@ -197,7 +197,7 @@ def _write_task(
             t = ctx.targets[piece.array]
             arrays[piece.array] = AsyncArray(t.metadata, StorePath(fork.store, t.path), t.config)
         data = _assemble(piece.grid, [cache[k] for k in piece_keys])
-        # small whole chunks are encoded here, in the task's thread; the rest goes to zarr
+        # whole chunks are encoded here, in the task's thread; anything else goes to zarr
         chunks = encode_chunks(arrays[piece.array], piece.selection, data)
         if chunks is None:
             jobs.append((arrays[piece.array], piece.selection, data))

@@ -20,7 +20,7 @@ from zarr.codecs import (
 from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
-from icechunk_dask._encode import FAST_MAX_CHUNK, encode_chunks
+from icechunk_dask._encode import encode_chunks
 
 CODECS: dict[str, dict[str, Any]] = {
     "raw": {"compressors": None},
@@ -110,7 +110,7 @@ def test_root_array_keys_have_no_prefix() -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["unaligned", "stepped", "wrong dtype", "strings", "sharded", "big chunks", "not numpy", "0-d"],
+    ["unaligned", "stepped", "wrong dtype", "strings", "sharded", "not numpy", "0-d"],
 )
 def test_steps_aside_for_what_it_does_not_handle(case: str) -> None:
     store = MemoryStore()
@@ -127,10 +127,6 @@ def test_steps_aside_for_what_it_does_not_handle(case: str) -> None:
         kwargs["dtype"], values = str, np.full((8, 8), "x")
     elif case == "sharded":
         kwargs["shards"] = (8, 8)
-    elif case == "big chunks":
-        side = int(np.sqrt(FAST_MAX_CHUNK // 4)) + 1
-        kwargs.update(shape=(side, side), chunks=(side, side))
-        selection, values = (slice(0, side), slice(0, side)), np.ones((side, side), "float32")
     elif case == "not numpy":
         values = np.ma.masked_array(values)
     elif case == "0-d":
