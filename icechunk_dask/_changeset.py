@@ -13,7 +13,6 @@ columnar form (a few bytes to ~20 bytes per chunk).
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,12 +32,35 @@ __all__ = ["ChangeSet"]
 _WIRE_KEY = "<change record>"
 
 
-def _b(v: bytes | None) -> str | None:
-    return None if v is None else base64.b64encode(v).decode()
+def _encode_docs(docs: dict[str, bytes | None]) -> bytes:
+    """``u32 n`` then per document ``u32 key length | key | i64 length (-1: deleted) | bytes``."""
+    parts = [len(docs).to_bytes(4, "little")]
+    for key, doc in docs.items():
+        k = key.encode()
+        parts += [len(k).to_bytes(4, "little"), k]
+        parts.append((-1 if doc is None else len(doc)).to_bytes(8, "little", signed=True))
+        if doc is not None:
+            parts.append(doc)
+    return b"".join(parts)
 
 
-def _unb(v: str | None) -> bytes | None:
-    return None if v is None else base64.b64decode(v)
+def _decode_docs(data: memoryview) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    pos = 4
+    for _ in range(int.from_bytes(data[:4], "little")):
+        klen = int.from_bytes(data[pos : pos + 4], "little")
+        key = bytes(data[pos + 4 : pos + 4 + klen]).decode()
+        pos += 4 + klen
+        size = int.from_bytes(data[pos : pos + 8], "little", signed=True)
+        pos += 8
+        if size < 0:
+            out[key] = None
+        else:
+            out[key] = bytes(data[pos : pos + size])
+            pos += size
+    if pos != len(data):
+        raise ValueError("trailing bytes after the metadata documents")
+    return out
 
 
 class ChangeSet:
@@ -219,12 +241,13 @@ class ChangeSet:
             "repo": self.repo_id,
             "base": self.base,
             "writers": sorted(self.writers),
-            "meta": {k: _b(v) for k, v in self.meta.items()},
-            "prev_meta": {k: _b(v) for k, v in self.prev_meta.items()},
         }
         prev = self.prev_chunks
+        # metadata documents go into the (compressed) body: JSON compresses well
         body = b"".join(
             (
+                _framed(_encode_docs(self.meta)),
+                _framed(_encode_docs(self.prev_meta)),
                 len(prev).to_bytes(8, "little"),
                 _framed(encode_refs(list(prev), list(prev.values()))),
                 encode_refs(list(self.chunks), list(self.chunks.values())),
@@ -239,14 +262,23 @@ class ChangeSet:
         h = header["changes"]
         out = cls(h["repo"], h["base"])
         out.writers = set(h["writers"])
-        out.meta = {k: _unb(v) for k, v in h["meta"].items()}
-        out.prev_meta = {k: _unb(v) for k, v in h["prev_meta"].items()}
-        n_prev = int.from_bytes(body[:8], "little")
-        plen = int.from_bytes(body[8:16], "little")
+        view = memoryview(body)
+        sections = []
+        pos = 0
+        for _ in range(2):
+            size = int.from_bytes(view[pos : pos + 8], "little")
+            sections.append(view[pos + 8 : pos + 8 + size])
+            pos += 8 + size
+        try:
+            out.meta, out.prev_meta = (_decode_docs(v) for v in sections)
+        except (ValueError, UnicodeDecodeError) as e:  # pragma: no cover - the crc checked it
+            raise InvalidInputError(f"malformed change record: {e}") from e
+        n_prev = int.from_bytes(view[pos : pos + 8], "little")
+        plen = int.from_bytes(view[pos + 8 : pos + 16], "little")
         if n_prev:
-            keys, refs = decode_refs(body[16 : 16 + plen])
+            keys, refs = decode_refs(bytes(view[pos + 16 : pos + 16 + plen]))
             out.prev_chunks = dict(zip(keys, refs, strict=True))
-        keys, refs = decode_refs(body[16 + plen :])
+        keys, refs = decode_refs(bytes(view[pos + 16 + plen :]))
         out.chunks = dict(zip(keys, refs, strict=True))
         return out
 

@@ -118,7 +118,10 @@ class Session:
         self._inh_scratch: str | None = None
         self._lock = threading.Lock()
         self._load_lock = asyncio.Lock()
-        self._writer = new_id()
+        # Chunk object ids are the writer id plus a counter. The writer id is the session id
+        # (unique in the repository) plus 80 random bits (unique among the session's forks,
+        # even millions of them): the shared prefix compresses away in change records.
+        self._writer = self._session_id + new_id(16)
         self._seq = itertools.count()
         self._marker_done = False
         self._pickle_depth = 0

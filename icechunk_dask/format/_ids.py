@@ -13,6 +13,6 @@ ID_PATTERN = re.compile(r"^[0-9A-Z]{20}$")
 _TRANS = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 
 
-def new_id() -> str:
-    """Return a new random 20-character identifier."""
-    return base64.b32encode(os.urandom(12)).translate(_TRANS).decode()[:20]
+def new_id(length: int = 20) -> str:
+    """Return a new random identifier of ``length`` characters (5 random bits each)."""
+    return base64.b32encode(os.urandom(-(-length * 5 // 8))).translate(_TRANS).decode()[:length]
