@@ -179,3 +179,27 @@ def test_mode_w_replaces_the_group(tmp_path: Path) -> None:
     ondisk = open_main(repo)
     xr.testing.assert_identical(ondisk, replacement)
     assert "Tmax" not in ondisk and "count" not in ondisk
+
+
+@pytest.mark.s3
+def test_cluster_write_into_an_s3_repository(
+    s3_bucket: dict[str, object], dask_client: object
+) -> None:
+    # beyond one machine: workers write chunks straight to S3 (a real server process on
+    # 127.0.0.1), only change records travel, one commit; a fresh handle reads it back
+    from icechunk_dask import Repository
+    from icechunk_dask.storage import s3_storage
+
+    repo = Repository.create(s3_storage(prefix="cluster", **s3_bucket))  # type: ignore[arg-type]
+    ds = _dataset()
+    session = repo.writable_session("main")
+    with dask.config.set(scheduler=dask_client):
+        to_zarr(ds, session, mode="w", encoding={"Tair": {"chunks": (2, 10, 27)}})
+    session.commit("from the cluster")
+    fresh = Repository.open(s3_storage(prefix="cluster", **s3_bucket))  # type: ignore[arg-type]
+    assert [i.message for i in fresh.ancestry(branch="main")] == [
+        "from the cluster",
+        "Repository initialized",
+    ]
+    ondisk = xr.open_zarr(fresh.readonly_session("main").store, consolidated=False)
+    xr.testing.assert_identical(ondisk, ds)
