@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import uuid
@@ -22,42 +21,39 @@ _TMP = ".tmp-"
 T = TypeVar("T")
 
 
+def _libc_function(name: str) -> Any:
+    """A function of the C library already loaded in this process, or ``None``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc included
+    except (OSError, TypeError):  # pragma: no cover - platforms without dlopen(NULL)
+        return None
+    return getattr(libc, name, None)
+
+
+_SYNCFS = _libc_function("syncfs")
+_SYNC_FILE_RANGE = _libc_function("sync_file_range")
+if _SYNC_FILE_RANGE is not None:
+    _SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    _SYNC_FILE_RANGE.restype = ctypes.c_int
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback, do not wait
+
+
 def _syncfs(path: Path) -> None:
     """Flush the whole filesystem holding ``path`` (Linux ``syncfs``), else ``os.sync``."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        fn = getattr(libc, "syncfs", None)
-        if fn is not None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if fn(fd) == 0:
-                    return
-            finally:
-                os.close(fd)
+    if _SYNCFS is not None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) == 0:
+                return
+        finally:
+            os.close(fd)
     os.sync()
-
-
-def _load_sync_file_range() -> Callable[[int, int], None] | None:
-    """Linux ``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``, or ``None`` elsewhere."""
-    libc_name = ctypes.util.find_library("c")
-    fn = getattr(ctypes.CDLL(libc_name), "sync_file_range", None) if libc_name else None
-    if fn is None:
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-
-    def start_writeback(fd: int, size: int) -> None:
-        fn(fd, 0, size, 2)  # SYNC_FILE_RANGE_WRITE: start writeback, do not wait; best effort
-
-    return start_writeback
 
 
 #: Objects at least this large start their writeback as soon as they are written, so that
 #: the commit's durability barrier finds little left to flush (the disk works while the job
 #: computes instead of after it).
 _EARLY_WRITEBACK = 1 << 20
-_start_writeback = _load_sync_file_range()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -160,8 +156,9 @@ class LocalFileSystemStorage(Storage):
                 view = view[n:]
             if fsync:
                 os.fsync(fd)
-            elif self.durable and _start_writeback and len(data) >= _EARLY_WRITEBACK:
-                _start_writeback(fd, len(data))
+            elif self.durable and _SYNC_FILE_RANGE and len(data) >= _EARLY_WRITEBACK:
+                # best effort: a failure only means the barrier flushes more
+                _SYNC_FILE_RANGE(fd, 0, len(data), _SYNC_FILE_RANGE_WRITE)
         finally:
             os.close(fd)
         return tmp
