@@ -264,22 +264,20 @@ class Session:
         obj = f"chunks/{loc}"
         whole = start == 0 and (length is None or length >= size)
         verified_key = f"{loc}:{offset}:{size}:{crc}"
-        if not whole and self._repo.verified_chunks.get(verified_key) is None:
-            # a byte range cannot be checked on its own: check the whole chunk once
-            data = await self.read(key)
-            if data is None:  # pragma: no cover - the reference was just found
-                return None
-            return data[start:] if length is None else data[start : start + length]
+        # A byte range cannot be checked on its own: the first read of any part of a chunk
+        # reads and checks all of it; later ranges of a verified chunk read just the range.
+        verify = whole or self._repo.verified_chunks.get(verified_key) is None
         start = min(start, size)
         want = size - start if length is None else max(0, min(length, size - start))
+        read_at, read_len = (0, size) if verify else (start, want)
 
         def check(data: bytes) -> bytes:
-            if len(data) != want:
+            if len(data) != read_len:
                 raise CorruptObjectError(
-                    f"chunk {key!r} (object {obj!r}) is truncated: {len(data)} of {want} bytes",
+                    f"chunk {key!r} (object {obj!r}) is truncated: {len(data)} of {read_len} bytes",
                     key=obj,
                 )
-            if whole and chunk_checksum(data) != crc:
+            if verify and chunk_checksum(data) != crc:
                 raise CorruptObjectError(
                     f"chunk {key!r} (object {obj!r}) fails its checksum: it is damaged",
                     key=obj,
@@ -287,16 +285,16 @@ class Session:
             return data
 
         try:
-            data = await self._repo.storage.get_range_then(obj, offset + start, want, check)
+            data = await self._repo.storage.get_range_then(obj, offset + read_at, read_len, check)
         except NotFoundError:
             raise CorruptObjectError(
                 f"chunk {key!r} is referenced but its object {obj!r} is missing: the "
                 "repository is damaged",
                 key=obj,
             ) from None
-        if whole:
+        if verify:
             self._repo.verified_chunks.put(verified_key, True)
-        return data
+        return data if whole or not verify else data[start : start + want]
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` exists in this session's view."""
