@@ -353,13 +353,17 @@ class Session:
         inherited: dict[str, Any] = self._inh_meta if meta else await self._inherited_chunks()
         with self._lock:
             self._check_writable()
-            own = self._cs.meta if meta else self._cs.chunks
-            if key not in own and key in inherited:
-                prev = self._cs.prev_meta if meta else self._cs.prev_chunks
-                prev[key] = inherited[key]
-            own[key] = value
-            if not meta:
-                self._chunks_version += 1
+            self._record_locked(key, value, meta, inherited)
+
+    def _record_locked(self, key: str, value: Any, meta: bool, inherited: dict[str, Any]) -> None:
+        """Record ``value`` at ``key``, remembering what it overrides (hold ``_lock``)."""
+        own = self._cs.meta if meta else self._cs.chunks
+        if key not in own and key in inherited:
+            prev = self._cs.prev_meta if meta else self._cs.prev_chunks
+            prev[key] = inherited[key]
+        own[key] = value
+        if not meta:
+            self._chunks_version += 1
 
     async def write(self, key: str, data: bytes) -> None:
         """Record a write of ``data`` at ``key``.
@@ -398,11 +402,7 @@ class Session:
             pack_id, offset = self._pack_id, self._pack_size
             self._pack[offset] = data
             self._pack_size += len(data)
-            own = self._cs.chunks
-            if key not in own and key in inherited:
-                self._cs.prev_chunks[key] = inherited[key]
-            own[key] = (pack_id, offset, len(data), crc)
-            self._chunks_version += 1
+            self._record_locked(key, (pack_id, offset, len(data), crc), False, inherited)
             claims: list[tuple[str, dict[int, bytes]]] = []
             if self._pack_size >= PACK_TARGET:  # full: store it now
                 self._close_pack()
