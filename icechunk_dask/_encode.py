@@ -49,19 +49,19 @@ def _sync_codecs(pipeline: Any) -> list[Any] | None:
 
 def _aligned(
     selection: tuple[Any, ...], shape: tuple[int, ...], chunks: tuple[int, ...]
-) -> list[range] | None:
-    """Chunk index ranges covered by ``selection`` if it covers them whole, else ``None``."""
+) -> list[tuple[int, int]] | None:
+    """``(start, stop)`` per axis if ``selection`` covers whole chunks, else ``None``."""
     if len(selection) != len(shape):
         return None
-    out = []
+    bounds = []
     for sel, size, chunk in zip(selection, shape, chunks, strict=True):
         if not isinstance(sel, slice) or sel.step not in (None, 1):
             return None
         start, stop, _ = sel.indices(size)
         if start % chunk or (stop % chunk and stop != size) or stop <= start:
             return None
-        out.append(range(start // chunk, -(-stop // chunk)))
-    return out
+        bounds.append((start, stop))
+    return bounds
 
 
 def encode_chunks(
@@ -94,16 +94,17 @@ def encode_chunks(
     if data.dtype != native:
         return None
     chunk_shape = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
-    ranges = _aligned(selection, meta.shape, chunk_shape)
-    if ranges is None:
-        return None
-    bounds = [sel.indices(n)[:2] for sel, n in zip(selection, meta.shape, strict=True)]
-    if data.shape != tuple(stop - start for start, stop in bounds):
+    bounds = _aligned(selection, meta.shape, chunk_shape)
+    if bounds is None or data.shape != tuple(stop - start for start, stop in bounds):
         return None
     codecs = _sync_codecs(array.codec_pipeline)
     if codecs is None:
         return None
 
+    ranges = [
+        range(start // c, -(-stop // c))
+        for (start, stop), c in zip(bounds, chunk_shape, strict=True)
+    ]
     prototype = default_buffer_prototype()
     first = tuple(r.start for r in ranges)
     spec0 = meta.get_chunk_spec(first, array.config, prototype=prototype)
