@@ -8,8 +8,8 @@ Layout (little endian)::
 Flag bit 0 means the body is zlib-compressed; other flag bits are reserved
 and must be 0. The checksum covers the fixed prefix too, so a damaged format,
 kind, flags or length field is caught like damaged content. A wrong magic,
-size, kind, flag or checksum is reported as :class:`CorruptObjectError` naming the key; it is never
-returned as data.
+size, kind, flag or checksum is reported as :class:`CorruptObjectError`
+naming the key; it is never returned as data.
 """
 
 from __future__ import annotations
