@@ -218,13 +218,7 @@ def prepare_write(
             f"got {len(srcs)} sources but {len(tgts)} targets; pass one target per source"
         )
     regs = _normalize_regions(regions, len(srcs))
-    if not isinstance(session, Session):
-        raise TypeError(f"session must be an icechunk_dask.Session, got {type(session).__name__}")
-    if session.read_only:
-        raise ReadOnlyError(
-            f"{READ_ONLY_MESSAGE}: writing needs a writable session; start one with "
-            "repo.writable_session(branch)"
-        )
+    check_writable_session(session, "writing")
     split: object = SPLIT_EVERY if split_every is None else split_every
     if not isinstance(split, int) or split < 2:
         raise InvalidInputError(f"split_every must be an int >= 2, got {split_every!r}")
@@ -239,6 +233,17 @@ def prepare_write(
         specs.append(TargetSpec(tgt.path, tgt.metadata, tgt.async_array.config))  # type: ignore[arg-type]
     plan = plan_writes(writes, group_shared=group_shared, fixes=fixes)
     return PreparedWrite(plan, srcs, tuple(specs), split)
+
+
+def check_writable_session(session: object, what: str) -> None:
+    """Refuse anything but a writable :class:`Session` (``what`` names the caller)."""
+    if not isinstance(session, Session):
+        raise TypeError(f"session must be an icechunk_dask.Session, got {type(session).__name__}")
+    if session.read_only:
+        raise ReadOnlyError(
+            f"{READ_ONLY_MESSAGE}: {what} needs a writable session; start one with "
+            "repo.writable_session(branch)"
+        )
 
 
 def _normalize_regions(

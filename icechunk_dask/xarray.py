@@ -21,9 +21,8 @@ from xarray.backends.common import ArrayWriter
 from xarray.backends.writers import _validate_dataset_names, dump_to_store
 from xarray.backends.zarr import ZarrStore, _choose_default_mode
 
-from icechunk_dask._exceptions import ReadOnlyError
-from icechunk_dask._session import READ_ONLY_MESSAGE, Session
-from icechunk_dask.dask import merge_computed, prepare_write
+from icechunk_dask._session import Session
+from icechunk_dask.dask import check_writable_session, merge_computed, prepare_write
 
 if TYPE_CHECKING:
     from dask.delayed import Delayed
@@ -190,13 +189,7 @@ def to_zarr(
     ...     to_zarr(ds.chunk(time=1), session, mode="w")
     >>> session.commit("ingest")  # doctest: +SKIP
     """
-    if not isinstance(session, Session):
-        raise TypeError(f"session must be an icechunk_dask.Session, got {type(session).__name__}")
-    if session.read_only:
-        raise ReadOnlyError(
-            f"{READ_ONLY_MESSAGE}: to_zarr needs a writable session; start one with "
-            "repo.writable_session(branch)"
-        )
+    check_writable_session(session, "to_zarr")
     ds = _to_dataset(obj)
     _validate_dataset_names(ds)
     for v in ds.variables.values():
