@@ -298,6 +298,20 @@ def _timeit_per_call(fn: Any, number: int, repeats: int) -> list[float]:
     return out
 
 
+def _rows(store: Any, name: str, nrows: int, **kwargs: Any) -> Any:
+    """An uncompressed float32 array of ``nrows`` rows of 1024, one chunk per row."""
+    return zarr.create_array(
+        store,
+        name=name,
+        shape=(nrows, 1024),
+        chunks=(1, 1024),
+        dtype="f4",
+        compressors=None,
+        fill_value=0,
+        **kwargs,
+    )
+
+
 def bench_fork(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"load_before": loadavg()}
     nwrite = [1000] if args.quick else [1000, 10_000]
@@ -306,15 +320,7 @@ def bench_fork(args: argparse.Namespace) -> dict[str, Any]:
         root = d / "repo"
         repo = Repository.create(local_filesystem_storage(root))
         s0 = repo.writable_session("main")
-        zarr.create_array(
-            s0.store,
-            name="b",
-            shape=(nrows, 1024),
-            chunks=(1, 1024),
-            dtype="f4",
-            compressors=None,
-            fill_value=0,
-        )
+        _rows(s0.store, "b", nrows)
         s0.commit("array")
 
         # committed metadata only
@@ -336,16 +342,7 @@ def bench_fork(args: argparse.Namespace) -> dict[str, Any]:
 
         # uncommitted array metadata (as during a to_zarr: metadata first, then chunks)
         sm = repo.writable_session("main")
-        zarr.create_array(
-            sm.store,
-            name="c",
-            shape=(nrows, 1024),
-            chunks=(1, 1024),
-            dtype="f4",
-            compressors=None,
-            fill_value=0,
-            attributes={"units": "K", "long_name": "temperature"},
-        )
+        _rows(sm.store, "c", nrows, attributes={"units": "K", "long_name": "temperature"})
         files0 = count_files(root)
         times = _timeit_per_call(sm.fork, 2000, args.repeats + 2)
         fork = sm.fork()
@@ -407,15 +404,7 @@ def bench_merge(args: argparse.Namespace) -> dict[str, Any]:
     with tempdir("icd-merge-") as d:
         repo = Repository.create(local_filesystem_storage(d / "repo"))
         s0 = repo.writable_session("main")
-        zarr.create_array(
-            s0.store,
-            name="m",
-            shape=(n, 1024),
-            chunks=(1, 1024),
-            dtype="f4",
-            compressors=None,
-            fill_value=0,
-        )
+        _rows(s0.store, "m", n)
         s0.commit("array")
         s = repo.writable_session("main")
         rng = np.random.default_rng(1)
