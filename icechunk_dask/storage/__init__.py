@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from icechunk_dask.storage._base import Storage
+from icechunk_dask.storage._base import ObjectInfo, Storage
 from icechunk_dask.storage._faulty import FaultyStorage
 from icechunk_dask.storage._local import LocalFileSystemStorage, local_filesystem_storage
 from icechunk_dask.storage._memory import InMemoryStorage, in_memory_storage
@@ -15,6 +15,7 @@ __all__ = [
     "FaultyStorage",
     "InMemoryStorage",
     "LocalFileSystemStorage",
+    "ObjectInfo",
     "S3Storage",
     "Storage",
     "in_memory_storage",

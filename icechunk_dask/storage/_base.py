@@ -8,12 +8,33 @@ knows about Zarr.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
-__all__ = ["Storage"]
+__all__ = ["ObjectInfo", "Storage"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One stored object as a listing reports it.
+
+    Attributes
+    ----------
+    key : str
+        The object's key, relative to the repository root.
+    size : int
+        Its size in bytes.
+    last_modified : datetime
+        When it was last written (timezone-aware, UTC).
+    """
+
+    key: str
+    size: int
+    last_modified: datetime
 
 
 class Storage(ABC):
@@ -25,6 +46,9 @@ class Storage(ABC):
 
     #: ``True`` when the data only lives in this process (in-memory storage).
     process_local: bool = False
+    #: The longest path component (bytes, UTF-8) a key may have, ``None`` if unlimited.
+    #: Local filesystems allow 255 bytes per file or directory name.
+    max_name_bytes: int | None = None
 
     @property
     @abstractmethod
@@ -89,6 +113,22 @@ class Storage(ABC):
     @abstractmethod
     async def list(self, prefix: str) -> list[str]:
         """Return every key that starts with ``prefix`` (full keys, any order)."""
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, with size and time (any order).
+
+        Used by maintenance (garbage collection, usage reports); it streams, so
+        a listing of millions of objects needs no more memory than one page.
+
+        Raises
+        ------
+        NotImplementedError
+            If the backend cannot report sizes and times.
+        StorageError
+            If the backend fails.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list objects with their times")
+        yield ObjectInfo("", 0, datetime.min)  # type: ignore[unreachable]  # an async generator
 
     @abstractmethod
     async def delete(self, keys: Iterable[str]) -> None:

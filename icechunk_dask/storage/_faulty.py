@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
 from icechunk_dask._exceptions import InvalidInputError, StorageError
-from icechunk_dask.storage._base import Storage
+from icechunk_dask.storage._base import ObjectInfo, Storage
 
 __all__ = ["FaultyStorage"]
 
@@ -16,7 +16,17 @@ T = TypeVar("T")
 
 #: The operations that can be counted, delayed and failed.
 OPERATIONS = frozenset(
-    {"get", "get_range", "put", "put_if_absent", "list", "delete", "exists", "durability_barrier"}
+    {
+        "get",
+        "get_range",
+        "put",
+        "put_if_absent",
+        "list",
+        "list_objects",
+        "delete",
+        "exists",
+        "durability_barrier",
+    }
 )
 
 
@@ -83,6 +93,7 @@ class FaultyStorage(Storage):
         self.delay: dict[str, float] = {op: float(s) for op, s in delay.items()}
         self.fail_after_apply = frozenset(fail_after_apply)
         self.process_local = inner.process_local
+        self.max_name_bytes = inner.max_name_bytes
         self._calls: dict[str, int] = {}
         #: ``(operation, call number, key)`` of every injected failure, in order.
         self.injected: list[tuple[str, int, str]] = []
@@ -161,6 +172,13 @@ class FaultyStorage(Storage):
 
     async def list(self, prefix: str) -> list[str]:
         return await self._call("list", prefix, lambda: self.inner.list(prefix))
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        async def collect() -> list[ObjectInfo]:
+            return [info async for info in self.inner.list_objects(prefix)]
+
+        for info in await self._call("list_objects", prefix, collect):
+            yield info
 
     async def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)

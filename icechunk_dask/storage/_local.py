@@ -8,12 +8,13 @@ import ctypes
 import errno
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
-from icechunk_dask.storage._base import Storage
+from icechunk_dask.storage._base import ObjectInfo, Storage
 
 __all__ = ["LocalFileSystemStorage", "local_filesystem_storage"]
 
@@ -83,6 +84,8 @@ class LocalFileSystemStorage(Storage):
         every fsync: commits stay atomic if a *process* dies, but not if the
         machine loses power. For scratch data and tests.
     """
+
+    max_name_bytes = 255
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         root = Path(path).expanduser().absolute()
@@ -208,6 +211,16 @@ class LocalFileSystemStorage(Storage):
                     out.append(key)
         return out
 
+    def _list_info_sync(self, prefix: str) -> list[ObjectInfo]:
+        out = []
+        for key in self._list_sync(prefix):
+            try:
+                st = os.stat(self.root / key)
+            except FileNotFoundError:  # deleted while listing
+                continue
+            out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        return out
+
     def _delete_sync(self, keys: Iterable[str]) -> None:
         for key in keys:
             with contextlib.suppress(FileNotFoundError):
@@ -234,6 +247,10 @@ class LocalFileSystemStorage(Storage):
 
     async def list(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list_sync, prefix)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        for info in await asyncio.to_thread(self._list_info_sync, prefix):
+            yield info
 
     async def delete(self, keys: Iterable[str]) -> None:
         await asyncio.to_thread(self._delete_sync, list(keys))

@@ -6,11 +6,12 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError
-from icechunk_dask.storage._base import Storage
+from icechunk_dask.storage._base import ObjectInfo, Storage
 
 __all__ = ["InMemoryStorage", "in_memory_storage"]
 
@@ -29,6 +30,7 @@ class InMemoryStorage(Storage):
 
     def __init__(self) -> None:
         self._data: dict[str, bytes] = {}
+        self._mtime: dict[str, datetime] = {}
         self._lock = threading.Lock()
         self._token = uuid.uuid4().hex
         self._pid = os.getpid()
@@ -66,22 +68,35 @@ class InMemoryStorage(Storage):
     async def put(self, key: str, data: bytes) -> None:
         with self._lock:
             self._data[key] = bytes(data)
+            self._mtime[key] = datetime.now(UTC)
 
     async def put_if_absent(self, key: str, data: bytes) -> bool:
         with self._lock:
             if key in self._data:
                 return False
             self._data[key] = bytes(data)
+            self._mtime[key] = datetime.now(UTC)
             return True
 
     async def list(self, prefix: str) -> list[str]:
         with self._lock:
             return [k for k in self._data if k.startswith(prefix)]
 
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        with self._lock:
+            infos = [
+                ObjectInfo(k, len(v), self._mtime[k])
+                for k, v in self._data.items()
+                if k.startswith(prefix)
+            ]
+        for info in infos:
+            yield info
+
     async def delete(self, keys: Iterable[str]) -> None:
         with self._lock:
             for k in keys:
                 self._data.pop(k, None)
+                self._mtime.pop(k, None)
 
     async def exists(self, key: str) -> bool:
         return key in self._data
