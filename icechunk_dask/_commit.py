@@ -16,6 +16,7 @@ import json
 import random
 from typing import TYPE_CHECKING, Any
 
+from icechunk_dask._compat.zarr import parse_array_metadata
 from icechunk_dask._exceptions import (
     ConflictError,
     ErrorKind,
@@ -64,10 +65,8 @@ def validate_metadata(key: str, doc: bytes) -> None:
         )
     node_type = parsed.get("node_type")
     if node_type == "array":
-        from zarr.core.metadata.v3 import ArrayV3Metadata
-
         try:
-            array_meta = ArrayV3Metadata.from_dict(dict(parsed))
+            array_meta = parse_array_metadata(dict(parsed))
         except Exception as e:
             raise InvalidInputError(
                 f"{key!r} is not valid Zarr v3 array metadata: {e}. Nothing was committed"

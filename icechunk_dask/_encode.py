@@ -23,28 +23,19 @@ import itertools
 from typing import Any
 
 import numpy as np
-from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
-from zarr.core.chunk_grids import RegularChunkGrid
-from zarr.core.codec_pipeline import BatchedCodecPipeline, fill_value_or_default
-from zarr.core.metadata import ArrayV3Metadata
+
+from icechunk_dask._compat.zarr import (
+    AsyncArray,
+    chunk_spec,
+    fill_value_or_default,
+    regular_chunk_shape,
+    sync_codecs,
+)
 
 __all__ = ["encode_chunks"]
 
 _NUMERIC_KINDS = frozenset("biufc")
-
-
-def _sync_codecs(pipeline: Any) -> list[Any] | None:
-    if not isinstance(pipeline, BatchedCodecPipeline):
-        return None
-    codecs = [
-        *pipeline.array_array_codecs,
-        pipeline.array_bytes_codec,
-        *pipeline.bytes_bytes_codecs,
-    ]
-    if not all(callable(getattr(c, "_encode_sync", None)) for c in codecs):
-        return None
-    return codecs
 
 
 def _aligned(
@@ -86,18 +77,19 @@ def encode_chunks(
         through zarr's own pipeline.
     """
     meta = array.metadata
-    if not isinstance(meta, ArrayV3Metadata) or not isinstance(meta.chunk_grid, RegularChunkGrid):
+    grid_chunks = regular_chunk_shape(meta)
+    if grid_chunks is None:
         return None
     if type(data) is not np.ndarray or data.ndim == 0 or data.dtype.kind not in _NUMERIC_KINDS:
         return None
     native = meta.dtype.to_native_dtype()
     if data.dtype != native:
         return None
-    chunk_shape = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
+    chunk_shape = grid_chunks
     bounds = _aligned(selection, meta.shape, chunk_shape)
     if bounds is None or data.shape != tuple(stop - start for start, stop in bounds):
         return None
-    codecs = _sync_codecs(array.codec_pipeline)
+    codecs = sync_codecs(array.codec_pipeline)
     if codecs is None:
         return None
 
@@ -106,8 +98,7 @@ def encode_chunks(
         for (start, stop), c in zip(bounds, chunk_shape, strict=True)
     ]
     prototype = default_buffer_prototype()
-    first = tuple(r.start for r in ranges)
-    spec0 = meta.get_chunk_spec(first, array.config, prototype=prototype)
+    spec0 = chunk_spec(meta, array.config, prototype)  # type: ignore[arg-type, unused-ignore]
     specs = [spec0]
     for codec in codecs:  # the spec each codec sees, as zarr's resolve_batched computes it
         specs.append(codec.resolve_metadata(specs[-1]))

@@ -27,23 +27,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from dask._task_spec import (
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+from dask.typing import Key
+from zarr.storage import StorePath
+
+from icechunk_dask._changeset import ChangeSet
+from icechunk_dask._compat.dask import (
     DataNode,
     GraphNode,
     Task,
     TaskRef,
+    collections_to_expr,
+    concatenate3,
     convert_legacy_graph,
     execute_graph,
 )
-from dask.array.core import concatenate3
-from dask.base import collections_to_expr
-from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
-from dask.typing import Key
-from zarr.core.array import AsyncArray
-from zarr.storage import StorePath
-
-from icechunk_dask._changeset import ChangeSet
+from icechunk_dask._compat.zarr import AsyncArray
 from icechunk_dask._encode import encode_chunks
 from icechunk_dask._plan import Piece, WritePlan
 from icechunk_dask._session import Session
@@ -52,8 +52,8 @@ from icechunk_dask._sync import run
 
 if TYPE_CHECKING:
     import dask.array as da
-    from zarr.core.array_spec import ArrayConfig
-    from zarr.core.metadata import ArrayV3Metadata
+
+    from icechunk_dask._compat.zarr import ArrayConfig, ArrayV3Metadata
 
 __all__ = [
     "TargetSpec",

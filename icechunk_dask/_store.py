@@ -17,8 +17,8 @@ from zarr.abc.store import (
     SuffixByteRequest,
 )
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
-from zarr.core.sync import sync
 
+from icechunk_dask._compat.zarr import sync
 from icechunk_dask._exceptions import InvalidInputError, ReadOnlyError
 from icechunk_dask._session import READ_ONLY_MESSAGE
 

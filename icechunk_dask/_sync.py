@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any
 
-from zarr.core.sync import sync
+from icechunk_dask._compat.zarr import sync
 
 __all__ = ["run"]
 

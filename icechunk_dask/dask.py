@@ -25,13 +25,13 @@ import dask
 import dask.array as da
 import dask.threaded
 import zarr
-from dask._task_spec import convert_legacy_graph
 from dask.base import compute, get_scheduler
 from dask.delayed import Delayed
 from dask.local import get_sync
 from dask.typing import Key
 
 from icechunk_dask._changeset import ChangeSet
+from icechunk_dask._compat.dask import convert_legacy_graph
 from icechunk_dask._exceptions import InvalidInputError, ReadOnlyError
 from icechunk_dask._graph import (
     TargetSpec,
@@ -283,8 +283,10 @@ def _array_write(
         shards = tgt.shards
     except NotImplementedError:
         raise InvalidInputError(
-            f"array {tgt.path!r} does not use a regular chunk grid; only regular grids are "
-            "supported"
+            f"array {tgt.path!r} has a rectilinear (variable) chunk grid, which the Dask writers "
+            "do not support yet; nothing was written. Write it with zarr directly "
+            "(array[...] = values through session.store, which stores any grid), or create "
+            "the array with a regular grid (one chunk shape)"
         ) from None
     reg = normalize_region(region, tgt.shape, src.shape, tgt.path)
     return ArrayWrite(

@@ -17,10 +17,16 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import xarray as xr
 import zarr
 from dask.base import is_dask_collection
-from xarray.backends.common import ArrayWriter
-from xarray.backends.writers import _validate_dataset_names, dump_to_store
-from xarray.backends.zarr import ZarrStore, _choose_default_mode
 
+from icechunk_dask._compat.xarray import (
+    DATAARRAY_NAME,
+    DATAARRAY_VARIABLE,
+    ArrayWriter,
+    ZarrStore,
+    choose_default_mode,
+    dump_to_store,
+    validate_dataset_names,
+)
 from icechunk_dask._session import Session
 from icechunk_dask.dask import check_writable_session, merge_computed, prepare_write
 
@@ -191,12 +197,12 @@ def to_zarr(
     """
     check_writable_session(session, "to_zarr")
     ds = _to_dataset(obj)
-    _validate_dataset_names(ds)
+    validate_dataset_names(ds)
     for v in ds.variables.values():
         if v.size == 0:  # xarray does the same (zero-length dimensions, xarray#5741)
             v.load()
     enc = dict(encoding or {})
-    concrete_mode = _choose_default_mode(mode=mode, append_dim=append_dim, region=region)
+    concrete_mode = choose_default_mode(mode=mode, append_dim=append_dim, region=region)
     stage = session.fork()
     zstore = ZarrStore.open_group(
         stage.store,
@@ -237,8 +243,6 @@ def _to_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
         return obj
     if not isinstance(obj, xr.DataArray):
         raise TypeError(f"to_zarr writes xarray Datasets and DataArrays, got {type(obj).__name__}")
-    from xarray.backends.api import DATAARRAY_NAME, DATAARRAY_VARIABLE
-
     if obj.name is None:
         return obj.to_dataset(name=DATAARRAY_VARIABLE)
     if obj.name in obj.coords or obj.name in obj.dims:
