@@ -25,7 +25,7 @@ from icechunk_dask._exceptions import (
     UnmergedWritesError,
 )
 from icechunk_dask._repository import Repository, SnapshotInfo
-from icechunk_dask._session import Session, SessionStatus
+from icechunk_dask._session import ForkSession, Session, SessionStatus
 from icechunk_dask._store import SessionStore
 from icechunk_dask.dask import store_sessions  # also registers the allow_pickling hook
 from icechunk_dask.distributed import merge_sessions
@@ -39,6 +39,7 @@ __all__ = [
     "ConflictError",
     "CorruptObjectError",
     "ErrorKind",
+    "ForkSession",
     "FormatVersionError",
     "IcechunkDaskError",
     "InvalidInputError",

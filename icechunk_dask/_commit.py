@@ -26,28 +26,15 @@ from icechunk_dask._exceptions import (
     UnmergedWritesError,
 )
 from icechunk_dask._flush import write_snapshot
-from icechunk_dask._repository import now_iso
+from icechunk_dask._fork import UNMERGED_MESSAGE, clear_markers, unmerged_writers
+from icechunk_dask.format import now_iso
 from icechunk_dask.format._keys import split_key
 
 if TYPE_CHECKING:
+    from icechunk_dask._assets import AssetManager
     from icechunk_dask._changeset import ChangeSet
-    from icechunk_dask._repository import Repository
 
-__all__ = [
-    "UNMERGED_MESSAGE",
-    "check_rebase",
-    "commit_changes",
-    "unmerged_writers",
-    "validate_metadata",
-]
-
-UNMERGED_MESSAGE = (
-    "pickled copies of this session wrote data that was never merged back, so committing "
-    "now would silently lose it. Return the sessions from your tasks and call "
-    "merge_sessions(session, *returned) (or session.merge(...)) before commit; with Dask use "
-    "icechunk_dask.to_zarr / store_sessions, or run ds.to_zarr(session.store) inside "
-    "'with session.allow_pickling():'. To drop those writes deliberately, start a new session"
-)
+__all__ = ["check_rebase", "commit_changes", "validate_metadata"]
 
 
 def validate_metadata(key: str, doc: bytes) -> None:
@@ -92,15 +79,8 @@ def _check_chunk_shape(key: str, meta: Any) -> None:
             )
 
 
-async def unmerged_writers(repo: Repository, session_id: str, cs: ChangeSet) -> list[str]:
-    """Writers that left a marker for this session but whose changes are not in ``cs``."""
-    prefix = f"sessions/{session_id}/"
-    found = {k[len(prefix) :] for k in await repo.storage.list(prefix)}
-    return sorted(found - cs.writers)
-
-
 async def commit_changes(
-    repo: Repository,
+    assets: AssetManager,
     branch: str,
     session_id: str,
     base: str,
@@ -121,12 +101,12 @@ async def commit_changes(
     str
         The new snapshot id.
     """
-    unmerged = await unmerged_writers(repo, session_id, cs)
+    unmerged = await unmerged_writers(assets, session_id, cs)
     if unmerged:
         raise UnmergedWritesError(f"{len(unmerged)} {UNMERGED_MESSAGE}")
     checked = base
     for attempt in range(tries + 1):
-        seq, ref = await repo.branch_tip(branch)
+        seq, ref = await assets.branch_tip(branch)
         if ref is None or ref.deleted or ref.snapshot_id is None:
             raise NotFoundError(
                 f"branch {branch!r} was deleted; nothing was committed. Create it again "
@@ -134,15 +114,14 @@ async def commit_changes(
             )
         tip = ref.snapshot_id
         if tip != checked:
-            await check_rebase(repo, branch, cs, checked, tip)
+            await check_rebase(assets, branch, cs, checked, tip)
             checked = tip
-        parent = await repo.get_snapshot(tip)
-        snap = await write_snapshot(repo, parent, cs, message, metadata, now_iso())
-        await repo.storage.durability_barrier()
-        if await repo.try_advance_branch(branch, seq + 1, snap.id, tip):
+        parent = await assets.get_snapshot(tip)
+        snap = await write_snapshot(assets, parent, cs, message, metadata, now_iso())
+        await assets.storage.durability_barrier()
+        if await assets.try_advance_branch(branch, seq + 1, snap.id, tip):
             with contextlib.suppress(Exception):
-                prefix = f"sessions/{session_id}/"
-                await repo.storage.delete(prefix + w for w in cs.writers)
+                await clear_markers(assets, session_id, cs.writers)
             return snap.id
         await asyncio.sleep(min(1.0, 0.005 * 2 ** min(attempt, 8)) * random.random())
     raise ConflictError(
@@ -152,7 +131,9 @@ async def commit_changes(
     )
 
 
-async def check_rebase(repo: Repository, branch: str, cs: ChangeSet, since: str, tip: str) -> None:
+async def check_rebase(
+    assets: AssetManager, branch: str, cs: ChangeSet, since: str, tip: str
+) -> None:
     """Raise :class:`RebaseFailedError` if commits from ``since`` to ``tip`` touched ``cs``'s keys."""
     # Walk the chain first: after a reset the base is not an ancestor of the tip, and the
     # walk ends at the root snapshot, which has no transaction log.
@@ -167,9 +148,9 @@ async def check_rebase(repo: Repository, branch: str, cs: ChangeSet, since: str,
                 conflicts=[("", "branch reset")],
             )
         between.append(current)
-        current = (await repo.get_snapshot(current)).parent_id
-    logs = [await repo.get_transaction_log(snapshot_id) for snapshot_id in between]
-    tip_snap = await repo.get_snapshot(tip)
+        current = (await assets.get_snapshot(current)).parent_id
+    logs = [await assets.get_transaction_log(snapshot_id) for snapshot_id in between]
+    tip_snap = await assets.get_snapshot(tip)
     our_nodes = {split_key(k)[0] for k in cs.chunks}
     our_meta_nodes = {k.rpartition("/")[0] for k in cs.meta}
     conflicts: list[tuple[str, str]] = []

@@ -25,6 +25,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
+    "READ_ONLY_MESSAGE",
     "ConflictError",
     "CorruptObjectError",
     "ErrorKind",
@@ -40,6 +41,11 @@ __all__ = [
     "StorageError",
     "UnmergedWritesError",
 ]
+
+
+#: zarr's own text for writes to a read-only store; our messages start with it so that code
+#: matching zarr's message keeps working.
+READ_ONLY_MESSAGE = "store was opened in read-only mode and does not support writing"
 
 
 class ErrorKind(StrEnum):
@@ -62,6 +68,7 @@ class ErrorKind(StrEnum):
     FOREIGN_SESSION = "foreign-session"
     STALE_SESSION = "stale-session"
     UNALIGNED_WRITE = "unaligned-write"
+    BRANCH_MOVED = "branch-moved"
 
 
 class IcechunkDaskError(Exception):

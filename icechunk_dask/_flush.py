@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import zlib
 from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +23,15 @@ from icechunk_dask.format import (
     encode_manifest_columns,
     new_id,
     ref_columns,
+    shard_order,
 )
 from icechunk_dask.format._keys import split_key
 
 if TYPE_CHECKING:
+    from icechunk_dask._assets import AssetManager
     from icechunk_dask._changeset import ChangeSet
-    from icechunk_dask._repository import Repository
 
-__all__ = ["group_by_node", "shard_of", "shard_order", "write_snapshot"]
+__all__ = ["group_by_node", "write_snapshot"]
 
 _CONCURRENCY = 32
 
@@ -40,29 +40,6 @@ _CONCURRENCY = 32
 _FAST_NODES = 16
 
 _Refs = list[ChunkRef | None]
-
-
-def shard_of(suffix: str, nshards: int) -> int:
-    """Which shard of a node holds ``suffix``."""
-    return zlib.crc32(suffix.encode()) % nshards if nshards > 1 else 0
-
-
-def shard_order(suffixes: list[str], nshards: int) -> tuple[np.ndarray, list[int]]:
-    """Group ``suffixes`` by :func:`shard_of`, hashing in C.
-
-    Returns
-    -------
-    tuple of (ndarray, list of int)
-        A stable order of the indices of ``suffixes`` by shard, and the
-        ``nshards + 1`` boundaries of each shard's run in that order.
-    """
-    n = len(suffixes)
-    if nshards <= 1:
-        return np.arange(n), [0, n]
-    hashes = np.fromiter(map(zlib.crc32, map(str.encode, suffixes)), dtype=np.uint32, count=n)
-    shard = hashes % np.uint32(nshards)
-    order = np.argsort(shard, kind="stable")
-    return order, [0, *np.cumsum(np.bincount(shard, minlength=nshards)).tolist()]
 
 
 def group_by_node(chunks: dict[str, ChunkRef | None]) -> dict[str, tuple[list[str], _Refs]]:
@@ -118,14 +95,14 @@ def group_by_node(chunks: dict[str, ChunkRef | None]) -> dict[str, tuple[list[st
 
 
 async def _rewrite_node(
-    repo: Repository,
+    assets: AssetManager,
     node: str,
     old: NodeManifests | None,
     suffixes: list[str],
     refs: _Refs,
     sem: asyncio.Semaphore,
 ) -> NodeManifests | None:
-    shard_size = repo.config.manifest_shard_size
+    shard_size = assets.config.manifest_shard_size
     old_shards: tuple[str | None, ...] = old.shards if old is not None else (None,)
     old_count = old.count if old is not None else 0
     n = len(old_shards)
@@ -146,7 +123,7 @@ async def _rewrite_node(
         if mid is None:
             return {}
         async with sem:
-            return await repo.get_manifest(mid)
+            return await assets.get_manifest(mid)
 
     def encode(i: int, base: dict[str, ChunkRef]) -> tuple[bytes | None, int]:
         idx = order[bounds[i] : bounds[i + 1]]
@@ -172,7 +149,7 @@ async def _rewrite_node(
             return None, 0
         mid = new_id()
         async with sem:
-            await repo.storage.put(f"manifests/{mid}", data)
+            await assets.storage.put(f"manifests/{mid}", data)
         return mid, count
 
     changed = [i for i in range(n) if bounds[i] < bounds[i + 1]]
@@ -225,7 +202,7 @@ def _apply(entries: dict[str, ChunkRef], suffixes: list[str], refs: _Refs) -> No
 
 
 async def write_snapshot(
-    repo: Repository,
+    assets: AssetManager,
     parent: Snapshot,
     changes: ChangeSet,
     message: str,
@@ -253,14 +230,14 @@ async def write_snapshot(
     async def write_txlog() -> None:
         # independent of the manifests: encode and store it while they are written
         txlog = TransactionLog(snap_id, parent.id, changes.meta.keys(), changes.chunks.keys())
-        await repo.storage.put(f"transactions/{snap_id}", await asyncio.to_thread(txlog.encode))
+        await assets.storage.put(f"transactions/{snap_id}", await asyncio.to_thread(txlog.encode))
 
     async def write_manifests() -> list[tuple[str, NodeManifests | None]]:
         by_node = await asyncio.to_thread(group_by_node, changes.chunks)
         sem = asyncio.Semaphore(_CONCURRENCY)
         names = list(by_node)
         results = await asyncio.gather(
-            *(_rewrite_node(repo, n, parent.nodes.get(n), *by_node[n], sem) for n in names)
+            *(_rewrite_node(assets, n, parent.nodes.get(n), *by_node[n], sem) for n in names)
         )
         return list(zip(names, results, strict=True))
 
@@ -272,5 +249,5 @@ async def write_snapshot(
         else:
             nodes[name] = nm
     snap = Snapshot(snap_id, parent.id, written_at, message, metadata, meta, nodes)
-    await repo.storage.put(f"snapshots/{snap.id}", await asyncio.to_thread(snap.encode))
+    await assets.storage.put(f"snapshots/{snap.id}", await asyncio.to_thread(snap.encode))
     return snap

@@ -233,7 +233,8 @@ async def _set_all(
             await array.setitem(selection, data)
 
     async def store(key: str, value: bytes | None) -> None:
-        await (fork.remove(key) if value is None else fork.write(key, value))
+        ws = fork._workspace
+        await (ws.remove(key) if value is None else ws.write(key, value))
 
     await asyncio.gather(*(one(*job) for job in jobs), *(store(*c) for c in encoded))
 

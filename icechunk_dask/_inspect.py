@@ -71,7 +71,7 @@ def resolve_ref(repo: Repository, ref: str) -> str:
         base, steps = m["base"], int(m["n"] or 1)
     snapshot_id = _resolve_base(repo, base)
     for i in range(steps):
-        parent = run(repo.get_snapshot(snapshot_id)).parent_id
+        parent = run(repo._assets.get_snapshot(snapshot_id)).parent_id
         if parent is None:
             raise NotFoundError(
                 f"{ref!r} goes back {steps} commits, but the history of {base!r} has only "
@@ -88,7 +88,7 @@ def _resolve_base(repo: Repository, name: str) -> str:
         return repo.lookup_tag(name)
     if ID_PATTERN.match(name):
         try:
-            run(repo.get_snapshot(name))
+            run(repo._assets.get_snapshot(name))
         except NotFoundError:
             pass
         else:
@@ -237,7 +237,7 @@ def snapshot_summary(repo: Repository, snapshot_id: str) -> SnapshotSummary:
     NotFoundError
         If the snapshot does not exist.
     """
-    snap = run(repo.get_snapshot(snapshot_id))
+    snap = run(repo._assets.get_snapshot(snapshot_id))
     groups: list[str] = []
     arrays: list[ArraySummary] = []
     for node, doc in sorted(_node_docs(snap).items()):
@@ -331,7 +331,7 @@ def _node_meta(snap: Snapshot) -> dict[str, dict[str, bytes]]:
 
 
 async def _load(repo: Repository, shards: tuple[str | None, ...]) -> dict[str, ChunkRef]:
-    parts = await asyncio.gather(*(repo.get_manifest(m) for m in shards if m is not None))
+    parts = await asyncio.gather(*(repo._assets.get_manifest(m) for m in shards if m is not None))
     merged: dict[str, ChunkRef] = {}
     for part in parts:
         merged.update(part)
@@ -383,7 +383,9 @@ def diff_snapshots(repo: Repository, from_id: str, to_id: str) -> SnapshotDiff:
 
 
 async def _diff(repo: Repository, from_id: str, to_id: str) -> SnapshotDiff:
-    old, new = await asyncio.gather(repo.get_snapshot(from_id), repo.get_snapshot(to_id))
+    old, new = await asyncio.gather(
+        repo._assets.get_snapshot(from_id), repo._assets.get_snapshot(to_id)
+    )
     kinds = {n: d.get("node_type") for n, d in {**_node_docs(old), **_node_docs(new)}.items()}
     old_meta, new_meta = _node_meta(old), _node_meta(new)
     groups: dict[str, list[str]] = {"new": [], "deleted": [], "updated": []}

@@ -7,7 +7,7 @@ own store test-suite and state machines run against it unchanged.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from zarr.abc.store import (
     ByteRequest,
@@ -19,11 +19,8 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from icechunk_dask._compat.zarr import sync
-from icechunk_dask._exceptions import InvalidInputError, ReadOnlyError
-from icechunk_dask._session import READ_ONLY_MESSAGE
-
-if TYPE_CHECKING:
-    from icechunk_dask._session import Session
+from icechunk_dask._exceptions import READ_ONLY_MESSAGE, InvalidInputError, ReadOnlyError
+from icechunk_dask._workspace import Workspace
 
 __all__ = ["SessionStore"]
 
@@ -32,6 +29,21 @@ def _check_key(key: object) -> str:
     if not isinstance(key, str):
         raise InvalidInputError(f"store keys must be str, got {type(key).__name__} {key!r}")
     return key
+
+
+class _SessionLike(Protocol):
+    """What the store needs of :class:`~icechunk_dask.Session` (defined a layer above)."""
+
+    _workspace: Workspace
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def snapshot_id(self) -> str: ...
+
+    @property
+    def read_only(self) -> bool: ...
 
 
 class SessionStore(Store):
@@ -55,9 +67,10 @@ class SessionStore(Store):
         """``False``: a snapshot already holds all metadata, so zarr need not consolidate."""
         return False
 
-    def __init__(self, session: Session, *, read_only: bool = False) -> None:
+    def __init__(self, session: _SessionLike, *, read_only: bool = False) -> None:
         super().__init__(read_only=read_only)
-        self.session = session
+        self.session: Any = session
+        self._ws: Workspace = session._workspace
 
     @property
     def read_only(self) -> bool:
@@ -67,7 +80,7 @@ class SessionStore(Store):
     def _check_writable(self) -> None:
         if self._read_only:
             raise ReadOnlyError(f"{READ_ONLY_MESSAGE} (this is a read-only view of the session)")
-        self.session._check_writable()
+        self._ws.check_writable()
 
     def with_read_only(self, read_only: bool = False) -> SessionStore:
         """Return a view of the same session, read-only or not."""
@@ -108,15 +121,15 @@ class SessionStore(Store):
         # docstring inherited
         _check_key(key)
         if byte_range is None:
-            data = await self.session.read(key)
+            data = await self._ws.read(key)
         elif isinstance(byte_range, RangeByteRequest):
-            data = await self.session.read(
+            data = await self._ws.read(
                 key, byte_range.start, max(0, byte_range.end - byte_range.start)
             )
         elif isinstance(byte_range, OffsetByteRequest):
-            data = await self.session.read(key, byte_range.offset)
+            data = await self._ws.read(key, byte_range.offset)
         elif isinstance(byte_range, SuffixByteRequest):
-            whole = await self.session.read(key)
+            whole = await self._ws.read(key)
             if whole is None:
                 return None
             data = whole[max(0, len(whole) - byte_range.suffix) :]
@@ -136,7 +149,7 @@ class SessionStore(Store):
 
     async def exists(self, key: str) -> bool:
         # docstring inherited
-        return await self.session.exists(_check_key(key))
+        return await self._ws.exists(_check_key(key))
 
     # -- writes ---------------------------------------------------------------
 
@@ -149,18 +162,18 @@ class SessionStore(Store):
                 f"SessionStore.set(): `value` must be a Buffer instance. Got an instance of "
                 f"{type(value)} instead."
             )
-        await self.session.write(key, value.to_bytes())
+        await self._ws.write(key, value.to_bytes())
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         # docstring inherited
         self._check_writable()
-        if not await self.session.exists(_check_key(key)):
+        if not await self._ws.exists(_check_key(key)):
             await self.set(key, value)
 
     async def delete(self, key: str) -> None:
         # docstring inherited
         self._check_writable()
-        await self.session.remove(_check_key(key))
+        await self._ws.remove(_check_key(key))
 
     # -- synchronous fast paths (zarr's Supports*Sync protocols) ------------------
 
@@ -186,12 +199,12 @@ class SessionStore(Store):
 
     async def list(self) -> AsyncIterator[str]:
         # docstring inherited
-        for key in sorted(await self.session.list_prefix("")):
+        for key in sorted(await self._ws.list_prefix("")):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
-        for key in sorted(await self.session.list_prefix(_check_key(prefix))):
+        for key in sorted(await self._ws.list_prefix(_check_key(prefix))):
             yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
@@ -199,7 +212,7 @@ class SessionStore(Store):
         prefix = _check_key(prefix).rstrip("/")
         head = f"{prefix}/" if prefix else ""
         seen: set[str] = set()
-        for key in await self.session.list_prefix(head):
+        for key in await self._ws.list_prefix(head):
             child = key[len(head) :].split("/", 1)[0]
             if child and child not in seen:
                 seen.add(child)

@@ -32,7 +32,7 @@ from dask.typing import Key
 
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._compat.dask import convert_legacy_graph
-from icechunk_dask._exceptions import InvalidInputError, ReadOnlyError
+from icechunk_dask._exceptions import READ_ONLY_MESSAGE, InvalidInputError, ReadOnlyError
 from icechunk_dask._graph import (
     TargetSpec,
     WriteContext,
@@ -40,7 +40,7 @@ from icechunk_dask._graph import (
     reroute_session_writes,
 )
 from icechunk_dask._plan import ArrayWrite, WritePlan, normalize_region, plan_writes
-from icechunk_dask._session import ALLOW_PICKLING_HOOKS, READ_ONLY_MESSAGE, Session
+from icechunk_dask._session import ALLOW_PICKLING_HOOKS, Session
 from icechunk_dask._store import SessionStore
 
 __all__ = ["store_sessions"]

@@ -58,9 +58,9 @@ class Scenario:
         array.attrs["step"] = 2
         self.tip = session.commit("two")
         repo.create_tag("t", self.tip)
-        snap = sync(repo.get_snapshot(self.tip))
+        snap = sync(repo._assets.get_snapshot(self.tip))
         (self.manifest,) = (m for m in snap.nodes["a"].shards if m is not None)
-        refs = sync(repo.get_manifest(self.manifest))
+        refs = sync(repo._assets.get_manifest(self.manifest))
         self.chunks = sorted({ref[0] for ref in refs.values()})  # type: ignore[type-var]
         # Small chunks are packed: an object may also hold bytes no snapshot at the tip
         # references (the first commit's version of chunk 0). Damage there is harmless.

@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from icechunk_dask import Repository, local_filesystem_storage
-from icechunk_dask import _session as session_mod
+from icechunk_dask import _packing as packing_mod
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_fork_changes_and_pickle_store_the_pack_first(repo):
 
 
 def test_full_packs_are_stored_while_writing(repo, monkeypatch):
-    monkeypatch.setattr(session_mod, "PACK_TARGET", 4 * 1024 * 3)  # three 1 KiB chunks... x4
+    monkeypatch.setattr(packing_mod, "PACK_TARGET", 4 * 1024 * 3)  # three 1 KiB chunks... x4
     s = repo.writable_session("main")
     a = _array(s.store)
     data = np.random.default_rng(0).random((64, 256), dtype="f4")

@@ -41,10 +41,10 @@ class TestSessionStore(StoreTests[SessionStore, cpu.Buffer]):
 
     async def set(self, store: SessionStore, key: str, value: Buffer) -> None:
         # bypass the store API: record straight into the session
-        await store.session.write(key, value.to_bytes())
+        await store.session._workspace.write(key, value.to_bytes())
 
     async def get(self, store: SessionStore, key: str) -> Buffer:
-        data = await store.session.read(key)
+        data = await store.session._workspace.read(key)
         assert data is not None
         return self.buffer_cls.from_bytes(data)
 
@@ -71,13 +71,14 @@ class TestSessionStore(StoreTests[SessionStore, cpu.Buffer]):
             await super().test_serializable_store(store)
 
 
-def test_readonly_store_pickles_freely(session: Session) -> None:
-    session.store  # noqa: B018
+def test_readonly_store_pickles_freely() -> None:
     import zarr
 
+    repo = Repository.create(in_memory_storage())
+    session = repo.writable_session("main")
     zarr.open_group(session.store, mode="w", zarr_format=3)
     session.commit("init")
-    ro = session.repository.readonly_session(branch="main")
+    ro = repo.readonly_session(branch="main")
     copy = pickle.loads(pickle.dumps(ro.store))
     assert copy == ro.store
     assert copy.read_only

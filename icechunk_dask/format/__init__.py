@@ -8,7 +8,9 @@ from icechunk_dask.format._envelope import (
     decode_object,
     encode_object,
 )
-from icechunk_dask.format._ids import ID_PATTERN, new_id
+from icechunk_dask.format._ids import ID_PATTERN, new_id, now_iso
+from icechunk_dask.format._layout import shard_of, shard_order
+from icechunk_dask.format._names import validate_ref_name, validate_snapshot_id
 from icechunk_dask.format._objects import (
     BranchRef,
     NodeManifests,
@@ -56,7 +58,12 @@ __all__ = [
     "encode_refs",
     "encode_scratch",
     "new_id",
+    "now_iso",
     "ref_columns",
     "same_chunk",
+    "shard_of",
+    "shard_order",
     "tag_key",
+    "validate_ref_name",
+    "validate_snapshot_id",
 ]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+from icechunk_dask._exceptions import NotFoundError
+
 __all__ = ["ObjectInfo", "Storage"]
 
 T = TypeVar("T")
@@ -136,8 +138,6 @@ class Storage(ABC):
 
     async def exists(self, key: str) -> bool:
         """Return whether an object exists at ``key``."""
-        from icechunk_dask._exceptions import NotFoundError
-
         try:
             await self.get_range(key, 0, 0)
         except NotFoundError:

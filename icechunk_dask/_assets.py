@@ -1,0 +1,343 @@
+"""The repository's objects: storage, settings, caches, snapshot and manifest reads, branch tips.
+
+:class:`AssetManager` is the one layer that reads the repository's objects
+and moves branches (the role Icechunk's asset manager plays). Sessions and
+the commit protocol use it; :class:`~icechunk_dask.Repository` is a thin
+layer above that opens sessions and manages refs.
+
+Every object except branch hints is immutable; a branch is a create-only log
+``refs/branch.<name>/<seq>.json`` whose highest entry is the tip, so moving a
+branch is one atomic ``put_if_absent`` and exactly one concurrent writer wins
+each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+from icechunk_dask._exceptions import (
+    IcechunkDaskError,
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
+)
+from icechunk_dask.format import (
+    BranchRef,
+    ChunkRef,
+    RepoConfig,
+    Snapshot,
+    TagRef,
+    TransactionLog,
+    branch_ref_key,
+    decode_manifest,
+    now_iso,
+    tag_key,
+    validate_ref_name,
+    validate_snapshot_id,
+)
+from icechunk_dask.storage import Storage
+
+__all__ = ["CONFIG_KEY", "AssetManager", "check_storage"]
+
+CONFIG_KEY = "config.json"
+
+
+class _LRU:
+    """A small thread-safe LRU cache weighted by item size."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._weight = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: str, value: Any, weight: int = 1) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (value, weight)
+            self._weight += weight
+            while self._weight > self.capacity and len(self._items) > 1:
+                _, (_, w) = self._items.popitem(last=False)
+                self._weight -= w
+
+
+def check_storage(storage: object) -> Storage:
+    """Return ``storage`` if it is a usable :class:`Storage` here, else raise.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``storage`` is not a storage, or cannot be used in this process.
+    """
+    if not isinstance(storage, Storage):
+        raise InvalidInputError(
+            f"expected a storage such as local_filesystem_storage(path), got {storage!r}"
+        )
+    storage.check_usable()
+    return storage
+
+
+class AssetManager:
+    """Reads and caches a repository's objects, and moves its branches.
+
+    One instance per repository and process is shared by every handle and
+    session (an unpickled copy finds the process's instance, caches included).
+
+    Parameters
+    ----------
+    storage : Storage
+        Where the repository lives.
+    config : RepoConfig
+        Its settings, as read from ``config.json``.
+    """
+
+    def __init__(self, storage: Storage, config: RepoConfig) -> None:
+        self.storage = storage
+        self.config = config
+        self._snapshots = _LRU(256)
+        self._manifests = _LRU(2_000_000)
+        #: chunk objects whose whole bytes passed their checksum: partial reads of them
+        #: (inner chunks of a shard) need no whole read to be trusted
+        self.verified_chunks = _LRU(200_000)
+
+    def __repr__(self) -> str:
+        return f"<AssetManager {self.storage.url} id={self.config.repo_id}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (shared_assets, (self.storage, self.config))
+
+    @property
+    def repo_id(self) -> str:
+        """The repository's unique id."""
+        return self.config.repo_id
+
+    # -- immutable objects ----------------------------------------------------
+
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        """Fetch (and cache) a snapshot.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no such snapshot.
+        CorruptObjectError
+            If the stored object is damaged.
+        """
+        cached = self._snapshots.get(snapshot_id)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        key = f"snapshots/{snapshot_id}"
+        try:
+            data = await self.storage.get(key)
+        except NotFoundError:
+            raise NotFoundError(
+                f"snapshot {snapshot_id} does not exist in the repository at {self.storage.url}"
+            ) from None
+        snap = Snapshot.decode(data, key)
+        self._snapshots.put(snapshot_id, snap)
+        return snap
+
+    async def get_manifest(self, manifest_id: str) -> dict[str, ChunkRef]:
+        """Fetch (and cache) one manifest shard."""
+        cached = self._manifests.get(manifest_id)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        key = f"manifests/{manifest_id}"
+        data = await self.storage.get(key)
+        entries = await asyncio.to_thread(decode_manifest, data, key)
+        self._manifests.put(manifest_id, entries, max(1, len(entries)))
+        return entries
+
+    async def get_transaction_log(self, snapshot_id: str) -> TransactionLog:
+        """Fetch the transaction log of a commit."""
+        key = f"transactions/{snapshot_id}"
+        return TransactionLog.decode(await self.storage.get(key), key)
+
+    # -- branches -------------------------------------------------------------
+
+    async def branch_tip(self, branch: str) -> tuple[int, BranchRef | None]:
+        """Return ``(seq, ref)`` of a branch's newest log entry (``(-1, None)`` if none)."""
+        prefix = f"refs/branch.{branch}/"
+        seq = 0
+        with contextlib.suppress(NotFoundError, ValueError):
+            seq = int((await self.storage.get(prefix + "hint.json")).decode())
+        try:
+            data = await self.storage.get(branch_ref_key(branch, seq))
+        except NotFoundError:
+            if seq == 0:
+                return -1, None
+            seq, found = await self._tip_by_listing(branch)
+            if found is None:
+                return -1, None
+            data = found
+        while True:
+            try:
+                nxt = await self.storage.get(branch_ref_key(branch, seq + 1))
+            except NotFoundError:
+                break
+            seq, data = seq + 1, nxt
+        return seq, BranchRef.decode(data, branch_ref_key(branch, seq))
+
+    async def _tip_by_listing(self, branch: str) -> tuple[int, bytes | None]:
+        prefix = f"refs/branch.{branch}/"
+        seqs = [
+            int(k[len(prefix) : -5])
+            for k in await self.storage.list(prefix)
+            if k.endswith(".json") and k[len(prefix) : -5].isdigit()
+        ]
+        if not seqs:
+            return -1, None
+        seq = max(seqs)
+        return seq, await self.storage.get(branch_ref_key(branch, seq))
+
+    async def try_advance_branch(
+        self, branch: str, seq: int, snapshot_id: str | None, parent_id: str | None, **kw: Any
+    ) -> bool:
+        """Append entry ``seq`` to a branch log; ``False`` if another writer got there first."""
+        ref = BranchRef(snapshot_id, parent_id, uuid.uuid4().hex, now_iso(), **kw)
+        key, data = branch_ref_key(branch, seq), ref.encode()
+        try:
+            won = await self.storage.put_if_absent(key, data)
+        except StorageError as e:
+            # The entry may have landed with its acknowledgement lost. It carries a unique
+            # token, so reading it back tells whether this writer won.
+            try:
+                won = await self.storage.get(key) == data
+            except IcechunkDaskError:
+                raise e from None
+        if won:
+            with contextlib.suppress(IcechunkDaskError):  # the hint is only an optimisation
+                await self.storage.put(f"refs/branch.{branch}/hint.json", str(seq).encode())
+        return won
+
+    async def lookup_branch(self, branch: str) -> tuple[int, str]:
+        """Return ``(seq, snapshot id)`` of a branch's tip.
+
+        Raises
+        ------
+        NotFoundError
+            If the branch does not exist.
+        """
+        validate_ref_name(branch, "branch")
+        seq, ref = await self.branch_tip(branch)
+        if ref is None or ref.deleted or ref.snapshot_id is None:
+            raise NotFoundError(
+                f"branch {branch!r} does not exist; existing branches: "
+                f"{sorted(await self.list_branches())}"
+            )
+        return seq, ref.snapshot_id
+
+    async def list_branches(self) -> set[str]:
+        """The names of all live branches."""
+        names = {
+            k[len("refs/branch.") :].split("/", 1)[0]
+            for k in await self.storage.list("refs/branch.")
+        }
+        out = set()
+        for name in names:
+            _, ref = await self.branch_tip(name)
+            if ref is not None and not ref.deleted:
+                out.add(name)
+        return out
+
+    # -- tags -----------------------------------------------------------------
+
+    async def lookup_tag(self, tag: str) -> str:
+        """The snapshot id a tag points at.
+
+        Raises
+        ------
+        NotFoundError
+            If the tag does not exist (or was deleted).
+        """
+        validate_ref_name(tag, "tag")
+        try:
+            data = await self.storage.get(tag_key(tag))
+        except NotFoundError:
+            raise NotFoundError(f"tag {tag!r} does not exist") from None
+        if await self.storage.exists(tag_key(tag, deleted=True)):
+            raise NotFoundError(f"tag {tag!r} was deleted")
+        return TagRef.decode(data, tag_key(tag)).snapshot_id
+
+    async def list_tags(self) -> set[str]:
+        """The names of all live tags."""
+        keys = set(await self.storage.list("refs/tag."))
+        live = set()
+        for k in keys:
+            if k.endswith(".deleted.json"):
+                continue
+            name = k[len("refs/tag.") : -len(".json")]
+            if tag_key(name, deleted=True) not in keys:
+                live.add(name)
+        return live
+
+    # -- references -----------------------------------------------------------
+
+    async def resolve(
+        self, branch: str | None = None, tag: str | None = None, snapshot_id: str | None = None
+    ) -> str:
+        """Turn exactly one of branch / tag / snapshot id into a snapshot id.
+
+        Raises
+        ------
+        InvalidInputError
+            If not exactly one is given.
+        NotFoundError
+            If it names nothing in this repository.
+        """
+        given = [x is not None for x in (branch, tag, snapshot_id)]
+        if sum(given) != 1:
+            raise InvalidInputError("give exactly one of branch=, tag= or snapshot_id=")
+        if branch is not None:
+            return (await self.lookup_branch(branch))[1]
+        if tag is not None:
+            return await self.lookup_tag(tag)
+        assert snapshot_id is not None
+        await self.get_snapshot(validate_snapshot_id(snapshot_id))
+        return snapshot_id
+
+
+_SHARED: weakref.WeakValueDictionary[tuple[str, str], AssetManager] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_assets(storage: Storage, config: RepoConfig) -> AssetManager:
+    """The process's asset manager for this repository (created on first use).
+
+    Every Dask task unpickles its own copy of the target; without sharing,
+    each would start with empty snapshot and manifest caches.
+
+    Parameters
+    ----------
+    storage : Storage
+        Where the repository lives.
+    config : RepoConfig
+        Its settings.
+
+    Returns
+    -------
+    AssetManager
+        The shared instance.
+    """
+    key = (storage.url, config.repo_id)
+    with _SHARED_LOCK:
+        assets = _SHARED.get(key)
+        if assets is None or assets.storage != storage:
+            assets = AssetManager(storage, config)
+            _SHARED[key] = assets
+        return assets

@@ -1,0 +1,94 @@
+"""Creating and opening repositories: ``config.json``, the root snapshot, ``main``.
+
+Creation writes the root snapshot, then the first entry of ``main``'s log,
+then ``config.json`` (create-only): the repository exists once its config
+does.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from icechunk_dask._assets import CONFIG_KEY, AssetManager, check_storage
+from icechunk_dask._exceptions import FormatVersionError, InvalidInputError, NotFoundError
+from icechunk_dask.format import (
+    FORMAT_VERSION,
+    BranchRef,
+    RepoConfig,
+    Snapshot,
+    branch_ref_key,
+    new_id,
+    now_iso,
+)
+from icechunk_dask.storage import Storage
+
+__all__ = ["create_repository", "open_repository", "repository_exists"]
+
+
+async def create_repository(storage: Storage) -> AssetManager:
+    """Create a new repository with an empty ``main`` branch.
+
+    Raises
+    ------
+    InvalidInputError
+        If a repository already exists there, or the location holds other data.
+    """
+    check_storage(storage)
+    if await storage.exists(CONFIG_KEY):
+        raise InvalidInputError(
+            f"a repository already exists at {storage.url}; use Repository.open "
+            "(or Repository.open_or_create)"
+        )
+    existing = [k for k in await storage.list("") if not k.startswith(("refs/", "snapshots/"))]
+    if existing:
+        raise InvalidInputError(
+            f"{storage.url} is not empty ({len(existing)} objects, e.g. {existing[0]!r}) and "
+            "is not a repository; choose an empty or new location"
+        )
+    config = RepoConfig(new_id(), FORMAT_VERSION, now_iso())
+    root = Snapshot(new_id(), None, now_iso(), "Repository initialized", {}, {}, {})
+    await storage.put(f"snapshots/{root.id}", root.encode())
+    await storage.durability_barrier()
+    ref = BranchRef(root.id, None, uuid.uuid4().hex, now_iso())
+    if not await storage.put_if_absent(branch_ref_key("main", 0), ref.encode()):
+        raise InvalidInputError(
+            f"another process is creating a repository at {storage.url} at the same time; "
+            "open it with Repository.open once it exists"
+        )
+    if not await storage.put_if_absent(CONFIG_KEY, config.encode()):
+        raise InvalidInputError(f"a repository was created concurrently at {storage.url}")
+    return AssetManager(storage, config)
+
+
+async def open_repository(storage: Storage) -> AssetManager:
+    """Open an existing repository.
+
+    Raises
+    ------
+    NotFoundError
+        If there is no repository at that location.
+    FormatVersionError
+        If the repository was written by a newer icechunk_dask.
+    """
+    check_storage(storage)
+    try:
+        data = await storage.get(CONFIG_KEY)
+    except NotFoundError:
+        raise NotFoundError(
+            f"no repository at {storage.url}; create one with Repository.create "
+            "(or Repository.open_or_create)"
+        ) from None
+    config = RepoConfig.decode(data, CONFIG_KEY)
+    if config.format_version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"the repository at {storage.url} uses format version {config.format_version}, "
+            f"but this icechunk_dask reads up to version {FORMAT_VERSION}; upgrade "
+            "icechunk_dask to open it"
+        )
+    return AssetManager(storage, config)
+
+
+async def repository_exists(storage: Storage) -> bool:
+    """Whether a repository exists at ``storage``."""
+    check_storage(storage)
+    return await storage.exists(CONFIG_KEY)
