@@ -3,11 +3,18 @@
 Kept for the record: it only runs against format-1 code (it shrinks the hash-shard size
 that format 2 no longer has). Usage: python tests/data/make_format1_repo.py <dir>
 """
-import shutil, sys, json
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
 from pathlib import Path
-import numpy as np, zarr
+
+import numpy as np
+import zarr
+
 from icechunk_dask import Repository, local_filesystem_storage
-from icechunk_dask.format import RepoConfig
 
 out = Path(sys.argv[1])
 shutil.rmtree(out, ignore_errors=True)
@@ -18,7 +25,9 @@ object.__setattr__(repo.config, "manifest_shard_size", 4)
 s = repo.writable_session("main")
 root = zarr.open_group(s.store, mode="w", zarr_format=3)
 root.attrs["title"] = "format 1 fixture"
-a = root.create_array("grid", shape=(6, 8), chunks=(2, 2), dtype="i4", fill_value=-1, compressors=None)
+a = root.create_array(
+    "grid", shape=(6, 8), chunks=(2, 2), dtype="i4", fill_value=-1, compressors=None
+)
 a[:] = np.arange(48, dtype="i4").reshape(6, 8)
 b = root.create_array("sub/tiny", shape=(3,), chunks=(1,), dtype="u1")  # inline chunks
 b[:] = [1, 2, 3]
