@@ -22,6 +22,7 @@ from collections import OrderedDict
 from typing import Any
 
 from icechunk_dask._exceptions import (
+    CorruptObjectError,
     IcechunkDaskError,
     InvalidInputError,
     NotFoundError,
@@ -152,14 +153,35 @@ class AssetManager:
         self._snapshots.put(snapshot_id, snap)
         return snap
 
-    async def get_manifest(self, manifest_id: str) -> dict[str, ChunkRef]:
-        """Fetch (and cache) one manifest shard."""
+    async def get_manifest(
+        self, manifest_id: str, node: str | None = None, box: str | None = None
+    ) -> dict[str, ChunkRef | None]:
+        """Fetch (and cache) one manifest: key suffix -> reference (``None``: tombstone).
+
+        Parameters
+        ----------
+        manifest_id : str
+            The manifest.
+        node, box : str or None
+            Where the snapshot says it belongs (checked against its header).
+
+        Raises
+        ------
+        CorruptObjectError
+            If it is damaged, missing, or belongs to another node or box.
+        """
         cached = self._manifests.get(manifest_id)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
         key = f"manifests/{manifest_id}"
-        data = await self.storage.get(key)
-        entries = await asyncio.to_thread(decode_manifest, data, key)
+        try:
+            data = await self.storage.get(key)
+        except NotFoundError:
+            raise CorruptObjectError(
+                f"manifest {key!r} is referenced but missing: the repository is damaged",
+                key=key,
+            ) from None
+        entries = await asyncio.to_thread(decode_manifest, data, key, node=node, box=box)
         self._manifests.put(manifest_id, entries, max(1, len(entries)))
         return entries
 
@@ -210,7 +232,7 @@ class AssetManager:
     ) -> bool:
         """Append entry ``seq`` to a branch log; ``False`` if another writer got there first."""
         ref = BranchRef(snapshot_id, parent_id, uuid.uuid4().hex, now_iso(), **kw)
-        key, data = branch_ref_key(branch, seq), ref.encode()
+        key, data = branch_ref_key(branch, seq), ref.encode(branch, seq)
         try:
             won = await self.storage.put_if_absent(key, data)
         except StorageError as e:

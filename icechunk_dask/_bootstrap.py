@@ -50,7 +50,7 @@ async def create_repository(storage: Storage) -> AssetManager:
     await storage.put(f"snapshots/{root.id}", root.encode())
     await storage.durability_barrier()
     ref = BranchRef(root.id, None, uuid.uuid4().hex, now_iso())
-    if not await storage.put_if_absent(branch_ref_key("main", 0), ref.encode()):
+    if not await storage.put_if_absent(branch_ref_key("main", 0), ref.encode("main", 0)):
         raise InvalidInputError(
             f"another process is creating a repository at {storage.url} at the same time; "
             "open it with Repository.open once it exists"

@@ -74,7 +74,16 @@ class ChangeSet:
         Snapshot id the changes were made on.
     """
 
-    __slots__ = ("base", "chunks", "meta", "prev_chunks", "prev_meta", "repo_id", "writers")
+    __slots__ = (
+        "base",
+        "chunks",
+        "cleared",
+        "meta",
+        "prev_chunks",
+        "prev_meta",
+        "repo_id",
+        "writers",
+    )
 
     def __init__(self, repo_id: str, base: str) -> None:
         self.repo_id = repo_id
@@ -84,14 +93,17 @@ class ChangeSet:
         self.prev_meta: dict[str, bytes | None] = {}
         self.prev_chunks: dict[str, ChunkRef | None] = {}
         self.writers: set[str] = set()
+        #: prefixes under which every *committed* key is deleted (``delete_dir``); chunk
+        #: and metadata entries of this change set are applied after the deletion
+        self.cleared: set[str] = set()
 
     # -- inspection -----------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.meta) + len(self.chunks)
+        return len(self.meta) + len(self.chunks) + len(self.cleared)
 
     def __bool__(self) -> bool:
-        return bool(self.meta or self.chunks)
+        return bool(self.meta or self.chunks or self.cleared)
 
     @property
     def nchunks(self) -> int:
@@ -101,7 +113,7 @@ class ChangeSet:
     def __repr__(self) -> str:
         return (
             f"<ChangeSet base={self.base} metadata={len(self.meta)} chunks={len(self.chunks)} "
-            f"writers={len(self.writers)}>"
+            f"cleared={len(self.cleared)} writers={len(self.writers)}>"
         )
 
     def copy(self) -> ChangeSet:
@@ -112,6 +124,7 @@ class ChangeSet:
         out.prev_meta = dict(self.prev_meta)
         out.prev_chunks = dict(self.prev_chunks)
         out.writers = set(self.writers)
+        out.cleared = set(self.cleared)
         return out
 
     # -- merging --------------------------------------------------------------
@@ -201,6 +214,7 @@ class ChangeSet:
         self.meta.update(meta_updates)
         mine.update(chunk_updates)
         self.writers |= other.writers
+        self.cleared |= other.cleared
 
     @classmethod
     def merge_all(cls, records: Iterable[ChangeSet]) -> ChangeSet:
@@ -241,6 +255,7 @@ class ChangeSet:
             "repo": self.repo_id,
             "base": self.base,
             "writers": sorted(self.writers),
+            "cleared": sorted(self.cleared),
         }
         prev = self.prev_chunks
         # metadata documents go into the (compressed) body: JSON compresses well
@@ -262,6 +277,7 @@ class ChangeSet:
         h = header["changes"]
         out = cls(h["repo"], h["base"])
         out.writers = set(h["writers"])
+        out.cleared = set(h.get("cleared", ()))
         view = memoryview(body)
         sections = []
         pos = 0

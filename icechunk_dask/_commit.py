@@ -19,16 +19,17 @@ from typing import TYPE_CHECKING, Any
 from icechunk_dask._compat.zarr import parse_array_metadata
 from icechunk_dask._exceptions import (
     ConflictError,
+    CorruptObjectError,
     ErrorKind,
     InvalidInputError,
     NotFoundError,
     RebaseFailedError,
     UnmergedWritesError,
 )
-from icechunk_dask._flush import write_snapshot
+from icechunk_dask._flush import group_by_node, write_snapshot
 from icechunk_dask._fork import UNMERGED_MESSAGE, clear_markers, unmerged_writers
 from icechunk_dask.format import now_iso
-from icechunk_dask.format._keys import split_key
+from icechunk_dask.format._locate import array_paths
 
 if TYPE_CHECKING:
     from icechunk_dask._assets import AssetManager
@@ -105,7 +106,9 @@ async def commit_changes(
     if unmerged:
         raise UnmergedWritesError(f"{len(unmerged)} {UNMERGED_MESSAGE}")
     checked = base
-    for attempt in range(tries + 1):
+    rebases = 0
+    attempt = 0
+    while True:
         seq, ref = await assets.branch_tip(branch)
         if ref is None or ref.deleted or ref.snapshot_id is None:
             raise NotFoundError(
@@ -114,8 +117,22 @@ async def commit_changes(
             )
         tip = ref.snapshot_id
         if tip != checked:
+            if rebases >= tries:
+                raise ConflictError(
+                    f"branch {branch!r} moved to {tip} since this session started at {base}"
+                    + (
+                        " and rebase_tries=0 never rebases"
+                        if tries == 0
+                        else f", and {tries} rebases were not enough: other commits kept "
+                        "landing first"
+                    )
+                    + ". Nothing was committed; retry (a higher rebase_tries rebases onto the "
+                    "new tip when the changes do not conflict)",
+                    kind=ErrorKind.COMMIT_CONFLICT,
+                )
             await check_rebase(assets, branch, cs, checked, tip)
             checked = tip
+            rebases += 1
         parent = await assets.get_snapshot(tip)
         snap = await write_snapshot(assets, parent, cs, message, metadata, now_iso())
         await assets.storage.durability_barrier()
@@ -124,11 +141,7 @@ async def commit_changes(
                 await clear_markers(assets, session_id, cs.writers)
             return snap.id
         await asyncio.sleep(min(1.0, 0.005 * 2 ** min(attempt, 8)) * random.random())
-    raise ConflictError(
-        f"gave up committing to {branch!r} after {tries + 1} attempts: other commits kept "
-        "landing first. Nothing was committed; retry later or raise rebase_tries",
-        kind=ErrorKind.COMMIT_CONFLICT,
-    )
+        attempt += 1
 
 
 async def check_rebase(
@@ -140,6 +153,12 @@ async def check_rebase(
     between: list[str] = []
     current: str | None = tip
     while current != since:
+        if current in between:
+            raise CorruptObjectError(
+                f"the history of branch {branch!r} has a cycle at snapshot {current}: the "
+                "repository is damaged (run icechunk-dask verify)",
+                key=f"snapshots/{current}",
+            )
         if current is None:
             raise RebaseFailedError(
                 f"branch {branch!r} was reset to a history that does not contain this "
@@ -151,7 +170,8 @@ async def check_rebase(
         current = (await assets.get_snapshot(current)).parent_id
     logs = [await assets.get_transaction_log(snapshot_id) for snapshot_id in between]
     tip_snap = await assets.get_snapshot(tip)
-    our_nodes = {split_key(k)[0] for k in cs.chunks}
+    arrays = tip_snap.arrays | array_paths(cs.meta)
+    our_nodes = set(group_by_node(cs.chunks, arrays))
     our_meta_nodes = {k.rpartition("/")[0] for k in cs.meta}
     conflicts: list[tuple[str, str]] = []
     for log in logs:
@@ -168,10 +188,22 @@ async def check_rebase(
         conflicts.extend(
             (node, f"array metadata changed by {by}") for node in our_nodes & their_meta_nodes
         )
-        their_nodes = {split_key(k)[0] for k in log.chunk_keys}
+        their_nodes = set(group_by_node(dict.fromkeys(log.chunk_keys), arrays))
         conflicts.extend(
             (node, f"chunks written by {by} under changed metadata")
             for node in (our_meta_nodes & their_nodes) - our_nodes
+        )
+        ours = [*cs.chunks, *cs.meta]
+        conflicts.extend(
+            (prefix or "/", f"deleted by {by} while this session changed it")
+            for prefix in log.cleared
+            if any(_covers(prefix, k) for k in ours)
+        )
+        theirs = [*log.chunk_keys, *log.meta_keys]
+        conflicts.extend(
+            (prefix or "/", f"changed by {by} while this session deleted it")
+            for prefix in cs.cleared
+            if any(_covers(prefix, k) for k in theirs)
         )
     if conflicts:
         shown = "; ".join(f"{k!r}: {why}" for k, why in conflicts[:10])
@@ -182,3 +214,7 @@ async def check_rebase(
             "new session on the branch tip and redo the conflicting writes",
             conflicts=conflicts,
         )
+
+
+def _covers(prefix: str, key: str) -> bool:
+    return prefix == "" or key.startswith(prefix + "/")

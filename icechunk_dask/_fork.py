@@ -74,6 +74,8 @@ class ForkState:
         Key of the scratch object listing inherited uncommitted chunk references.
     own : bytes or None
         The copy's own change record (forks travel with their changes).
+    cleared : frozenset of str
+        Prefixes the parent deleted with ``delete_dir`` (uncommitted).
     """
 
     assets: AssetManager
@@ -83,6 +85,7 @@ class ForkState:
     meta: dict[str, bytes | None]
     scratch: str | None
     own: bytes | None
+    cleared: frozenset[str] = frozenset()
 
 
 async def store_scratch(assets: AssetManager, base: str, chunks: dict[str, ChunkRef | None]) -> str:

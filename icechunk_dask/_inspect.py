@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError
+from icechunk_dask._manifests import load_box, load_node
 from icechunk_dask._repository import Repository
 from icechunk_dask._sync import run
 from icechunk_dask.format import ID_PATTERN, ChunkRef, NodeManifests, Snapshot, same_chunk
@@ -196,7 +197,7 @@ def _itemsize(dtype: str) -> int | None:
     return None if np_dtype.hasobject or np_dtype.itemsize == 0 else int(np_dtype.itemsize)
 
 
-def _array_summary(path: str, doc: dict[str, Any], nm: NodeManifests | None) -> ArraySummary:
+def _array_summary(path: str, doc: dict[str, Any], stored: int) -> ArraySummary:
     shape = tuple(int(n) for n in doc.get("shape", ()))
     grid = doc.get("chunk_grid", {})
     config = grid.get("configuration", {}) if isinstance(grid, dict) else {}
@@ -211,7 +212,7 @@ def _array_summary(path: str, doc: dict[str, Any], nm: NodeManifests | None) -> 
         dtype=dtype,
         chunk_shape=chunk_shape,
         dimension_names=tuple(dims) if isinstance(dims, list) else None,
-        chunks_stored=nm.count if nm is not None else 0,
+        chunks_stored=stored,
         chunks_total=total,
         nbytes=None if itemsize is None else itemsize * math.prod(shape),
     )
@@ -242,7 +243,8 @@ def snapshot_summary(repo: Repository, snapshot_id: str) -> SnapshotSummary:
     arrays: list[ArraySummary] = []
     for node, doc in sorted(_node_docs(snap).items()):
         if doc.get("node_type") == "array":
-            arrays.append(_array_summary(node, doc, snap.nodes.get(node)))
+            stored = run(_stored_chunks(repo, node, snap.nodes.get(node)))
+            arrays.append(_array_summary(node, doc, stored))
         elif doc.get("node_type") == "group":
             groups.append(node)
     return SnapshotSummary(
@@ -330,25 +332,39 @@ def _node_meta(snap: Snapshot) -> dict[str, dict[str, bytes]]:
     return out
 
 
-async def _load(repo: Repository, shards: tuple[str | None, ...]) -> dict[str, ChunkRef]:
-    parts = await asyncio.gather(*(repo._assets.get_manifest(m) for m in shards if m is not None))
-    merged: dict[str, ChunkRef] = {}
-    for part in parts:
-        merged.update(part)
-    return merged
+async def _stored_chunks(repo: Repository, node: str, nm: NodeManifests | None) -> int:
+    """Exactly how many references a node holds (manifests read only when layers hide some)."""
+    if nm is None:
+        return 0
+    if nm.exact:
+        return nm.upper_count
+    return len(await load_node(repo._assets, node, nm))
 
 
 async def _chunk_changes(
-    repo: Repository, old: NodeManifests | None, new: NodeManifests | None
+    repo: Repository, node: str, old: NodeManifests | None, new: NodeManifests | None
 ) -> ChunkChanges:
-    a = old.shards if old is not None else ()
-    b = new.shards if new is not None else ()
-    if a == b:
+    assets = repo._assets
+    if old == new:
         return ChunkChanges()
-    if len(a) == len(b):  # same sharding: only the shards that differ need reading
-        pairs = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
-        a, b = tuple(x for x, _ in pairs), tuple(y for _, y in pairs)
-    before, after = await asyncio.gather(_load(repo, a), _load(repo, b))
+    if old is not None and new is not None and not old.legacy and not new.legacy:
+        # only the boxes whose layers differ need reading
+        boxes = [
+            b for b in old.boxes.keys() | new.boxes.keys() if old.boxes.get(b) != new.boxes.get(b)
+        ]
+        befores = await asyncio.gather(
+            *(load_box(assets, node, b, old.boxes.get(b, ())) for b in boxes)
+        )
+        afters = await asyncio.gather(
+            *(load_box(assets, node, b, new.boxes.get(b, ())) for b in boxes)
+        )
+        before: dict[str, ChunkRef] = {k: v for part in befores for k, v in part.items()}
+        after: dict[str, ChunkRef] = {k: v for part in afters for k, v in part.items()}
+    else:
+        empty = NodeManifests()
+        before, after = await asyncio.gather(
+            load_node(assets, node, old or empty), load_node(assets, node, new or empty)
+        )
     added = sum(1 for k in after if k not in before)
     removed = sum(1 for k in before if k not in after)
     modified = sum(1 for k, ref in after.items() if k in before and not same_chunk(before[k], ref))
@@ -400,7 +416,7 @@ async def _diff(repo: Repository, from_id: str, to_id: str) -> SnapshotDiff:
             target["updated"].append(node)
     names = sorted(old.nodes.keys() | new.nodes.keys())
     changes = await asyncio.gather(
-        *(_chunk_changes(repo, old.nodes.get(n), new.nodes.get(n)) for n in names)
+        *(_chunk_changes(repo, n, old.nodes.get(n), new.nodes.get(n)) for n in names)
     )
     return SnapshotDiff(
         from_id=from_id,

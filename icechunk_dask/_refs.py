@@ -108,7 +108,7 @@ async def create_tag(assets: AssetManager, tag: str, snapshot_id: str) -> None:
     if await storage.exists(tag_key(tag, deleted=True)):
         raise InvalidInputError(f"tag {tag!r} was deleted; deleted tag names cannot be reused")
     ref = TagRef(snapshot_id, uuid.uuid4().hex, now_iso())
-    if not await storage.put_if_absent(tag_key(tag), ref.encode()):
+    if not await storage.put_if_absent(tag_key(tag), ref.encode(tag)):
         raise InvalidInputError(f"tag {tag!r} already exists; tags are immutable")
 
 
@@ -138,4 +138,4 @@ async def delete_tag(assets: AssetManager, tag: str, *, expected: str | None = N
             kind=ErrorKind.BRANCH_MOVED,
         )
     ref = TagRef(snap, uuid.uuid4().hex, now_iso())
-    await assets.storage.put_if_absent(tag_key(tag, deleted=True), ref.encode())
+    await assets.storage.put_if_absent(tag_key(tag, deleted=True), ref.encode(tag, deleted=True))

@@ -192,6 +192,7 @@ class Session:
             pending = ws.packs.close_locked()  # the child must be able to read every ref
             own_meta, own_chunks = ws.cs.meta, ws.cs.chunks
             cw.inh_meta = {**ws.inh_meta, **own_meta} if own_meta else ws.inh_meta
+            cw.inh_cleared = ws.inh_cleared | ws.cs.cleared
             if not own_chunks:
                 cw.inh_chunks, cw.inh_scratch = ws.inh_chunks, ws.inh_scratch
             else:
@@ -311,9 +312,12 @@ class Session:
             meta = {**ws.inh_meta, **ws.cs.meta}
             inherited = dict(ws.cs.chunks)
             version = ws.chunks_version
+            cleared = ws.inh_cleared | ws.cs.cleared
         ws.packs.ensure_stored(pending)
         scratch = self._scratch_key(inherited, version)
-        return ForkState(ws.assets, ws.base, self._branch, ws.session_id, meta, scratch, None)
+        return ForkState(
+            ws.assets, ws.base, self._branch, ws.session_id, meta, scratch, None, cleared
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         ws = self._workspace
@@ -466,6 +470,7 @@ def _rebuild_fork(state: ForkState) -> ForkSession:
     )
     ws = s._workspace
     ws.inh_meta = state.meta
+    ws.inh_cleared = state.cleared
     if state.scratch is not None:
         ws.inh_chunks = None
         ws.inh_scratch = state.scratch

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from icechunk_dask.format import ChunkRef
-from icechunk_dask.format._keys import split_key
+from icechunk_dask.format._locate import array_paths, node_of
 
 __all__ = ["SessionStatus", "compute_status"]
 
@@ -63,6 +63,7 @@ def compute_status(
 ) -> SessionStatus:
     """Compare changed metadata documents and chunks with the committed ones."""
     out = SessionStatus()
+    arrays = array_paths({**committed, **meta})
     for key, doc in meta.items():
         path = key.rpartition("/")[0]
         before = committed.get(key)
@@ -78,7 +79,7 @@ def compute_status(
         elif before != doc:
             (out.updated_arrays if kind == "array" else out.updated_groups).add(path)
     for key, ref in chunks.items():
-        node, _ = split_key(key)
+        node, _ = node_of(key, arrays)
         out.updated_chunks[node] = out.updated_chunks.get(node, 0) + 1
         if ref is None:
             out.deleted_chunks[node] = out.deleted_chunks.get(node, 0) + 1

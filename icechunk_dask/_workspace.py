@@ -27,9 +27,11 @@ from icechunk_dask._exceptions import (
     ReadOnlyError,
 )
 from icechunk_dask._fork import leave_marker, load_scratch
+from icechunk_dask._manifests import load_node, lookup
 from icechunk_dask._packing import PACK_MAX_CHUNK, PackBuffer
-from icechunk_dask.format import ChunkRef, chunk_checksum, new_id, shard_of
-from icechunk_dask.format._keys import is_meta_key, split_key
+from icechunk_dask.format import ChunkRef, chunk_checksum, new_id
+from icechunk_dask.format._keys import is_meta_key
+from icechunk_dask.format._locate import node_of
 
 __all__ = ["Workspace"]
 
@@ -72,6 +74,8 @@ class Workspace:
         self.inh_meta: dict[str, bytes | None] = {}
         self.inh_chunks: dict[str, ChunkRef | None] | None = {}
         self.inh_scratch: str | None = None
+        #: prefixes cleared (``delete_dir``) by the sessions this one was forked from
+        self.inh_cleared: frozenset[str] = frozenset()
         self.lock = threading.Lock()
         self._load_lock = asyncio.Lock()
         # Chunk object ids are the writer id plus a counter. The writer id is the session id
@@ -100,16 +104,23 @@ class Workspace:
                 self.inh_chunks = await load_scratch(self.assets, self.inh_scratch)
             return self.inh_chunks
 
+    def _cleared(self) -> set[str]:
+        return {*self.inh_cleared, *self.cs.cleared}
+
+    def hidden(self, key: str, cleared: set[str] | None = None) -> bool:
+        """Whether ``key``'s committed value is hidden by a ``delete_dir`` of this view."""
+        prefixes = self._cleared() if cleared is None else cleared
+        return any(p == "" or key.startswith(p + "/") for p in prefixes)
+
     async def _committed_ref(self, key: str) -> ChunkRef | None:
+        if (self.cs.cleared or self.inh_cleared) and self.hidden(key):
+            return None
         snap = await self.assets.get_snapshot(self.base)
-        node, suffix = split_key(key)
+        node, suffix = node_of(key, snap.arrays)
         nm = snap.nodes.get(node)
         if nm is None:
             return None
-        mid = nm.shards[shard_of(suffix, len(nm.shards))]
-        if mid is None:
-            return None
-        return (await self.assets.get_manifest(mid)).get(suffix)
+        return await lookup(self.assets, node, nm, suffix)
 
     async def get_meta(self, key: str) -> bytes | None:
         """The current metadata document at ``key`` (``None`` if absent)."""
@@ -198,23 +209,24 @@ class Workspace:
             return await self.get_meta(key) is not None
         return await self.get_ref(key) is not None
 
-    async def list_prefix(self, prefix: str) -> set[str]:
-        """All keys starting with ``prefix`` in this workspace's view."""
+    async def _committed_keys(self, under: str) -> set[str]:
+        """Committed keys that may start with ``under`` (a superset is fine), cleared ones excluded."""
         snap = await self.assets.get_snapshot(self.base)
-        keys = {k for k in snap.meta if k.startswith(prefix)}
+        cleared = self._cleared()
+        keys = {k for k in snap.meta if k.startswith(under)}
         for node, nm in snap.nodes.items():
             head = f"{node}/" if node else ""
-            if not (head.startswith(prefix) or prefix.startswith(head)):
+            if not (head.startswith(under) or under.startswith(head)):
                 continue
-            for mid in nm.shards:
-                if mid is None:
-                    continue
-                for suffix in await self.assets.get_manifest(mid):
-                    k = head + suffix
-                    if k.startswith(prefix):
-                        keys.add(k)
-        layers: list[dict[str, Any]] = [self.inh_meta, await self.inherited_chunks()]
-        layers += [self.cs.meta, self.cs.chunks]
+            if any(p == "" or head.startswith(p + "/") for p in cleared):
+                continue
+            keys.update(head + suffix for suffix in await load_node(self.assets, node, nm))
+        if cleared:
+            keys = {k for k in keys if is_meta_key(k) or not self.hidden(k, cleared)}
+        return keys
+
+    def _overlay(self, keys: set[str], prefix: str, inherited: dict[str, Any]) -> set[str]:
+        layers: list[dict[str, Any]] = [self.inh_meta, inherited, self.cs.meta, self.cs.chunks]
         for layer in layers:
             for k, v in list(layer.items()):
                 if not k.startswith(prefix):
@@ -224,6 +236,65 @@ class Workspace:
                 else:
                     keys.add(k)
         return keys
+
+    async def list_prefix(self, prefix: str) -> set[str]:
+        """All keys starting with ``prefix`` in this workspace's view."""
+        committed = {k for k in await self._committed_keys(prefix) if k.startswith(prefix)}
+        return self._overlay(committed, prefix, await self.inherited_chunks())
+
+    async def list_dir(self, prefix: str) -> set[str]:
+        """The names directly under directory ``prefix`` ("" = the root).
+
+        Answered from the snapshot's node tree and the uncommitted changes: a
+        node's manifests are read only when the listing reaches into the node
+        (or deletions make a node's emptiness uncertain), never for a group.
+        """
+        head = f"{prefix}/" if prefix else ""
+        snap = await self.assets.get_snapshot(self.base)
+        inherited = await self.inherited_chunks()
+        cleared = self._cleared()
+        deleted = [
+            k for layer in (inherited, self.cs.chunks) for k, v in layer.items() if v is None
+        ]
+        children: set[str] = set()
+        exact: set[str] = set()  # keys that must be checked one by one
+        for node, nm in snap.nodes.items():
+            nhead = f"{node}/" if node else ""
+            if any(p == "" or nhead.startswith(p + "/") for p in cleared):
+                continue
+            if nhead.startswith(head) and nhead != head:
+                child = nhead[len(head) :].split("/", 1)[0]
+                uncertain = (
+                    not nm.exact
+                    or any(k.startswith(nhead) for k in deleted)
+                    or any(p.startswith(nhead) for p in cleared)
+                )
+                if nm.upper_count and not uncertain:
+                    children.add(child)
+                    continue
+            elif not head.startswith(nhead):
+                continue
+            elif (
+                nhead == head
+                and nm.encoding is not None
+                and nm.encoding[0] == "default"
+                and "" not in nm.boxes
+                and nm.exact
+                and not any(k.startswith(nhead) for k in deleted)
+                and not any(p.startswith(nhead) for p in cleared)
+            ):
+                if nm.upper_count:
+                    children.add("c")
+                continue
+            exact.update(nhead + s for s in await load_node(self.assets, node, nm))
+        for key in snap.meta:
+            if key.startswith(head):
+                exact.add(key)
+        if cleared:
+            exact = {k for k in exact if is_meta_key(k) or not self.hidden(k, cleared)}
+        for key in self._overlay(exact, head, inherited):
+            children.add(key[len(head) :].split("/", 1)[0])
+        return children
 
     # -- writing --------------------------------------------------------------
 
@@ -305,6 +376,45 @@ class Workspace:
             return
         await self._mark_writer()
         await self._record(key, None, meta=is_meta_key(key))
+
+    async def delete_dir(self, prefix: str) -> None:
+        """Delete every key under directory ``prefix`` ("" = everything), in O(metadata).
+
+        Committed chunks are not listed: the prefix is recorded once (a node
+        -level deletion the commit applies to whole manifests); metadata
+        documents and uncommitted chunks under it are deleted one by one.
+
+        Raises
+        ------
+        ReadOnlyError
+            If the workspace is read-only or committed.
+        """
+        self.check_writable()
+        path = prefix.strip("/")
+        head = f"{path}/" if path else ""
+        await self._mark_writer()
+        snap = await self.assets.get_snapshot(self.base)
+        inherited = await self.inherited_chunks()
+        committed = any(
+            path == "" or n == path or n.startswith(head) or head.startswith(f"{n}/" if n else "")
+            for n in snap.nodes
+        )
+        with self.lock:
+            self.check_writable()
+            view_meta = {**snap.meta, **self.inh_meta, **self.cs.meta}
+            for key, doc in view_meta.items():
+                if doc is not None and key.startswith(head):
+                    self._record_locked(key, None, True, self.inh_meta)
+            for key in [k for k in self.cs.chunks if k.startswith(head)]:
+                del self.cs.chunks[key]  # written before the deletion
+                self.cs.prev_chunks.pop(key, None)
+            for key, ref in inherited.items():
+                if ref is not None and key.startswith(head):
+                    self._record_locked(key, None, False, inherited)
+            if committed:
+                self.cs.cleared = {p for p in self.cs.cleared if not (p + "/").startswith(head)}
+                self.cs.cleared.add(path)
+            self.chunks_version += 1
 
     # -- snapshots of the state -------------------------------------------------
 

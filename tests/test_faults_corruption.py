@@ -59,7 +59,7 @@ class Scenario:
         self.tip = session.commit("two")
         repo.create_tag("t", self.tip)
         snap = sync(repo._assets.get_snapshot(self.tip))
-        (self.manifest,) = (m for m in snap.nodes["a"].shards if m is not None)
+        (self.manifest,) = snap.nodes["a"].manifest_ids()
         refs = sync(repo._assets.get_manifest(self.manifest))
         self.chunks = sorted({ref[0] for ref in refs.values()})  # type: ignore[type-var]
         # Small chunks are packed: an object may also hold bytes no snapshot at the tip

@@ -22,10 +22,18 @@ from typing import Any
 
 from icechunk_dask._exceptions import CorruptObjectError, FormatVersionError
 
-__all__ = ["FORMAT_VERSION", "ObjectKind", "decode_object", "encode_object"]
+__all__ = [
+    "FORMAT_VERSION",
+    "ObjectKind",
+    "decode_object",
+    "decode_object_version",
+    "encode_object",
+]
 
 MAGIC = b"ICDK"
-FORMAT_VERSION = 1
+#: Version 2: manifests split by boxes of chunk coordinates, in layers; every object names
+#: the key it is stored under. Version 1 objects stay readable.
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<4sBBHIQI")
 _ZLIB = 1
 _KNOWN_FLAGS = _ZLIB
@@ -79,7 +87,21 @@ def encode_object(
 
 
 def decode_object(data: bytes, key: str, kind: ObjectKind) -> tuple[dict[str, Any], bytes]:
-    """Check and unwrap an envelope.
+    """Check and unwrap an envelope (see :func:`decode_object_version`).
+
+    Returns
+    -------
+    tuple of (dict, bytes)
+        The header and the (decompressed) body.
+    """
+    _, header, body = decode_object_version(data, key, kind)
+    return header, body
+
+
+def decode_object_version(
+    data: bytes, key: str, kind: ObjectKind
+) -> tuple[int, dict[str, Any], bytes]:
+    """Check and unwrap an envelope; also return the format version it was written in.
 
     Parameters
     ----------
@@ -92,8 +114,8 @@ def decode_object(data: bytes, key: str, kind: ObjectKind) -> tuple[dict[str, An
 
     Returns
     -------
-    tuple of (dict, bytes)
-        The header and the (decompressed) body.
+    tuple of (int, dict, bytes)
+        The format version, the header and the (decompressed) body.
 
     Raises
     ------
@@ -141,4 +163,6 @@ def decode_object(data: bytes, key: str, kind: ObjectKind) -> tuple[dict[str, An
         payload = zlib.decompress(body) if flags & _ZLIB else bytes(body)
     except (ValueError, zlib.error) as e:
         raise CorruptObjectError(f"object {key!r} cannot be decoded: {e}", key=key) from e
-    return header, payload
+    if not isinstance(header, dict):
+        raise CorruptObjectError(f"object {key!r} has a malformed header", key=key)
+    return version, header, payload

@@ -1,52 +1,42 @@
-"""Repository objects <-> bytes: config, snapshots, manifests, transaction logs, refs.
+"""Repository objects <-> bytes: config, transaction logs, refs, scratch.
 
 Nothing here does I/O. Key layout (see ``docs/format.md``)::
 
-    config.json                      repository id and format version
+    config.json                      repository id, format version, settings
     refs/branch.<name>/<seq>.json    create-only branch log; the highest seq is the tip
     refs/branch.<name>/hint.json     best-effort lower bound of the tip's seq
     refs/tag.<name>.json             create-only tag
     refs/tag.<name>.deleted.json     create-only tombstone of a deleted tag
-    snapshots/<id>                   metadata documents + manifest ids per node
-    manifests/<id>                   chunk references of one shard of one node
+    snapshots/<id>                   metadata documents + manifest layers per node and box
+    manifests/<id>                   chunk references of one layer of one box of one node
     transactions/<snapshot id>       which keys the commit changed
-    chunks/<id>                      chunk bytes exactly as zarr wrote them
+    chunks/<id>                      chunk bytes exactly as zarr wrote them (or packs)
     scratch/<id>                     uncommitted chunk refs shipped to forks
     sessions/<session id>/<writer>   markers of worker-side writers (see Session)
+
+Every object names the key it belongs at (snapshot and manifest ids, the
+branch and sequence number of a branch entry, a tag's name); a valid object
+read from another key is reported as damage, never used.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 
 from icechunk_dask._exceptions import CorruptObjectError
 from icechunk_dask.format._envelope import ObjectKind, decode_object, encode_object
-from icechunk_dask.format._refs_codec import (
-    ChunkRef,
-    decode_refs,
-    encode_ref_columns,
-    encode_refs,
-)
+from icechunk_dask.format._refs_codec import ChunkRef, decode_refs, encode_refs
+from icechunk_dask.format._snapshot import key_id
 
 __all__ = [
     "BranchRef",
-    "NodeManifests",
     "RepoConfig",
-    "Snapshot",
     "TagRef",
     "TransactionLog",
     "branch_ref_key",
-    "decode_manifest",
     "decode_scratch",
-    "encode_manifest",
-    "encode_manifest_columns",
     "encode_scratch",
     "tag_key",
 ]
@@ -66,17 +56,45 @@ def _corrupt(key: str, e: Exception) -> CorruptObjectError:
     return CorruptObjectError(f"object {key!r} cannot be decoded: {e!r}", key=key)
 
 
+def _misplaced(key: str, what: str) -> CorruptObjectError:
+    return CorruptObjectError(
+        f"object {key!r} is {what}, not the one its key names: an object was copied over "
+        "another; the repository is damaged",
+        key=key,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RepoConfig:
-    """Repository-wide settings stored in ``config.json``."""
+    """Repository-wide settings stored in ``config.json``.
+
+    Attributes
+    ----------
+    repo_id : str
+        The repository's unique id.
+    format_version : int
+        The format it was created with.
+    created_at : str
+        When (ISO 8601, UTC).
+    inline_threshold : int
+        Chunks of at most this many bytes are stored inside manifests.
+    manifest_box_refs : int
+        About how many chunk references one manifest box holds (default split).
+    manifest_splits : dict
+        Per array: a regular expression matched against the array's path ->
+        {dimension name or index: box extent in chunks}; the first match wins,
+        dimensions not listed are not split.
+    manifest_max_layers : int
+        A box with more layers than this is compacted into one by the commit.
+    """
 
     repo_id: str
     format_version: int
     created_at: str
     inline_threshold: int = 64
-    """Chunks of at most this many bytes are stored inside manifests."""
-    manifest_shard_size: int = 65536
-    """Target maximum number of chunk references per manifest shard."""
+    manifest_box_refs: int = 65536
+    manifest_splits: Mapping[str, Mapping[str | int, int]] = field(default_factory=dict)
+    manifest_max_layers: int = 32
 
     def encode(self) -> bytes:
         """Return the stored form."""
@@ -85,13 +103,18 @@ class RepoConfig:
             "format_version": self.format_version,
             "created_at": self.created_at,
             "inline_threshold": self.inline_threshold,
-            "manifest_shard_size": self.manifest_shard_size,
+            "manifest_box_refs": self.manifest_box_refs,
+            "manifest_splits": [
+                [pattern, [[d, n] for d, n in dims.items()]]
+                for pattern, dims in self.manifest_splits.items()
+            ],
+            "manifest_max_layers": self.manifest_max_layers,
         }
         return encode_object(ObjectKind.CONFIG, header, compress=False)
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> RepoConfig:
-        """Parse the stored form."""
+        """Parse the stored form (format 1 configs get the format-2 defaults)."""
         header, _ = decode_object(data, key, ObjectKind.CONFIG)
         try:
             return cls(
@@ -99,125 +122,38 @@ class RepoConfig:
                 format_version=int(header["format_version"]),
                 created_at=str(header["created_at"]),
                 inline_threshold=int(header["inline_threshold"]),
-                manifest_shard_size=int(header["manifest_shard_size"]),
+                manifest_box_refs=int(header.get("manifest_box_refs", 65536)),
+                manifest_splits={
+                    str(p): {d: int(n) for d, n in dims}
+                    for p, dims in header.get("manifest_splits", [])
+                },
+                manifest_max_layers=int(header.get("manifest_max_layers", 32)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise _corrupt(key, e) from e
-
-
-@dataclass(frozen=True, slots=True)
-class NodeManifests:
-    """The manifest shards of one node: shard ``i`` holds keys with ``crc32(suffix) % n == i``."""
-
-    shards: tuple[str | None, ...]
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """An immutable state of the whole hierarchy."""
-
-    id: str
-    parent_id: str | None
-    written_at: str
-    message: str
-    metadata: dict[str, Any]
-    meta: dict[str, bytes] = field(repr=False)
-    """Metadata documents (``zarr.json`` and friends) by key."""
-    nodes: dict[str, NodeManifests] = field(repr=False)
-    """Chunk manifests by node path."""
-
-    def encode(self) -> bytes:
-        """Return the stored form."""
-        text: dict[str, str] = {}
-        b64: dict[str, str] = {}
-        for k, v in self.meta.items():
-            try:
-                text[k] = v.decode()
-            except UnicodeDecodeError:
-                b64[k] = base64.b64encode(v).decode()
-        body = {
-            "meta_text": text,
-            "meta_b64": b64,
-            "nodes": {p: [list(n.shards), n.count] for p, n in self.nodes.items()},
-        }
-        header = {
-            "id": self.id,
-            "parent": self.parent_id,
-            "time": self.written_at,
-            "message": self.message,
-            "metadata": self.metadata,
-        }
-        return encode_object(ObjectKind.SNAPSHOT, header, json.dumps(body).encode())
-
-    @classmethod
-    def decode(cls, data: bytes, key: str) -> Snapshot:
-        """Parse the stored form."""
-        header, body = decode_object(data, key, ObjectKind.SNAPSHOT)
-        try:
-            parsed = json.loads(body)
-            meta = {k: v.encode() for k, v in parsed["meta_text"].items()}
-            meta.update({k: base64.b64decode(v) for k, v in parsed["meta_b64"].items()})
-            nodes = {
-                p: NodeManifests(tuple(shards), int(count))
-                for p, (shards, count) in parsed["nodes"].items()
-            }
-            return cls(
-                id=header["id"],
-                parent_id=header["parent"],
-                written_at=header["time"],
-                message=header["message"],
-                metadata=header["metadata"],
-                meta=meta,
-                nodes=nodes,
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise _corrupt(key, e) from e
-
-
-def encode_manifest(node: str, shard: int, nshards: int, entries: dict[str, ChunkRef]) -> bytes:
-    """Encode one manifest shard (suffix -> chunk reference)."""
-    header = {"node": node, "shard": shard, "of": nshards, "count": len(entries)}
-    return encode_object(
-        ObjectKind.MANIFEST, header, encode_refs(list(entries), list(entries.values()))
-    )
-
-
-def encode_manifest_columns(
-    node: str,
-    shard: int,
-    nshards: int,
-    suffixes: Sequence[str],
-    columns: tuple[Sequence[str], np.ndarray, np.ndarray, np.ndarray],
-) -> bytes:
-    """Encode one manifest shard given as columns (same bytes as :func:`encode_manifest`)."""
-    header = {"node": node, "shard": shard, "of": nshards, "count": len(suffixes)}
-    return encode_object(ObjectKind.MANIFEST, header, encode_ref_columns(suffixes, *columns))
-
-
-def decode_manifest(data: bytes, key: str) -> dict[str, ChunkRef]:
-    """Decode one manifest shard."""
-    header, body = decode_object(data, key, ObjectKind.MANIFEST)
-    try:
-        keys, refs = decode_refs(body)
-        if len(keys) != header["count"]:
-            raise ValueError("count mismatch")
-    except (KeyError, ValueError, UnicodeDecodeError) as e:
-        raise _corrupt(key, e) from e
-    out = dict(zip(keys, refs, strict=True))
-    if None in refs:
-        raise _corrupt(key, ValueError("deletion in a manifest"))
-    return out  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
 class TransactionLog:
-    """What one commit changed: used to detect conflicts when rebasing and for diffs."""
+    """What one commit changed: used to detect conflicts when rebasing and for diffs.
+
+    Attributes
+    ----------
+    snapshot_id, parent_id : str, str or None
+        The commit and its parent.
+    meta_keys : set of str
+        Metadata documents written or deleted.
+    chunk_keys : set of str
+        Chunk keys written or deleted.
+    cleared : set of str
+        Prefixes under which every committed key was deleted first (``delete_dir``).
+    """
 
     snapshot_id: str
     parent_id: str | None
     meta_keys: AbstractSet[str]
     chunk_keys: AbstractSet[str]
+    cleared: AbstractSet[str] = frozenset()
 
     def encode(self) -> bytes:
         """Return the stored form."""
@@ -225,21 +161,31 @@ class TransactionLog:
             "snapshot": self.snapshot_id,
             "parent": self.parent_id,
             "meta": sorted(self.meta_keys),
+            "cleared": sorted(self.cleared),
             "nchunks": len(self.chunk_keys),
         }
         return encode_object(ObjectKind.TRANSACTION, header, "\0".join(self.chunk_keys).encode())
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> TransactionLog:
-        """Parse the stored form."""
+        """Parse the stored form and check that it belongs at ``key``."""
         header, body = decode_object(data, key, ObjectKind.TRANSACTION)
         try:
             chunks = frozenset(body.decode().split("\0")) if header["nchunks"] else frozenset()
             if len(chunks) != header["nchunks"]:
                 raise ValueError("chunk count mismatch")
-            return cls(header["snapshot"], header["parent"], frozenset(header["meta"]), chunks)
+            log = cls(
+                header["snapshot"],
+                header["parent"],
+                frozenset(header["meta"]),
+                chunks,
+                frozenset(header.get("cleared", ())),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise _corrupt(key, e) from e
+        if log.snapshot_id != key_id(key):
+            raise _misplaced(key, f"the transaction log of {log.snapshot_id!r}")
+        return log
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,9 +198,11 @@ class BranchRef:
     written_at: str
     deleted: bool = False
 
-    def encode(self) -> bytes:
-        """Return the stored form (unique thanks to ``token``)."""
+    def encode(self, branch: str, seq: int) -> bytes:
+        """Return the stored form of entry ``seq`` of ``branch`` (unique thanks to ``token``)."""
         header = {
+            "branch": branch,
+            "seq": seq,
             "snapshot": self.snapshot_id,
             "parent": self.parent_id,
             "token": self.token,
@@ -265,10 +213,10 @@ class BranchRef:
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> BranchRef:
-        """Parse the stored form."""
+        """Parse the stored form and check that it is the entry ``key`` names."""
         header, _ = decode_object(data, key, ObjectKind.BRANCH_REF)
         try:
-            return cls(
+            ref = cls(
                 header["snapshot"],
                 header["parent"],
                 header["token"],
@@ -277,6 +225,10 @@ class BranchRef:
             )
         except (KeyError, TypeError) as e:
             raise _corrupt(key, e) from e
+        # format 1 entries do not name themselves
+        if "branch" in header and branch_ref_key(str(header["branch"]), int(header["seq"])) != key:
+            raise _misplaced(key, f"entry {header['seq']} of branch {header['branch']!r}")
+        return ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,19 +239,30 @@ class TagRef:
     token: str
     written_at: str
 
-    def encode(self) -> bytes:
-        """Return the stored form."""
-        header = {"snapshot": self.snapshot_id, "token": self.token, "time": self.written_at}
+    def encode(self, tag: str, *, deleted: bool = False) -> bytes:
+        """Return the stored form of tag ``tag`` (or of its tombstone)."""
+        header = {
+            "tag": tag,
+            "deleted": deleted,
+            "snapshot": self.snapshot_id,
+            "token": self.token,
+            "time": self.written_at,
+        }
         return encode_object(ObjectKind.TAG_REF, header, compress=False)
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> TagRef:
-        """Parse the stored form."""
+        """Parse the stored form and check that it is the tag (or tombstone) ``key`` names."""
         header, _ = decode_object(data, key, ObjectKind.TAG_REF)
         try:
-            return cls(header["snapshot"], header["token"], header["time"])
+            ref = cls(header["snapshot"], header["token"], header["time"])
         except (KeyError, TypeError) as e:
             raise _corrupt(key, e) from e
+        # format 1 tags do not name themselves
+        named = tag_key(str(header.get("tag")), deleted=bool(header.get("deleted")))
+        if "tag" in header and named != key:
+            raise _misplaced(key, f"tag {header['tag']!r}")
+        return ref
 
 
 def encode_scratch(base: str, refs: dict[str, ChunkRef | None]) -> bytes:

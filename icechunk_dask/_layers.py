@@ -1,0 +1,126 @@
+"""One box's manifest layers after a commit: what to write, what to merge.
+
+A commit that changes ``n`` references of a box writes one new layer. To
+keep the number of layers (and so the cost of a lookup) small without
+making a commit pay for the whole box, it merges into the new layer the
+newest existing layers while their combined size stays within ``2 n``
+(:data:`MERGE_BUDGET`): every commit then writes at most ``3 n`` entries, and
+repeated appends of equal size end up in layers of about ``3 n``. A box with
+more than ``manifest_max_layers`` layers is compacted into one (the only
+case where a commit pays for a whole box, which holds about
+``manifest_box_refs`` references). Tombstones are dropped whenever the
+merge reaches the box's oldest layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from icechunk_dask._assets import AssetManager
+from icechunk_dask.format import (
+    ChunkRef,
+    Layer,
+    encode_manifest,
+    encode_manifest_columns,
+    new_id,
+    ref_columns,
+)
+
+__all__ = ["MERGE_BUDGET", "LayerWriter", "write_box"]
+
+#: A new layer absorbs the newest layers while their size is at most this many times its own.
+MERGE_BUDGET = 2
+#: Manifests written at once by one commit.
+_CONCURRENCY = 32
+
+
+class LayerWriter:
+    """Encodes and stores manifest layers for one commit (bounded concurrency).
+
+    Parameters
+    ----------
+    assets : AssetManager
+        The repository's objects.
+    """
+
+    def __init__(self, assets: AssetManager) -> None:
+        self.assets = assets
+        self.max_layers = assets.config.manifest_max_layers
+        self._sem = asyncio.Semaphore(_CONCURRENCY)
+
+    async def load(
+        self, node: str, box: str, layers: Sequence[Layer]
+    ) -> dict[str, ChunkRef | None]:
+        """The entries of ``layers`` (newest first), merged: newer layers win."""
+        async with self._sem:
+            loaded = await asyncio.gather(
+                *(self.assets.get_manifest(layer.id, node, box) for layer in layers)
+            )
+        out: dict[str, ChunkRef | None] = {}
+        for entries in reversed(loaded):
+            out.update(entries)
+        return out
+
+    async def write(self, node: str, box: str, entries: dict[str, ChunkRef | None]) -> Layer:
+        """Store ``entries`` as a new manifest; return its layer."""
+        mid = new_id()
+
+        def encode() -> tuple[bytes, int]:
+            keys = list(entries)
+            refs = list(entries.values())
+            columns = ref_columns(refs)
+            if columns is not None:  # only references to chunk objects: straight from columns
+                return encode_manifest_columns(mid, node, box, keys, columns), 0
+            n_del = sum(1 for r in refs if r is None)
+            return encode_manifest(mid, node, box, entries), n_del
+
+        data, n_del = await asyncio.to_thread(encode)
+        async with self._sem:
+            await self.assets.storage.put(f"manifests/{mid}", data)
+        return Layer(mid, len(entries) - n_del, n_del)
+
+
+async def write_box(
+    writer: LayerWriter,
+    node: str,
+    box: str,
+    layers: Sequence[Layer],
+    changes: dict[str, ChunkRef | None],
+) -> tuple[Layer, ...]:
+    """Write ``changes`` into a box whose layers are ``layers``; return the new layers.
+
+    Parameters
+    ----------
+    writer : LayerWriter
+        The commit's manifest writer.
+    node, box : str
+        Where.
+    layers : sequence of Layer
+        The box's current layers, newest first.
+    changes : dict
+        Key suffix -> new reference, ``None`` for a deletion.
+
+    Returns
+    -------
+    tuple of Layer
+        The box's layers after the commit, newest first (empty: the box is empty).
+    """
+    budget = MERGE_BUDGET * len(changes)
+    taken = 0
+    absorbed = 0
+    for layer in layers:
+        if absorbed + layer.size > budget:
+            break
+        absorbed += layer.size
+        taken += 1
+    rest = tuple(layers[taken:])
+    if len(rest) + 1 > writer.max_layers:  # too many layers: compact the whole box
+        taken, rest = len(layers), ()
+    merged = await writer.load(node, box, layers[:taken]) if taken else {}
+    merged.update(changes)
+    if not rest:  # nothing older to hide: tombstones can go
+        merged = {k: v for k, v in merged.items() if v is not None}
+    if not merged:
+        return rest
+    return (await writer.write(node, box, merged), *rest)

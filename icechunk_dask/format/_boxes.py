@@ -1,0 +1,198 @@
+"""Manifest boxes: which manifest of an array holds a chunk, by its coordinates.
+
+Format version 2 splits each array's chunk references by *boxes* of the
+chunk grid: a box is ``split[d]`` chunks along each dimension ``d``, and the
+chunk at coordinates ``c`` is in box ``(c[0] // split[0], c[1] // split[1], ...)``.
+An append or a region write touches only the boxes it writes. The split is
+chosen when an array's first chunk is committed and then kept for as long
+as the array lives, so resizing never moves references between boxes.
+
+Keys that are not chunk keys of a known array (any key can be stored) live
+in the *flat* box ``""`` of their node.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "FLAT",
+    "UNBOUNDED",
+    "Encoding",
+    "array_layout",
+    "box_key",
+    "choose_split",
+    "parse_chunk_suffix",
+]
+
+#: The box of keys that are not chunk keys of an array with a known layout.
+FLAT = ""
+#: The extent of a box along a dimension that is not split.
+UNBOUNDED = 2**62
+
+#: How an array names its chunks: ``("default" | "v2", separator)``.
+Encoding = tuple[str, str]
+
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def parse_chunk_suffix(suffix: str, encoding: Encoding, ndim: int) -> tuple[int, ...] | None:
+    """The chunk coordinates that ``suffix`` (the key after ``<array path>/``) names.
+
+    Parameters
+    ----------
+    suffix : str
+        E.g. ``"c/0/12"`` (default encoding) or ``"0.12"`` (v2 encoding).
+    encoding : tuple of (str, str)
+        The array's chunk key encoding: name and separator.
+    ndim : int
+        The array's number of dimensions.
+
+    Returns
+    -------
+    tuple of int or None
+        The coordinates, or ``None`` if ``suffix`` is not a chunk key of this array.
+    """
+    name, sep = encoding
+    if name == "default":
+        if ndim == 0:
+            return () if suffix == "c" else None
+        head = "c" + sep
+        if not suffix.startswith(head):
+            return None
+        parts = suffix[len(head) :].split(sep)
+    elif name == "v2":
+        if ndim == 0:
+            return () if suffix == "0" else None
+        parts = suffix.split(sep)
+    else:
+        return None
+    if len(parts) != ndim or not all(_DIGITS.match(p) for p in parts):
+        return None
+    return tuple(map(int, parts))
+
+
+def box_key(coords: Sequence[int], split: Sequence[int]) -> str:
+    """The key of the box holding the chunk at ``coords`` (``"i.j.k"``)."""
+    return ".".join(str(c // e) for c, e in zip(coords, split, strict=True))
+
+
+def choose_split(
+    grid: Sequence[int],
+    target_refs: int,
+    overrides: Mapping[int, int] | None = None,
+) -> tuple[int, ...]:
+    """Box extents (in chunks per dimension) for an array whose chunk grid is ``grid``.
+
+    Without overrides, a box holds about ``target_refs`` chunks: the first
+    dimension (usually the one that grows: time) is split into slabs of
+    ``target_refs // (chunks in the other dimensions)`` chunks, whatever its
+    current length, so that appends fill boxes instead of creating one per
+    step; if one slab of the other dimensions is already larger than the
+    target, those are split too, leading ones first.
+
+    Parameters
+    ----------
+    grid : sequence of int
+        Number of chunks along each dimension now.
+    target_refs : int
+        About how many references one box should hold.
+    overrides : mapping of int to int, optional
+        Dimension index -> extent in chunks; dimensions not listed are not split.
+
+    Returns
+    -------
+    tuple of int
+        The extent of a box along each dimension.
+    """
+    ndim = len(grid)
+    if overrides is not None:
+        return tuple(max(1, int(overrides.get(d, UNBOUNDED))) for d in range(ndim))
+    extents = [max(1, int(g)) for g in grid]
+    for d in range(ndim):
+        rest = math.prod(extents[d + 1 :])
+        if rest >= target_refs:
+            extents[d] = 1
+            continue
+        extents[d] = max(1, target_refs // rest)
+        break
+    return tuple(extents)
+
+
+def array_layout(
+    document: Mapping[str, Any],
+    target_refs: int,
+    overrides: Mapping[str | int, int] | None = None,
+) -> tuple[Encoding, tuple[int, ...]] | None:
+    """Chunk key encoding and box split for a Zarr v3 array document (``None`` if not one).
+
+    Parameters
+    ----------
+    document : mapping
+        The parsed ``zarr.json``.
+    target_refs : int
+        About how many references one box should hold.
+    overrides : mapping, optional
+        Dimension name or index -> box extent in chunks (a repository setting).
+
+    Returns
+    -------
+    tuple or None
+        ``(encoding, split)``, or ``None`` if the document is not a Zarr v3 array
+        with a shape and a chunk grid we understand.
+    """
+    if document.get("zarr_format") != 3 or document.get("node_type") != "array":
+        return None
+    shape = document.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        return None
+    grid = _grid(document.get("chunk_grid"), shape)
+    if grid is None:
+        return None
+    enc = document.get("chunk_key_encoding", {})
+    if not isinstance(enc, Mapping):
+        return None
+    name = enc.get("name", "default")
+    config = enc.get("configuration") or {}
+    sep = config.get("separator", "/" if name == "default" else ".")
+    if name not in ("default", "v2") or sep not in ("/", "."):
+        return None
+    by_index: dict[int, int] | None = None
+    if overrides is not None:
+        dims = document.get("dimension_names") or []
+        by_index = {}
+        for dim, extent in overrides.items():
+            if isinstance(dim, int) and 0 <= dim < len(shape):
+                by_index[dim] = extent
+            elif isinstance(dim, str) and dim in dims:
+                by_index[dims.index(dim)] = extent
+    return (str(name), str(sep)), choose_split(grid, target_refs, by_index)
+
+
+def _grid(chunk_grid: object, shape: list[int]) -> list[int] | None:
+    """Number of chunks along each dimension."""
+    if not isinstance(chunk_grid, Mapping):
+        return None
+    config = chunk_grid.get("configuration") or {}
+    if chunk_grid.get("name") == "regular":
+        chunks = config.get("chunk_shape")
+        if not isinstance(chunks, list) or len(chunks) != len(shape):
+            return None
+        return [-(-n // c) if c else 0 for n, c in zip(shape, chunks, strict=True)]
+    if chunk_grid.get("name") == "rectilinear":
+        specs = config.get("chunk_shapes")
+        if not isinstance(specs, list) or len(specs) != len(shape):
+            return None
+        out = []
+        for n, spec in zip(shape, specs, strict=True):
+            if isinstance(spec, int):
+                out.append(-(-n // spec) if spec else 0)
+            elif isinstance(spec, list):
+                out.append(len(spec))
+            else:
+                return None
+        return out
+    return None
