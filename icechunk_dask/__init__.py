@@ -8,6 +8,7 @@ constructors, :class:`Session`, :func:`merge_sessions`, the Dask writers
 from __future__ import annotations
 
 from icechunk_dask._changeset import ChangeSet
+from icechunk_dask._config import RepositoryConfig
 from icechunk_dask._exceptions import (
     ConflictError,
     CorruptObjectError,
@@ -49,6 +50,7 @@ __all__ = [
     "ReadOnlyError",
     "RebaseFailedError",
     "Repository",
+    "RepositoryConfig",
     "Session",
     "SessionStateError",
     "SessionStatus",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 from icechunk_dask._assets import CONFIG_KEY, AssetManager, check_storage
+from icechunk_dask._config import RepositoryConfig
 from icechunk_dask._exceptions import FormatVersionError, InvalidInputError, NotFoundError
 from icechunk_dask.format import (
     FORMAT_VERSION,
@@ -25,7 +26,9 @@ from icechunk_dask.storage import Storage
 __all__ = ["create_repository", "open_repository", "repository_exists"]
 
 
-async def create_repository(storage: Storage) -> AssetManager:
+async def create_repository(
+    storage: Storage, config: RepositoryConfig | None = None
+) -> AssetManager:
     """Create a new repository with an empty ``main`` branch.
 
     Raises
@@ -45,7 +48,20 @@ async def create_repository(storage: Storage) -> AssetManager:
             f"{storage.url} is not empty ({len(existing)} objects, e.g. {existing[0]!r}) and "
             "is not a repository; choose an empty or new location"
         )
-    config = RepoConfig(new_id(), FORMAT_VERSION, now_iso())
+    settings = config if config is not None else RepositoryConfig()
+    if not isinstance(settings, RepositoryConfig):
+        raise InvalidInputError(
+            f"config must be an icechunk_dask.RepositoryConfig, got {type(settings).__name__}"
+        )
+    stored = RepoConfig(
+        new_id(),
+        FORMAT_VERSION,
+        now_iso(),
+        inline_threshold=settings.inline_chunk_threshold_bytes,
+        manifest_box_refs=settings.manifest_box_refs,
+        manifest_splits={p: dict(d) for p, d in settings.manifest_splits.items()},
+        manifest_max_layers=settings.manifest_max_layers,
+    )
     root = Snapshot(new_id(), None, now_iso(), "Repository initialized", {}, {}, {})
     await storage.put(f"snapshots/{root.id}", root.encode())
     await storage.durability_barrier()
@@ -55,9 +71,9 @@ async def create_repository(storage: Storage) -> AssetManager:
             f"another process is creating a repository at {storage.url} at the same time; "
             "open it with Repository.open once it exists"
         )
-    if not await storage.put_if_absent(CONFIG_KEY, config.encode()):
+    if not await storage.put_if_absent(CONFIG_KEY, stored.encode()):
         raise InvalidInputError(f"a repository was created concurrently at {storage.url}")
-    return AssetManager(storage, config)
+    return AssetManager(storage, stored)
 
 
 async def open_repository(storage: Storage) -> AssetManager:

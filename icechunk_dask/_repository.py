@@ -13,6 +13,7 @@ from typing import Any
 
 from icechunk_dask._assets import AssetManager, shared_assets
 from icechunk_dask._bootstrap import create_repository, open_repository, repository_exists
+from icechunk_dask._config import RepositoryConfig
 from icechunk_dask._exceptions import InvalidInputError
 from icechunk_dask._refs import create_tag, delete_tag, set_branch
 from icechunk_dask._session import Session
@@ -94,13 +95,15 @@ class Repository:
     # -- creation -------------------------------------------------------------
 
     @classmethod
-    def create(cls, storage: Storage) -> Repository:
+    def create(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
         """Create a new repository with an empty ``main`` branch.
 
         Parameters
         ----------
         storage : Storage
             Where the repository lives (for example ``local_filesystem_storage(path)``).
+        config : RepositoryConfig or None
+            Settings fixed for the repository's life (default: ``RepositoryConfig()``).
 
         Returns
         -------
@@ -112,7 +115,7 @@ class Repository:
         InvalidInputError
             If a repository already exists there, or the location holds other data.
         """
-        return cls(run(create_repository(storage)))
+        return cls(run(create_repository(storage, config)))
 
     @classmethod
     def open(cls, storage: Storage) -> Repository:
@@ -138,13 +141,15 @@ class Repository:
         return cls(run(open_repository(storage)))
 
     @classmethod
-    def open_or_create(cls, storage: Storage) -> Repository:
+    def open_or_create(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
         """Open the repository at ``storage``, creating it if there is none.
 
         Parameters
         ----------
         storage : Storage
             Where the repository lives.
+        config : RepositoryConfig or None
+            Settings for a new repository (an existing one keeps its own).
 
         Returns
         -------
@@ -154,7 +159,7 @@ class Repository:
         if cls.exists(storage):
             return cls.open(storage)
         try:
-            return cls.create(storage)
+            return cls.create(storage, config)
         except InvalidInputError:
             if cls.exists(storage):  # lost a creation race: fine
                 return cls.open(storage)
