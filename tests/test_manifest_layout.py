@@ -1,0 +1,281 @@
+"""Format 2 manifests: boxes of chunk coordinates, layers, compaction, node-level deletion.
+
+Small thresholds (``RepositoryConfig``) make every path run with a handful of
+chunks: boxes of one or a few chunks, a merge budget reached after one
+commit, compaction after two layers.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from icechunk_dask import Repository, RepositoryConfig, in_memory_storage, local_filesystem_storage
+from icechunk_dask._sync import run
+from icechunk_dask.format import NodeManifests, choose_split, parse_chunk_suffix
+
+FILL = -1
+
+
+def _repo(tmp_path: Path | None = None, **config: object) -> Repository:
+    storage = (
+        in_memory_storage()
+        if tmp_path is None
+        else local_filesystem_storage(tmp_path, durable=False)
+    )
+    return Repository.create(storage, RepositoryConfig(**config))  # type: ignore[arg-type]
+
+
+def _node(repo: Repository, snapshot_id: str, path: str) -> NodeManifests:
+    return run(repo._assets.get_snapshot(snapshot_id)).nodes[path]
+
+
+def test_default_split_puts_slabs_of_the_first_dimension_in_a_box() -> None:
+    assert choose_split((1000, 32, 32), 65536) == (64, 32, 32)
+    assert choose_split((1, 32, 32), 65536) == (64, 32, 32)  # room to grow by appends
+    assert choose_split((10, 1000, 1000), 65536) == (1, 65, 1000)
+    assert choose_split((10, 100_000, 100_000), 65536) == (1, 1, 65536)
+    assert choose_split((), 65536) == ()
+    assert choose_split((5, 7), 4, {1: 2}) == (2**62, 2)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "encoding", "ndim", "coords"),
+    [
+        ("c/1/22/3", ("default", "/"), 3, (1, 22, 3)),
+        ("c.1.22", ("default", "."), 2, (1, 22)),
+        ("c", ("default", "/"), 0, ()),
+        ("1.2", ("v2", "."), 2, (1, 2)),
+        ("0", ("v2", "."), 0, ()),
+        ("c/1/x", ("default", "/"), 2, None),
+        ("c/1", ("default", "/"), 2, None),
+        ("d/1/2", ("default", "/"), 2, None),
+    ],
+)
+def test_chunk_suffix_parsing(
+    suffix: str, encoding: tuple[str, str], ndim: int, coords: tuple[int, ...] | None
+) -> None:
+    assert parse_chunk_suffix(suffix, encoding, ndim) == coords
+
+
+def test_append_touches_only_the_boxes_it_writes() -> None:
+    repo = _repo(manifest_box_refs=8)  # 4 chunks per row: 2 rows per box
+    s = repo.writable_session("main")
+    arr = zarr.create_array(s.store, name="t", shape=(1, 4), chunks=(1, 1), dtype="i4")
+    arr[:] = 0
+    s.commit("step 0")
+    tips = []
+    for step in range(1, 6):
+        s = repo.writable_session("main")
+        arr = zarr.open_array(s.store, path="t")
+        arr.resize((step + 1, 4))
+        arr[step] = step
+        tips.append(s.commit(f"step {step}"))
+    nodes = [_node(repo, t, "t") for t in tips]
+    assert nodes[-1].split == (2, 4)
+    assert sorted(nodes[-1].boxes) == ["0.0", "1.0", "2.0"]
+    # a box that the append did not touch keeps its manifests, by id
+    assert nodes[-1].boxes["0.0"] == nodes[-2].boxes["0.0"] == nodes[1].boxes["0.0"]
+    back = zarr.open_array(repo.readonly_session("main").store, path="t")[:]
+    np.testing.assert_array_equal(back, np.repeat(np.arange(6), 4).reshape(6, 4))
+
+
+def test_layers_merge_within_the_budget_and_compact_past_the_maximum() -> None:
+    repo = _repo(manifest_box_refs=1024, manifest_max_layers=3)
+    s = repo.writable_session("main")
+    arr = zarr.create_array(
+        s.store, name="a", shape=(64,), chunks=(1,), dtype="i4", fill_value=FILL
+    )
+    arr[:32] = 1  # one layer of 32 references
+    s.commit("base")
+    model = np.full(64, FILL)
+    model[:32] = 1
+    counts = []
+    for i in range(6):  # one-chunk commits: each too small to absorb the big layer
+        s = repo.writable_session("main")
+        zarr.open_array(s.store, path="a")[32 + i] = 10 + i
+        model[32 + i] = 10 + i
+        tip = s.commit(f"one chunk {i}")
+        counts.append(len(_node(repo, tip, "a").boxes["0"]))
+        back = zarr.open_array(repo.readonly_session("main").store, path="a")[:]
+        np.testing.assert_array_equal(back, model)
+    # 1 chunk merges the newest 1-2 chunk layers, never the 32-chunk base
+    assert max(counts) <= 3
+    assert counts[0] == 2
+
+
+def test_compaction_drops_tombstones_and_keeps_the_data() -> None:
+    repo = _repo(manifest_box_refs=1024, manifest_max_layers=2)
+    s = repo.writable_session("main")
+    arr = zarr.create_array(
+        s.store, name="a", shape=(20,), chunks=(1,), dtype="i4", fill_value=FILL
+    )
+    arr[:] = np.arange(20)
+    s.commit("base")
+    model = np.arange(20)
+    for i in range(5):
+        s = repo.writable_session("main")
+        zarr.open_array(s.store, path="a")[i] = FILL  # equal to the fill value: a deletion
+        model[i] = FILL
+        tip = s.commit(f"delete {i}")
+        node = _node(repo, tip, "a")
+        assert len(node.boxes["0"]) <= 2
+    back = zarr.open_array(repo.readonly_session("main").store, path="a")[:]
+    np.testing.assert_array_equal(back, model)
+    keys = run(repo.readonly_session("main")._workspace.list_prefix("a/c/"))
+    assert keys == {f"a/c/{i}" for i in range(5, 20)}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"manifest_box_refs": 1, "manifest_max_layers": 1},
+        {"manifest_box_refs": 3, "manifest_max_layers": 2},
+        {"manifest_box_refs": 8, "manifest_max_layers": 4},
+        {"manifest_splits": {"a": {"y": 2}}, "manifest_max_layers": 3},
+    ],
+)
+def test_random_writes_deletes_and_resizes_read_back_as_a_model(config: dict[str, object]) -> None:
+    """Writes, deletions and resizes across boxes and layers, against a NumPy model."""
+    rng = random.Random(42)
+    repo = _repo(**config)
+    s = repo.writable_session("main")
+    zarr.create_array(
+        s.store,
+        name="a",
+        shape=(4, 6),
+        chunks=(1, 2),
+        dtype="i4",
+        fill_value=FILL,
+        dimension_names=("x", "y"),
+    )
+    s.commit("create")
+    model = np.full((4, 6), FILL)
+    for step in range(25):
+        s = repo.writable_session("main")
+        arr = zarr.open_array(s.store, path="a")
+        for _ in range(rng.randint(1, 3)):
+            op = rng.random()
+            if op < 0.2:
+                rows = model.shape[0] + rng.randint(1, 2)
+                arr.resize((rows, 6))
+                grown = np.full((rows, 6), FILL)
+                grown[: model.shape[0]] = model
+                model = grown
+            elif op < 0.4 and model.shape[0] > 2:
+                rows = model.shape[0] - 1
+                arr.resize((rows, 6))
+                model = model[:rows].copy()
+            else:
+                r = rng.randrange(model.shape[0])
+                c0 = 2 * rng.randrange(3)
+                value = FILL if rng.random() < 0.3 else step
+                arr[r, c0 : c0 + 2] = value
+                model[r, c0 : c0 + 2] = value
+        s.commit(f"step {step}")
+        if step % 6 == 5:  # a fresh handle reads from storage, not from caches
+            repo = Repository.open(repo.storage)
+        back = zarr.open_array(repo.readonly_session("main").store, path="a")[:]
+        np.testing.assert_array_equal(back, model, err_msg=f"after step {step}")
+
+
+def test_mode_w_over_a_big_array_is_a_tiny_change(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    s = repo.writable_session("main")
+    arr = zarr.create_array(s.store, name="g/a", shape=(5000,), chunks=(1,), dtype="i2")
+    arr[:] = 7
+    s.commit("5,000 chunks")
+    s = repo.writable_session("main")
+    arr = zarr.create_array(
+        s.store, name="g/a", shape=(10,), chunks=(5,), dtype="i2", overwrite=True
+    )
+    cs = s.changes()
+    assert cs.cleared == {"g/a"} and not cs.chunks
+    assert len(cs.to_bytes()) < 1024
+    arr[:] = 3
+    assert zarr.open_array(s.store, path="g/a")[:].tolist() == [3] * 10
+    s.commit("overwrite")
+    back = repo.readonly_session("main")
+    assert zarr.open_array(back.store, path="g/a")[:].tolist() == [3] * 10
+    assert run(back._workspace.list_prefix("g/a/c/")) == {"g/a/c/0", "g/a/c/1"}
+
+
+def test_delete_dir_in_a_fork_that_inherited_writes_merges_back() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="g/a", shape=(4,), chunks=(1,), dtype="i4")[:] = 1
+    s.commit("one")
+    s = repo.writable_session("main")
+    zarr.open_array(s.store, path="g/a")[0] = 5  # uncommitted, inherited by the fork
+    fork = s.fork()
+    zarr.create_array(fork.store, name="g/a", shape=(2,), chunks=(1,), dtype="i4", overwrite=True)
+    assert zarr.open_array(fork.store, path="g/a")[:].tolist() == [0, 0]
+    s.merge(fork)
+    assert zarr.open_array(s.store, path="g/a")[:].tolist() == [0, 0]
+    s.commit("replaced in a fork")
+    assert zarr.open_array(repo.readonly_session("main").store, path="g/a")[:].tolist() == [0, 0]
+
+
+class _CountingReads:
+    """Counts storage reads per key prefix (wraps the repository's storage methods)."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.reads: list[str] = []
+        storage = repo.storage
+        get, get_range = storage.get, storage.get_range
+
+        async def counted_get(key: str) -> bytes:
+            self.reads.append(key)
+            return await get(key)
+
+        async def counted_range(key: str, start: int, length: int | None) -> bytes:
+            self.reads.append(key)
+            return await get_range(key, start, length)
+
+        storage.get = counted_get  # type: ignore[method-assign]
+        storage.get_range = counted_range  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("nchunks", [10, 2000])
+def test_list_dir_of_a_group_reads_no_manifest(nchunks: int) -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    g = zarr.open_group(s.store, mode="w", zarr_format=3)
+    g.create_array("a", shape=(nchunks,), chunks=(1,), dtype="i2")[:] = 1
+    g.create_array("b", shape=(nchunks,), chunks=(1,), dtype="i2")[:] = 2
+    tip = s.commit("two arrays")
+    repo = Repository.open(repo.storage)  # empty caches
+    counter = _CountingReads(repo)
+    store = repo.readonly_session(snapshot_id=tip).store
+    members = sorted(zarr.open_group(store, mode="r").array_keys())
+    assert members == ["a", "b"]
+    assert not [k for k in counter.reads if k.startswith("manifests/")]
+    assert run(repo.readonly_session("main")._workspace.list_dir("a")) == {"zarr.json", "c"}
+    assert not [k for k in counter.reads if k.startswith("manifests/")]
+
+
+@pytest.mark.parametrize("name", ["c", "g/c", "c/c", "c0"])
+def test_arrays_named_c_own_their_chunks(name: str) -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    root = zarr.open_group(s.store, mode="w", zarr_format=3)
+    arr = zarr.create_array(s.store, name=name, shape=(4,), chunks=(2,), dtype="i4")
+    arr[:] = 1
+    status = s.status()
+    assert status.updated_chunks == {name: 2}
+    s.commit("create")
+    # another session changes the root attributes while this one writes the array
+    s1 = repo.writable_session("main")
+    s2 = repo.writable_session("main")
+    zarr.open_group(s1.store).attrs["x"] = 1
+    s1.commit("root attributes")
+    zarr.open_array(s2.store, path=name)[:] = 2
+    s2.commit("array data")  # rebases: no conflict with the root's attributes
+    back = repo.readonly_session("main").store
+    assert zarr.open_array(back, path=name)[:].tolist() == [2, 2, 2, 2]
+    assert zarr.open_group(back, mode="r").attrs["x"] == 1
+    del root
