@@ -78,10 +78,12 @@ class ChangeSet:
         "base",
         "chunks",
         "cleared",
+        "jobs",
         "meta",
         "prev_chunks",
         "prev_meta",
         "repo_id",
+        "tasks",
         "writers",
     )
 
@@ -96,6 +98,10 @@ class ChangeSet:
         #: prefixes under which every *committed* key is deleted (``delete_dir``); chunk
         #: and metadata entries of this change set are applied after the deletion
         self.cleared: set[str] = set()
+        #: ids of the Dask write jobs whose whole result this record holds
+        self.jobs: set[str] = set()
+        #: keys of the rerouted Dask tasks whose changes this record holds
+        self.tasks: set[str] = set()
 
     # -- inspection -----------------------------------------------------------
 
@@ -125,6 +131,8 @@ class ChangeSet:
         out.prev_chunks = dict(self.prev_chunks)
         out.writers = set(self.writers)
         out.cleared = set(self.cleared)
+        out.jobs = set(self.jobs)
+        out.tasks = set(self.tasks)
         return out
 
     # -- merging --------------------------------------------------------------
@@ -215,6 +223,8 @@ class ChangeSet:
         mine.update(chunk_updates)
         self.writers |= other.writers
         self.cleared |= other.cleared
+        self.jobs |= other.jobs
+        self.tasks |= other.tasks
 
     @classmethod
     def merge_all(cls, records: Iterable[ChangeSet]) -> ChangeSet:
@@ -256,6 +266,8 @@ class ChangeSet:
             "base": self.base,
             "writers": sorted(self.writers),
             "cleared": sorted(self.cleared),
+            "jobs": sorted(self.jobs),
+            "tasks": sorted(self.tasks),
         }
         prev = self.prev_chunks
         # metadata documents go into the (compressed) body: JSON compresses well
@@ -278,6 +290,8 @@ class ChangeSet:
         out = cls(h["repo"], h["base"])
         out.writers = set(h["writers"])
         out.cleared = set(h.get("cleared", ()))
+        out.jobs = set(h.get("jobs", ()))
+        out.tasks = set(h.get("tasks", ()))
         view = memoryview(body)
         sections = []
         pos = 0

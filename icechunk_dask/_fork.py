@@ -15,6 +15,7 @@ if a writer's changes never came back.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from icechunk_dask._assets import AssetManager
@@ -23,11 +24,16 @@ from icechunk_dask.format import ChunkRef, decode_scratch, encode_scratch, new_i
 
 __all__ = [
     "PICKLING_MESSAGE",
+    "UNMERGED_FORK_MESSAGE",
     "UNMERGED_MESSAGE",
+    "Family",
     "ForkState",
+    "ForkTicket",
     "clear_markers",
     "leave_marker",
+    "list_markers",
     "load_scratch",
+    "remove_markers",
     "store_scratch",
     "unmerged_writers",
 ]
@@ -52,6 +58,51 @@ UNMERGED_MESSAGE = (
     "icechunk_dask.to_zarr / store_sessions, or run ds.to_zarr(session.store) inside "
     "'with session.allow_pickling():'. To drop those writes deliberately, start a new session"
 )
+
+
+UNMERGED_FORK_MESSAGE = (
+    "forks made with session.fork() wrote data that was never merged back, so committing now "
+    "would silently lose it. Merge them first (session.merge(fork)), or drop their writes "
+    "deliberately with fork.discard_changes()"
+)
+
+
+@dataclass(slots=True)
+class ForkTicket:
+    """An in-process fork made by ``session.fork()``, as the session family sees it.
+
+    Attributes
+    ----------
+    writer : str
+        The fork's writer id (its records name it).
+    dirty : bool
+        Whether the fork has changed something (and so must be merged).
+    """
+
+    writer: str
+    dirty: bool = False
+
+
+class Family:
+    """What a session and its in-process forks share: the tickets of the public forks.
+
+    ``commit`` refuses while a fork that changed something was never merged
+    (its writer id is not among the committed change set's writers).
+    """
+
+    def __init__(self) -> None:
+        self.tickets: dict[str, ForkTicket] = {}
+
+    def ticket(self, writer: str) -> ForkTicket:
+        """Register a new fork; return its ticket."""
+        ticket = self.tickets[writer] = ForkTicket(writer)
+        return ticket
+
+    def unmerged(self, writers: set[str]) -> list[str]:
+        """Writers of forks that changed something not in ``writers``."""
+        return sorted(
+            t.writer for t in self.tickets.values() if t.dirty and t.writer not in writers
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +155,27 @@ def _marker_prefix(session_id: str) -> str:
     return f"sessions/{session_id}/"
 
 
-async def leave_marker(assets: AssetManager, session_id: str, writer: str) -> None:
-    """Record in storage that ``writer`` (a tracked copy) is about to change something."""
-    await assets.storage.put(_marker_prefix(session_id) + writer, b"")
+async def leave_marker(assets: AssetManager, session_id: str, writer: str, task: str = "") -> None:
+    """Record in storage that ``writer`` (a tracked copy) is about to change something.
+
+    ``task`` names the Dask task the copy works for, when it is known.
+    """
+    await assets.storage.put(_marker_prefix(session_id) + writer, task.encode())
+
+
+async def list_markers(assets: AssetManager, session_id: str) -> dict[str, str]:
+    """The markers of a session: writer -> the task it worked for ("" if unknown)."""
+    prefix = _marker_prefix(session_id)
+    keys = await assets.storage.list(prefix)
+    bodies = await asyncio.gather(*(assets.storage.get(k) for k in keys))
+    return {k[len(prefix) :]: b.decode() for k, b in zip(keys, bodies, strict=True)}
+
+
+async def remove_markers(assets: AssetManager, session_id: str, writers: list[str]) -> None:
+    """Delete the markers of ``writers``."""
+    if writers:
+        prefix = _marker_prefix(session_id)
+        await assets.storage.delete(prefix + w for w in writers)
 
 
 async def unmerged_writers(assets: AssetManager, session_id: str, cs: ChangeSet) -> list[str]:

@@ -30,11 +30,14 @@ from icechunk_dask._exceptions import (
 )
 from icechunk_dask._fork import (
     PICKLING_MESSAGE,
+    UNMERGED_FORK_MESSAGE,
     UNMERGED_MESSAGE,
+    Family,
     ForkState,
     store_scratch,
     unmerged_writers,
 )
+from icechunk_dask._jobs import delete_jobs, load_result
 from icechunk_dask._status import SessionStatus, compute_status
 from icechunk_dask._store import SessionStore
 from icechunk_dask._sync import run
@@ -74,6 +77,9 @@ class Session:
             tracked=tracked,
         )
         self._branch = branch
+        self._family = Family()
+        #: lazy write jobs built from this session: job id -> description
+        self._lazy_jobs: dict[str, str] = {}
         self._pickle_depth = 0
         self._scratch_cache: tuple[int, str] | None = None
         self._store: SessionStore | None = None
@@ -143,7 +149,7 @@ class Session:
         return compute_status(snap.meta, meta, chunks)
 
     def discard_changes(self) -> None:
-        """Drop every uncommitted change of this session.
+        """Drop every uncommitted change of this session (and forget its lazy writes).
 
         Raises
         ------
@@ -152,6 +158,37 @@ class Session:
         """
         self._workspace.check_writable()
         self._workspace.discard()
+        self._lazy_jobs.clear()
+
+    def _expect_job(self, job: str, what: str) -> None:
+        """Remember a lazy write job built from this session (its result is merged at commit)."""
+        self._lazy_jobs[job] = what
+
+    def _collect_jobs(self) -> None:
+        """Merge the stored results of lazy jobs that were computed but not merged.
+
+        Raises
+        ------
+        UnmergedWritesError
+            Naming the lazy writes whose result never arrived.
+        """
+        ws = self._workspace
+        with ws.lock:
+            pending = {j: w for j, w in self._lazy_jobs.items() if j not in ws.cs.jobs}
+        missing = []
+        for job, what in pending.items():
+            result = run(load_result(ws.assets, job))
+            if result is None:
+                missing.append(what)
+            else:
+                self.merge(result)
+        if missing:
+            raise UnmergedWritesError(
+                f"{len(missing)} lazy write(s) built from this session never delivered their "
+                f"result: {'; '.join(missing)}. Compute them before commit (dask.compute(...) "
+                "and wait for any distributed future), or call session.discard_changes() "
+                "to drop them deliberately. Nothing was committed"
+            )
 
     # -- fork / merge ---------------------------------------------------------
 
@@ -159,11 +196,13 @@ class Session:
         """Return a picklable child that sees this session's uncommitted state.
 
         The child records only its own changes; bring them back with
-        :meth:`merge`. Forking does no I/O unless this session holds
-        uncommitted small chunks in its open pack (stored first, so the child
-        can read them) or a pickled fork must carry uncommitted chunk writes
-        of its parent (then they are stored once, as a small scratch object,
-        when the fork is first pickled).
+        :meth:`merge`. ``commit`` refuses while a fork that changed something
+        in this process was never merged (copies of it in other processes are
+        tracked too, see :meth:`allow_pickling`). Forking does no I/O unless
+        this session holds uncommitted small chunks in its open pack (stored
+        first, so the child can read them) or a pickled fork must carry
+        uncommitted chunk writes of its parent (then they are stored once, as a
+        small scratch object, when the fork is first pickled).
 
         Returns
         -------
@@ -175,6 +214,12 @@ class Session:
         SessionStateError
             If this session is read-only or committed.
         """
+        child = self._fork()
+        child._workspace.ticket = self._family.ticket(child._workspace.writer)
+        return child
+
+    def _fork(self) -> ForkSession:
+        """A fork for internal use (Dask tasks, to_zarr's stage): not checked at commit."""
         ws = self._workspace
         if ws.read_only:
             raise SessionStateError(
@@ -187,6 +232,7 @@ class Session:
         child = ForkSession(
             ws.assets, ws.base, branch=self._branch, read_only=False, session_id=ws.session_id
         )
+        child._family = self._family
         cw = child._workspace
         with ws.lock:
             pending = ws.packs.close_locked()  # the child must be able to read every ref
@@ -390,7 +436,11 @@ class Session:
             raise InvalidInputError(f"commit metadata must be JSON-serialisable: {e}") from e
         if not isinstance(meta_json, dict):
             raise InvalidInputError("commit metadata must be a dict")
+        self._collect_jobs()
         cs = ws.changes()
+        forks = self._family.unmerged(cs.writers)
+        if forks:
+            raise UnmergedWritesError(f"{len(forks)} {UNMERGED_FORK_MESSAGE}")
         if not cs:
             if run(unmerged_writers(ws.assets, ws.session_id, cs)):
                 raise UnmergedWritesError(f"some {UNMERGED_MESSAGE}")
@@ -418,6 +468,9 @@ class Session:
             ws.read_only = True
             ws.committed = True
             ws.cs = ChangeSet(ws.assets.repo_id, new_id_)
+        if cs.jobs:
+            with contextlib.suppress(Exception):  # leftovers are swept by garbage_collect
+                run(delete_jobs(ws.assets, cs.jobs))
         return new_id_
 
 

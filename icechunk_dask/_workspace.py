@@ -26,7 +26,7 @@ from icechunk_dask._exceptions import (
     NotFoundError,
     ReadOnlyError,
 )
-from icechunk_dask._fork import leave_marker, load_scratch
+from icechunk_dask._fork import ForkTicket, leave_marker, load_scratch
 from icechunk_dask._manifests import load_node, lookup
 from icechunk_dask._packing import PACK_MAX_CHUNK, PackBuffer
 from icechunk_dask.format import ChunkRef, chunk_checksum, new_id
@@ -84,6 +84,10 @@ class Workspace:
         self.writer = session_id + new_id(16)
         self._seq = itertools.count()
         self._marker_done = False
+        #: the Dask task this copy works for (rerouted graphs), named in its marker
+        self.task = ""
+        #: set for forks made by ``session.fork()``: commit checks they were merged
+        self.ticket: ForkTicket | None = None
         #: bumped whenever the chunk changes change (keys scratch objects of pickled copies)
         self.chunks_version = 0
         self.packs = PackBuffer(assets.storage, self.lock, self._next_object_id)
@@ -309,9 +313,15 @@ class Workspace:
 
     async def _mark_writer(self) -> None:
         # A tracked copy (any session rebuilt from a pickle) leaves a marker before its
-        # first change, so that commit can tell whether its changes came back.
+        # first change, so that commit can tell whether its changes came back; a public
+        # in-process fork marks its ticket.
+        ticket = self.ticket
+        if ticket is not None and not ticket.dirty:
+            with self.lock:
+                ticket.dirty = True
+                self.cs.writers.add(self.writer)
         if self.tracked and not self._marker_done:
-            await leave_marker(self.assets, self.session_id, self.writer)
+            await leave_marker(self.assets, self.session_id, self.writer, self.task)
             with self.lock:
                 self.cs.writers.add(self.writer)
                 self._marker_done = True
@@ -429,6 +439,8 @@ class Workspace:
     def discard(self) -> None:
         """Drop every uncommitted change."""
         with self.lock:
+            if self.ticket is not None:
+                self.ticket.dirty = False
             self.cs = ChangeSet(self.assets.repo_id, self.base)
             self.packs.discard_locked()
             self.chunks_version += 1

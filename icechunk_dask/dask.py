@@ -8,45 +8,41 @@ of all target arrays, and only the root reaches the client. The assignment of
 blocks to tasks is a pure plan (:mod:`icechunk_dask._plan`), checked before
 anything is written.
 
-This module also makes plain ``ds.to_zarr(session.store)`` safe on a cluster:
-inside ``session.allow_pickling()`` a client-side ``scheduler=`` wrapper
-makes the tasks that hold copies of the session also return the copies'
-change records, and merges them back when the computation ends.
+With ``compute=False`` the result is also stored in the repository by the
+graph's last task, and the session remembers the job: ``dask.compute(lazy)``
+followed by ``session.commit()`` commits the data (see
+:mod:`icechunk_dask._jobs`). With ``resume=<name>`` every task's record is
+stored too, and running the same write again recomputes only the tasks
+without one.
+
+Importing this module also makes plain ``ds.to_zarr(session.store)`` safe on
+a cluster inside ``session.allow_pickling()`` (:mod:`icechunk_dask._scheduler`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-import dask
 import dask.array as da
-import dask.threaded
 import zarr
 from dask.base import compute, get_scheduler
 from dask.delayed import Delayed
-from dask.local import get_sync
-from dask.typing import Key
 
 from icechunk_dask._changeset import ChangeSet
-from icechunk_dask._compat.dask import convert_legacy_graph
 from icechunk_dask._exceptions import READ_ONLY_MESSAGE, InvalidInputError, ReadOnlyError
-from icechunk_dask._graph import (
-    TargetSpec,
-    WriteContext,
-    build_write_graph,
-    reroute_session_writes,
-)
+from icechunk_dask._jobs import check_plan, done_tasks, plan_fingerprint, validate_job_name
 from icechunk_dask._plan import ArrayWrite, WritePlan, normalize_region, plan_writes
-from icechunk_dask._session import ALLOW_PICKLING_HOOKS, Session
+from icechunk_dask._scheduler import SPLIT_EVERY, PicklingScheduler
+from icechunk_dask._session import Session
 from icechunk_dask._store import SessionStore
+from icechunk_dask._sync import run
+from icechunk_dask._writegraph import TargetSpec, WriteContext, build_write_graph
+from icechunk_dask.format import new_id
 
 __all__ = ["store_sessions"]
-
-#: Default fan-in of the tree reduction that merges change records.
-SPLIT_EVERY = 16
 
 _STORE_FIXES = ("pass align_chunks=True to write the blocks that share a chunk from one task.",)
 
@@ -64,6 +60,7 @@ def store_sessions(
     split_every: int | None = ...,
     align_chunks: bool = ...,
     progress: bool = ...,
+    resume: str | None = ...,
     compute: Literal[True] = ...,
 ) -> None: ...
 
@@ -78,6 +75,7 @@ def store_sessions(
     split_every: int | None = ...,
     align_chunks: bool = ...,
     progress: bool = ...,
+    resume: str | None = ...,
     compute: Literal[False],
 ) -> Delayed: ...
 
@@ -91,6 +89,7 @@ def store_sessions(
     split_every: int | None = None,
     align_chunks: bool = False,
     progress: bool = False,
+    resume: str | None = None,
     compute: bool = True,
 ) -> Delayed | None:
     """Write dask arrays into Zarr arrays of a session, from any Dask scheduler.
@@ -123,6 +122,11 @@ def store_sessions(
     progress
         Show a progress bar while computing (dask's for local schedulers,
         distributed's for a cluster). Only with ``compute=True``.
+    resume
+        A name for this write job (branch-name rules). Every task then stores
+        its change record in the repository (never visible before a commit),
+        so that after a crash of the client (or a failed run) the same call
+        with the same name recomputes only the tasks without a record.
     compute
         Compute now and merge the result into ``session`` (``True``), or
         return a lazy collection (``False``).
@@ -133,9 +137,14 @@ def store_sessions(
         With ``compute=True``: the writes are merged into ``session``; commit
         it to publish them.
     dask.delayed.Delayed
-        With ``compute=False``: ``dask.compute(result)`` yields the merged
-        :class:`~icechunk_dask.ChangeSet`; pass it to ``session.merge(...)``
-        and commit. Computing it more than once is harmless.
+        With ``compute=False``: computing it (``dask.compute``, ``.compute()``,
+        ``client.compute(...).result()``, ``persist``) stores the merged
+        :class:`~icechunk_dask.ChangeSet` in the repository, and ``commit``
+        merges it into ``session``: ``dask.compute(lazy); session.commit()``
+        commits the data. The computed record can also be merged explicitly
+        (``session.merge(record)``). Computing more than once is harmless; if
+        the result never arrives, ``commit`` raises ``UnmergedWritesError``
+        naming this write.
 
     Raises
     ------
@@ -164,8 +173,69 @@ def store_sessions(
         group_shared=align_chunks,
         fixes=_STORE_FIXES,
     )
-    collection = prepared.collection(session.fork())
+    return launch(
+        prepared,
+        session._fork(),
+        session,
+        what=f"store_sessions into {[t.path for t in prepared.targets]}",
+        resume=resume,
+        compute=compute,
+        progress=progress,
+    )
+
+
+def launch(
+    prepared: PreparedWrite,
+    base: Session,
+    session: Session,
+    *,
+    what: str,
+    resume: str | None,
+    compute: bool,
+    progress: bool,
+) -> Delayed | None:
+    """Build the job's graph from ``base`` and compute it into ``session``, or return it.
+
+    Parameters
+    ----------
+    prepared : PreparedWrite
+        The checked plan.
+    base : Session
+        The fork every task forks (its own changes travel with the result).
+    session : Session
+        The session that receives the result.
+    what : str
+        How to name the job in messages.
+    resume : str or None
+        The name of a resumable job.
+    compute : bool
+        Compute and merge now, or return the lazy collection.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dask.delayed.Delayed or None
+        The lazy collection (``compute=False``).
+    """
+    assets = session._workspace.assets
+    done: frozenset[int] = frozenset()
+    if resume is not None:
+        job = validate_job_name(resume)
+        run(check_plan(assets, job, prepared.fingerprint()))
+        done = frozenset(t for t in run(done_tasks(assets, job)) if t < len(prepared.plan.tasks))
+    else:
+        job = new_id()
+    ctx = WriteContext(
+        base,
+        prepared.targets,
+        job=job,
+        keep_tasks=resume is not None,
+        keep_result=resume is not None or not compute,
+    )
+    collection = build_write_graph(prepared.plan, prepared.sources, ctx, prepared.split_every, done)
     if not compute:
+        session._expect_job(job, f"{what} (compute=False, job {job})")
         return collection
     merge_computed(collection, session, progress=progress)
     return None
@@ -183,10 +253,17 @@ class PreparedWrite:
     targets: tuple[TargetSpec, ...]
     split_every: int
 
-    def collection(self, base: Session) -> Delayed:
-        """The lazy write: tasks fork ``base``; the result also carries ``base``'s own changes."""
-        return build_write_graph(
-            self.plan, self.sources, WriteContext(base, self.targets), self.split_every
+    def fingerprint(self) -> str:
+        """What the job writes, for checking that a resumed job is the same job."""
+        return plan_fingerprint(
+            {
+                "arrays": [
+                    [a.name, a.shape, a.unit, [(s.start, s.stop) for s in a.region], a.chunks]
+                    for a in self.plan.arrays
+                ],
+                "metadata": [json.dumps(t.metadata.to_dict(), default=str) for t in self.targets],
+                "tasks": len(self.plan.tasks),
+            }
         )
 
 
@@ -327,7 +404,7 @@ def _compute(collection: Delayed, progress: bool) -> ChangeSet:
     from distributed import progress as distributed_progress
 
     scheduler = get_scheduler(collections=[collection])
-    if isinstance(scheduler, SessionScheduler):
+    if isinstance(scheduler, PicklingScheduler):
         scheduler = scheduler.inner()
     client = getattr(scheduler, "__self__", None)
     if isinstance(client, Client):
@@ -339,66 +416,3 @@ def _compute(collection: Delayed, progress: bool) -> ChangeSet:
     with ProgressBar():
         (result,) = compute(collection)
     return result  # type: ignore[no-any-return]
-
-
-# -- plain ds.to_zarr(session.store) on a cluster, inside allow_pickling ---------------
-
-
-_LOCAL_SCHEDULERS: tuple[Callable[..., Any], ...] = (dask.threaded.get, get_sync)
-
-
-class SessionScheduler:
-    """A client-side ``scheduler=`` that brings back writes made by worker-side copies.
-
-    Installed by ``session.allow_pickling()`` for its duration. With a
-    scheduler that runs tasks in this process (threads, synchronous) it
-    changes nothing. Otherwise every task that holds the session's store
-    also returns the change record of the copy of the session it wrote
-    through; the records are tree-merged in the graph and merged into the
-    session when the computation ends, so ``commit`` sees every write.
-
-    Parameters
-    ----------
-    session
-        The session whose worker-side writes must come back.
-    previous
-        The ``scheduler`` configuration that was in force before (``None`` for dask's default).
-    """
-
-    def __init__(self, session: Session, previous: object) -> None:
-        self.session = session
-        self.previous = previous
-
-    def inner(self) -> Callable[..., Any]:
-        """The scheduler that would run the graph without this wrapper."""
-        if self.previous is not None:
-            return get_scheduler(scheduler=self.previous)  # type: ignore[no-any-return]
-        try:
-            from distributed import get_client
-
-            return get_client().get
-        except (ImportError, ValueError):
-            return dask.threaded.get
-
-    def __call__(self, graph: Any, keys: Sequence[Key], **kwargs: Any) -> Any:
-        inner = self.inner()
-        if inner in _LOCAL_SCHEDULERS or self.session.read_only:
-            return inner(graph, keys, **kwargs)
-        dsk = convert_legacy_graph(graph if isinstance(graph, Mapping) else graph.__dask_graph__())
-        rerouted = reroute_session_writes(dsk, self.session, split_every=SPLIT_EVERY)
-        if rerouted is None:
-            return inner(graph, keys, **kwargs)
-        new_dsk, root = rerouted
-        *results, record = inner(new_dsk, [*keys, root], **kwargs)
-        self.session.merge(record)
-        return results
-
-
-@contextlib.contextmanager
-def _scheduler_hook(session: Session) -> Iterator[None]:
-    with dask.config.set(scheduler=SessionScheduler(session, dask.config.get("scheduler", None))):
-        yield
-
-
-if _scheduler_hook not in ALLOW_PICKLING_HOOKS:
-    ALLOW_PICKLING_HOOKS.append(_scheduler_hook)

@@ -28,7 +28,7 @@ from icechunk_dask._compat.xarray import (
     validate_dataset_names,
 )
 from icechunk_dask._session import Session
-from icechunk_dask.dask import check_writable_session, merge_computed, prepare_write
+from icechunk_dask.dask import check_writable_session, launch, prepare_write
 
 if TYPE_CHECKING:
     from dask.delayed import Delayed
@@ -84,6 +84,7 @@ def to_zarr(
     align_chunks: bool = ...,
     split_every: int | None = ...,
     progress: bool = ...,
+    resume: str | None = ...,
     compute: Literal[True] = ...,
 ) -> None: ...
 
@@ -102,6 +103,7 @@ def to_zarr(
     align_chunks: bool = ...,
     split_every: int | None = ...,
     progress: bool = ...,
+    resume: str | None = ...,
     compute: Literal[False],
 ) -> Delayed: ...
 
@@ -119,6 +121,7 @@ def to_zarr(
     align_chunks: bool = False,
     split_every: int | None = None,
     progress: bool = False,
+    resume: str | None = None,
     compute: bool = True,
 ) -> Delayed | None:
     """Write an xarray Dataset or DataArray into a session, dask variables in parallel.
@@ -166,6 +169,11 @@ def to_zarr(
     progress
         Show a progress bar while computing (dask's for local schedulers,
         distributed's for a cluster). Only with ``compute=True``.
+    resume
+        A name for this write job: every task stores its change record in the
+        repository, and after a crash or a failed run the same call with the
+        same name recomputes only the tasks without one (see
+        :func:`~icechunk_dask.store_sessions`).
     compute
         Write now and merge into ``session`` (``True``), or return a lazy
         collection (``False``).
@@ -177,9 +185,12 @@ def to_zarr(
         variables) is merged into ``session``; commit it to publish them.
     dask.delayed.Delayed
         With ``compute=False``: nothing has changed in ``session`` yet;
-        ``dask.compute(result)`` yields one :class:`~icechunk_dask.ChangeSet`
-        holding all changes (metadata included); pass it to
-        ``session.merge(...)`` and commit.
+        computing it (``dask.compute``, ``.compute()``, ``persist``, a
+        distributed future) stores one :class:`~icechunk_dask.ChangeSet`
+        holding all changes (metadata included) in the repository, and
+        ``session.commit()`` merges it: ``dask.compute(lazy);
+        session.commit()`` commits everything. If it is never computed,
+        commit raises ``UnmergedWritesError`` naming this write.
 
     Raises
     ------
@@ -203,7 +214,7 @@ def to_zarr(
             v.load()
     enc = dict(encoding or {})
     concrete_mode = choose_default_mode(mode=mode, append_dim=append_dim, region=region)
-    stage = session.fork()
+    stage = session._fork()
     zstore = ZarrStore.open_group(
         stage.store,
         group=group,
@@ -230,11 +241,16 @@ def to_zarr(
         fixes=_TO_ZARR_FIXES,
     )
     writer.write_eager()
-    collection = prepared.collection(stage)
-    if not compute:
-        return collection
-    merge_computed(collection, session, progress=progress)
-    return None
+    where = f"group {group!r}" if group else "the root group"
+    return launch(
+        prepared,
+        stage,
+        session,
+        what=f"to_zarr into {where}",
+        resume=resume,
+        compute=compute,
+        progress=progress,
+    )
 
 
 def _to_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:

@@ -13,7 +13,7 @@ from icechunk_dask import (
     PicklingNotAllowedError,
     UnmergedWritesError,
 )
-from icechunk_dask.dask import SessionScheduler
+from icechunk_dask._scheduler import PicklingScheduler
 from tests.dask_support import history, open_main
 from tests.datasets import rasm_like
 from tests.helpers import new_repo
@@ -62,9 +62,9 @@ def test_opt_in_brings_worker_writes_back(tmp_path: Path, scheduler: str) -> Non
     ds = _dataset()
     session = repo.writable_session("main")
     with session.allow_pickling():
-        assert isinstance(dask.config.get("scheduler"), SessionScheduler)
+        assert isinstance(dask.config.get("scheduler"), PicklingScheduler)
         ds.to_zarr(session.store, mode="w", consolidated=False)
-    assert not isinstance(dask.config.get("scheduler"), SessionScheduler)
+    assert not isinstance(dask.config.get("scheduler"), PicklingScheduler)
     session.commit("plain to_zarr inside allow_pickling")
     assert len(history(repo)) == len(before) + 1
     xr.testing.assert_identical(open_main(repo), ds)

@@ -1,16 +1,13 @@
-"""The Dask graphs: write tasks that return change records, merge trees, rerouting.
+"""The write graph: tasks that write blocks and return change records, and their merge tree.
 
-Two builders share one merge tree of pure :meth:`ChangeSet.merge_all` tasks:
-
-* :func:`build_write_graph` turns a :class:`~icechunk_dask._plan.WritePlan`
-  into one task per planned box of blocks. A task computes its blocks (the
-  source tasks that only it needs are inlined, so small blocks do not cost a
-  scheduler round-trip each), writes them through its own fork of the
-  session and returns the fork's change record: write and extract in the
-  same task, so a retried or duplicated task is harmless.
-* :func:`reroute_session_writes` rewrites a materialised graph (plain
-  ``ds.to_zarr(session.store)`` on a cluster) so that tasks holding copies of
-  a session also return those copies' change records.
+:func:`build_write_graph` turns a :class:`~icechunk_dask._plan.WritePlan` into
+one task per planned box of blocks. A task computes its blocks (the source
+tasks that only it needs are inlined, so small blocks do not cost a scheduler
+round-trip each), writes them through its own fork of the session and returns
+the fork's change record: write and extract in the same task, so a retried or
+duplicated task is harmless. A tree of pure merges (fan-in ``split_every``)
+ends in one root task that also stores the job's result when the job must
+survive its client (:mod:`icechunk_dask._jobs`).
 
 Everything here that runs in tasks is a module-level function (importable on
 workers) and never mutates its inputs.
@@ -21,12 +18,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.typing import Key
@@ -45,9 +41,9 @@ from icechunk_dask._compat.dask import (
 )
 from icechunk_dask._compat.zarr import AsyncArray
 from icechunk_dask._encode import encode_chunks
+from icechunk_dask._jobs import load_task_records, store_result, store_task_record
 from icechunk_dask._plan import Piece, WritePlan
 from icechunk_dask._session import Session
-from icechunk_dask._store import SessionStore
 from icechunk_dask._sync import run
 
 if TYPE_CHECKING:
@@ -59,7 +55,7 @@ __all__ = [
     "TargetSpec",
     "WriteContext",
     "build_write_graph",
-    "reroute_session_writes",
+    "merge_tree",
 ]
 
 #: How many boxes one task writes at once (zarr writes the chunks of each box concurrently).
@@ -77,14 +73,35 @@ class TargetSpec:
 
 @dataclass(frozen=True, slots=True)
 class WriteContext:
-    """What every write task shares: the session to fork and the target arrays."""
+    """What every write task shares.
+
+    Attributes
+    ----------
+    session : Session
+        The session every task forks.
+    targets : tuple of TargetSpec
+        The arrays written.
+    job : str
+        The job's id (see :mod:`icechunk_dask._jobs`).
+    keep_tasks : bool
+        Store each task's record (a resumable job).
+    keep_result : bool
+        Store the merged result (a job that must survive its client: compute=False, resume).
+    """
 
     session: Session
     targets: tuple[TargetSpec, ...]
+    job: str = ""
+    keep_tasks: bool = False
+    keep_result: bool = False
 
 
 def build_write_graph(
-    plan: WritePlan, sources: Sequence[da.Array], ctx: WriteContext, split_every: int
+    plan: WritePlan,
+    sources: Sequence[da.Array],
+    ctx: WriteContext,
+    split_every: int,
+    done: frozenset[int] = frozenset(),
 ) -> Delayed:
     """Turn ``plan`` into tasks that write and return records, plus the merge tree.
 
@@ -98,6 +115,9 @@ def build_write_graph(
         The session that every task forks, and the target arrays.
     split_every
         Fan-in of the merge tree.
+    done
+        Tasks of a resumed job whose records are stored: not computed again, their
+        records are read by the root task.
 
     Returns
     -------
@@ -116,9 +136,10 @@ def build_write_graph(
         else {}
     )
     names = [s.name for s in sources]
+    todo = [t for t in range(len(plan.tasks)) if t not in done]
     task_keys = [
-        tuple(tuple((names[p.array], *idx) for idx in p.blocks()) for p in pieces)
-        for pieces in plan.tasks
+        tuple(tuple((names[p.array], *idx) for idx in p.blocks()) for p in plan.tasks[t])
+        for t in todo
     ]
     consumers: Counter[Key] = Counter()
     for node in src.values():
@@ -128,7 +149,7 @@ def build_write_graph(
     dsk: dict[Key, GraphNode] = {ctx_key: DataNode(ctx_key, ctx)}
     inlined: set[Key] = set()
     leaves: list[TaskRef] = []
-    for t, (pieces, keys) in enumerate(zip(plan.tasks, task_keys, strict=True)):
+    for t, keys in zip(todo, task_keys, strict=True):
         inner, external = _private_subgraph(src, {k for ks in keys for k in ks}, consumers)
         inlined.update(inner)
         key = (write_name, t)
@@ -136,7 +157,8 @@ def build_write_graph(
             key,
             _write_task,
             TaskRef(ctx_key),
-            pieces,
+            t,
+            plan.tasks[t],
             keys,
             inner,
             external,
@@ -145,8 +167,13 @@ def build_write_graph(
         leaves.append(TaskRef(key))
     dsk.update((k, v) for k, v in src.items() if k not in inlined)
     # the root also carries the base fork's own changes (to_zarr's metadata and eager writes)
-    root = _merge_tree(dsk, leaves, tok, split_every, ctx.session.changes())
-    return Delayed(root, HighLevelGraph.from_collections(root, dsk, dependencies=()))
+    # and reads the stored records of the tasks a resumed job does not compute again
+    root = merge_tree(dsk, leaves, tok, split_every)
+    final = f"icechunk-result-{tok}"
+    dsk[final] = Task(
+        final, _finish_job, TaskRef(ctx_key), ctx.session.changes(), sorted(done), TaskRef(root)
+    )
+    return Delayed(final, HighLevelGraph.from_collections(final, dsk, dependencies=()))
 
 
 def _private_subgraph(
@@ -177,18 +204,19 @@ def _private_subgraph(
 
 def _write_task(
     ctx: WriteContext,
+    index: int,
     pieces: tuple[Piece, ...],
     keys: tuple[tuple[Key, ...], ...],
     inner: dict[Key, GraphNode],
     external: tuple[Key, ...],
     *values: Any,
 ) -> ChangeSet:
-    """Compute the blocks, write them through a new fork, return the fork's record."""
+    """Compute the blocks, write them through a new fork, return (and keep) the fork's record."""
     cache: dict[Key, Any] = dict(zip(external, values, strict=True))
     if inner:
         wanted = {k for ks in keys for k in ks}
         cache = dict(execute_graph(inner, cache=cache, keys=wanted))
-    fork = ctx.session.fork()
+    fork = ctx.session._fork()
     arrays: dict[int, AsyncArray[Any]] = {}
     jobs: list[tuple[AsyncArray[Any], tuple[slice, ...], Any]] = []
     encoded: list[tuple[str, bytes | None]] = []
@@ -205,7 +233,10 @@ def _write_task(
             encoded.extend(chunks)
     del cache
     run(_set_all(jobs, fork, encoded))
-    return fork.changes()
+    record = fork.changes()
+    if ctx.keep_tasks:
+        run(store_task_record(fork._workspace.assets, ctx.job, index, record))
+    return record
 
 
 def _assemble(grid: tuple[int, ...], blocks: list[Any]) -> Any:
@@ -239,12 +270,30 @@ async def _set_all(
     await asyncio.gather(*(one(*job) for job in jobs), *(store(*c) for c in encoded))
 
 
-def _merge_records(*records: ChangeSet | None) -> ChangeSet:
-    """Merge change records (pure: the inputs are left untouched)."""
-    return ChangeSet.merge_all(r for r in records if r is not None)
+def _merge_records(*records: ChangeSet | None) -> ChangeSet | None:
+    """Merge change records (pure: the inputs are left untouched); ``None`` if there are none."""
+    present = [r for r in records if r is not None]
+    return ChangeSet.merge_all(present) if present else None
 
 
-def _merge_tree(
+def _finish_job(
+    ctx: WriteContext, own: ChangeSet, done: list[int], merged: ChangeSet | None
+) -> ChangeSet:
+    """The job's result: the tasks' records, the stored ones of a resumed job, the base's own."""
+    assets = ctx.session._workspace.assets
+    stored = run(load_task_records(assets, ctx.job, done)) if done else []
+    for rec in stored:
+        # records of a resumed job may predate commits that landed since (the plan matched,
+        # so they write the same regions of the same arrays): they apply on the new base
+        rec.base = own.base
+    result = ChangeSet.merge_all([own, *stored, *([merged] if merged is not None else [])])
+    result.jobs.add(ctx.job)
+    if ctx.keep_result:
+        run(store_result(assets, ctx.job, result))
+    return result
+
+
+def merge_tree(
     dsk: dict[Key, GraphNode],
     leaves: list[TaskRef],
     tok: str,
@@ -263,120 +312,3 @@ def _merge_tree(
     root = f"icechunk-changes-{tok}"
     dsk[root] = Task(root, _merge_records, *extra, *leaves)
     return root
-
-
-# -- rerouting a plain graph ---------------------------------------------------------
-
-
-def reroute_session_writes(
-    dsk: dict[Key, GraphNode], session: Session, *, split_every: int
-) -> tuple[dict[Key, GraphNode], Key] | None:
-    """Make the tasks that hold ``session`` (or its store) also return their change records.
-
-    Each such task (and each task that receives a graph value holding the
-    session) becomes a task that runs the original and returns ``(result,
-    record)``, where ``record`` merges the changes of the session copies it
-    used (unpickled copies made under ``allow_pickling``, which commit tracks);
-    the original key then picks the result, and a merge tree gathers the
-    records. Nothing is substituted: a copy that is missed still leaves its
-    marker, and commit refuses rather than losing its writes.
-
-    Parameters
-    ----------
-    dsk
-        A materialised graph.
-    session
-        The session whose copies the tasks hold.
-    split_every
-        Fan-in of the merge tree.
-
-    Returns
-    -------
-    tuple or None
-        ``None`` when no task holds the session; else the new graph (same keys,
-        same results) and the key of the merged change record.
-    """
-
-    def holds(node: GraphNode) -> bool:
-        found: dict[int, Session] = {}
-        _sessions_in(node, lambda s: s is session, found, set())
-        return bool(found)
-
-    holders = {key for key, node in dsk.items() if holds(node)}
-    touched = {k for k in holders if isinstance(dsk[k], Task)}
-    touched.update(
-        k
-        for k, node in dsk.items()
-        if isinstance(node, Task) and any(d in holders for d in node.dependencies)
-    )
-    if not touched:
-        return None
-    tok = uuid.uuid4().hex
-    out = dict(dsk)
-    leaves: list[TaskRef] = []
-    for i, key in enumerate(touched):
-        node = dsk[key]
-        deps = tuple(node.dependencies)
-        both = (f"icechunk-routed-{tok}", i)
-        rec = (f"icechunk-record-{tok}", i)
-        out[both] = Task(
-            both,
-            _run_and_extract,
-            DataNode(None, node),
-            session.session_id,
-            deps,
-            *(TaskRef(d) for d in deps),
-        )
-        out[key] = Task(key, _first, TaskRef(both))
-        out[rec] = Task(rec, _second, TaskRef(both))
-        leaves.append(TaskRef(rec))
-    # the (empty) record of a fresh fork keeps the root well defined if no copy is found
-    return out, _merge_tree(out, leaves, tok, split_every, session.fork().changes())
-
-
-def _sessions_in(
-    obj: Any, match: Callable[[Session], bool], found: dict[int, Session], seen: set[int]
-) -> None:
-    """Collect the sessions that ``obj`` refers to (through tasks, stores, arrays, containers)."""
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    if isinstance(obj, Task):
-        for a in (*obj.args, *obj.kwargs.values()):
-            _sessions_in(a, match, found, seen)
-    elif isinstance(obj, DataNode):
-        _sessions_in(obj.value, match, found, seen)
-    elif isinstance(obj, zarr.Array | AsyncArray):
-        _sessions_in(obj.store_path.store, match, found, seen)
-    elif isinstance(obj, SessionStore):
-        _sessions_in(obj.session, match, found, seen)
-    elif isinstance(obj, Session):
-        if match(obj):
-            found[id(obj)] = obj
-    elif isinstance(obj, tuple | list | set | frozenset):
-        for v in obj:
-            _sessions_in(v, match, found, seen)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _sessions_in(v, match, found, seen)
-
-
-def _run_and_extract(
-    node: GraphNode, session_id: str, deps: tuple[Key, ...], *values: Any
-) -> tuple[Any, ChangeSet | None]:
-    """Run a rerouted task; return its result and the changes of the session copies it used."""
-    result = node(dict(zip(deps, values, strict=True)))
-    found: dict[int, Session] = {}
-    seen: set[int] = set()
-    for obj in (node, *values):
-        _sessions_in(obj, lambda s: s.session_id == session_id and s.is_fork, found, seen)
-    records = [s.changes() for s in found.values()]
-    return result, (ChangeSet.merge_all(records) if records else None)
-
-
-def _first(pair: tuple[Any, Any]) -> Any:
-    return pair[0]
-
-
-def _second(pair: tuple[Any, Any]) -> Any:
-    return pair[1]
