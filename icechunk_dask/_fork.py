@@ -16,7 +16,9 @@ if a writer's changes never came back.
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass
+from types import FrameType
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._changeset import ChangeSet
@@ -33,6 +35,7 @@ __all__ = [
     "leave_marker",
     "list_markers",
     "load_scratch",
+    "pickled_by_distributed",
     "remove_markers",
     "store_scratch",
     "unmerged_writers",
@@ -149,6 +152,18 @@ async def store_scratch(assets: AssetManager, base: str, chunks: dict[str, Chunk
 async def load_scratch(assets: AssetManager, key: str) -> dict[str, ChunkRef | None]:
     """Read back what :func:`store_scratch` stored."""
     return decode_scratch(await assets.storage.get(key), key)
+
+
+def pickled_by_distributed() -> bool:
+    """Whether the caller's pickling runs inside distributed's graph serialization."""
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(64):
+        if frame is None:
+            return False
+        if str(frame.f_globals.get("__name__", "")).startswith("distributed.protocol"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _marker_prefix(session_id: str) -> str:

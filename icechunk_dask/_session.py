@@ -34,6 +34,7 @@ from icechunk_dask._fork import (
     UNMERGED_MESSAGE,
     Family,
     ForkState,
+    pickled_by_distributed,
     store_scratch,
     unmerged_writers,
 )
@@ -370,6 +371,11 @@ class Session:
         if ws.read_only:
             return (_rebuild_readonly, (ws.assets, ws.base, self._branch, ws.session_id))
         if not self.pickling_allowed:
+            if pickled_by_distributed():
+                # distributed wraps errors raised while it pickles a graph into its own
+                # "could not serialize" error; travel as a stand-in that refuses every use
+                # instead, so the task fails with this message before anything is written
+                return (_RefusedSession, (ws.session_id, ws.base))
             raise PicklingNotAllowedError(PICKLING_MESSAGE)
         return (_rebuild_fork, (self._fork_state(),))
 
@@ -502,6 +508,27 @@ class ForkSession(Session):
             ws.assets, ws.base, self._branch, ws.session_id, ws.inh_meta, scratch, own
         )
         return (_rebuild_fork, (state,))
+
+
+class _RefusedSession:
+    """What a writable session becomes when distributed pickles it without ``allow_pickling``.
+
+    It names its session (stores compare equal by it) and raises
+    :class:`PicklingNotAllowedError` with the fixes on any other use, in the
+    task that tried to use it; the client sees that error.
+    """
+
+    def __init__(self, session_id: str, snapshot_id: str) -> None:
+        self.session_id = session_id
+        self.snapshot_id = snapshot_id
+        self.read_only = False
+        self.is_fork = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_RefusedSession, (self.session_id, self.snapshot_id))
+
+    def __getattr__(self, name: str) -> Any:
+        raise PicklingNotAllowedError(PICKLING_MESSAGE)
 
 
 def _rebuild_readonly(

@@ -71,7 +71,11 @@ class SessionStore(Store):
     def __init__(self, session: _SessionLike, *, read_only: bool = False) -> None:
         super().__init__(read_only=read_only)
         self.session: Any = session
-        self._ws: Workspace = session._workspace
+
+    @property
+    def _ws(self) -> Workspace:
+        # looked up at each use: a session that refused to travel raises here, on first use
+        return self.session._workspace  # type: ignore[no-any-return]
 
     @property
     def read_only(self) -> bool:
