@@ -13,7 +13,6 @@ merging, forking and pickling.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 from typing import Any
@@ -77,7 +76,6 @@ class Workspace:
         #: prefixes cleared (``delete_dir``) by the sessions this one was forked from
         self.inh_cleared: frozenset[str] = frozenset()
         self.lock = threading.Lock()
-        self._load_lock = asyncio.Lock()
         # Chunk object ids are the writer id plus a counter. The writer id is the session id
         # (unique in the repository) plus 80 random bits (unique among the session's forks,
         # even millions of them): the shared prefix compresses away in change records.
@@ -102,11 +100,11 @@ class Workspace:
         chunks = self.inh_chunks
         if chunks is not None:
             return chunks
-        async with self._load_lock:
-            if self.inh_chunks is None:
-                assert self.inh_scratch is not None
-                self.inh_chunks = await load_scratch(self.assets, self.inh_scratch)
-            return self.inh_chunks
+        # concurrent first reads may both load it: the object is immutable, either copy is right
+        assert self.inh_scratch is not None
+        loaded = await load_scratch(self.assets, self.inh_scratch)
+        self.inh_chunks = loaded
+        return loaded
 
     def _cleared(self) -> set[str]:
         return {*self.inh_cleared, *self.cs.cleared}
