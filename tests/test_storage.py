@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,40 @@ async def test_list(storage: Storage, prefix: str, expected: list[str]) -> None:
     for k in LIST_KEYS:
         await storage.put(k, k.encode())
     assert sorted(await storage.list(prefix)) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("", LIST_KEYS),
+        ("refs/branch.mai", [k for k in LIST_KEYS if k.startswith("refs/branch.main/")]),
+        ("chunks/", ["chunks/abc", "chunks/abd", "chunks/b"]),
+        ("zzz", []),
+    ],
+)
+async def test_list_objects(storage: Storage, prefix: str, expected: list[str]) -> None:
+    start = datetime.now(UTC)
+    for k in LIST_KEYS:
+        await storage.put(k, k.encode() * 3)
+    infos = [info async for info in storage.list_objects(prefix)]
+    assert sorted(i.key for i in infos) == sorted(expected)
+    for info in infos:
+        assert info.size == 3 * len(info.key.encode())
+        assert info.last_modified.tzinfo is not None
+        # server clocks round to seconds; allow generous skew, no upper wall-clock bound
+        assert info.last_modified >= start - timedelta(minutes=5)
+
+
+async def test_list_objects_streams_many_pages(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("icechunk_dask.storage._obstore._LIST_CHUNK", 7)
+    keys = [f"chunks/{i:03d}" for i in range(40)]
+    await asyncio.gather(*(storage.put(k, b"x") for k in [*keys, "other/1"]))
+    stream = storage.list_objects("chunks/")
+    first = await anext(stream)
+    rest = [info.key async for info in stream]
+    assert sorted([first.key, *rest]) == keys
 
 
 async def test_delete_is_idempotent(storage: Storage) -> None:
@@ -510,7 +545,7 @@ def test_storage_package_does_not_import_obstore() -> None:
 async def test_s3_delete_in_batches(
     s3_bucket: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("icechunk_dask.storage._s3._DELETE_BATCH", 7)
+    monkeypatch.setattr("icechunk_dask.storage._obstore._DELETE_BATCH", 7)
     storage = s3_storage(**s3_bucket)
     keys = [f"chunks/{i:03d}" for i in range(30)]
     await asyncio.gather(*(storage.put(k, b"x") for k in keys))

@@ -1,6 +1,7 @@
 """Byte storage backends: local filesystem (default), in-memory, S3 (extra ``s3``).
 
-:class:`FaultyStorage` wraps any of them to inject failures in tests.
+The object-store backends share :class:`RequestSettings` (retries, timeouts,
+concurrency). :class:`FaultyStorage` wraps any backend to inject failures in tests.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from icechunk_dask.storage._base import ObjectInfo, Storage
 from icechunk_dask.storage._faulty import FaultyStorage
 from icechunk_dask.storage._local import LocalFileSystemStorage, local_filesystem_storage
 from icechunk_dask.storage._memory import InMemoryStorage, in_memory_storage
+from icechunk_dask.storage._requests import RequestSettings
 from icechunk_dask.storage._s3 import S3Storage, s3_storage
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "InMemoryStorage",
     "LocalFileSystemStorage",
     "ObjectInfo",
+    "RequestSettings",
     "S3Storage",
     "Storage",
     "in_memory_storage",
