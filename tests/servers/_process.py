@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["ServerProcess", "reserve_ports", "wait_until"]
+__all__ = ["ServerProcess", "launcher", "reserve_ports", "wait_until"]
 
 #: The highest TCP port number.
 _MAX_PORT = 65535
@@ -64,7 +64,7 @@ def reserve_ports(count: int, *, also_free_offset: int | None = None) -> Iterato
             s.close()
 
 
-def _launcher() -> list[str]:
+def launcher() -> list[str]:
     """A prefix that makes the child die with this process (Linux), or nothing."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
@@ -92,7 +92,7 @@ class ServerProcess:
         self.log_path = cwd / f"{name}.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*_launcher(), *argv],
+                [*launcher(), *argv],
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
