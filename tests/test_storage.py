@@ -32,20 +32,21 @@ from icechunk_dask.storage import (
     FaultyStorage,
     InMemoryStorage,
     LocalFileSystemStorage,
-    S3Storage,
     Storage,
+    azure_storage,
     in_memory_storage,
     local_filesystem_storage,
     s3_storage,
 )
 
-pytest_plugins = ["tests.servers.seaweed"]
+pytest_plugins = ["tests.servers.azurite", "tests.servers.seaweed"]
 
 BACKENDS = [
     "memory",
     "local",
     pytest.param("s3", marks=pytest.mark.s3),
     pytest.param("seaweedfs", marks=pytest.mark.seaweedfs),
+    pytest.param("azurite", marks=pytest.mark.azurite),
 ]
 
 LIST_KEYS = [
@@ -67,6 +68,8 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
         return in_memory_storage()
     if request.param == "local":
         return local_filesystem_storage(tmp_path / "repo")
+    if request.param == "azurite":
+        return azure_storage(**request.getfixturevalue("azurite_container"))
     fixture = "seaweed_bucket" if request.param == "seaweedfs" else "s3_bucket"
     kwargs: dict[str, Any] = request.getfixturevalue(fixture)
     return s3_storage(**kwargs)
@@ -189,12 +192,12 @@ def test_concurrent_put_if_absent_has_one_winner(
     # SeaweedFS makes each loser of a create-only race wait ~1 s for its object lock:
     # one round here, more in tests/test_s3_seaweed.py.
     backend = request.node.callspec.params["storage"]
-    rounds = {"seaweedfs": 1, "s3": 4}.get(backend, 8)
+    rounds = {"seaweedfs": 1, "s3": 4, "azurite": 4}.get(backend, 8)
     writers = 8 if backend == "seaweedfs" else 16
     for r in range(rounds):
         key = f"refs/branch.main/{r:08d}.json"
         tokens = [f"writer {i} {uuid.uuid4().hex}".encode() for i in range(writers)]
-        if isinstance(storage, S3Storage):
+        if backend in ("s3", "seaweedfs", "azurite"):  # one event loop, concurrent requests
             wins = asyncio.run(_s3_race(storage, key, tokens))
         else:
             wins = _thread_race(storage, key, tokens)

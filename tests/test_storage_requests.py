@@ -122,12 +122,14 @@ def test_only_transient_errors_are_retried() -> None:
     from obstore.exceptions import GenericError, PermissionDeniedError
 
     assert is_transient(GenericError("HTTP error: error sending request"))
+    assert is_transient(GenericError("HTTP error: request or response body error"))
+    assert not is_transient(GenericError("Wanted range starting at 100, but object was 100"))
     assert is_transient(GenericError("Server returned non-2xx status code: 503 Service"))
     assert is_transient(GenericError("Server returned non-2xx status code: 429 Too Many"))
     assert not is_transient(GenericError("Server returned non-2xx status code: 400 Bad"))
     assert not is_transient(
         GenericError("Error performing PUT x in 1s, after 3 retries, max_retries: 3 - boom")
     )
-    assert is_transient(GenericError("source: RetryError { retries: 0, max_retries: 3 }"))
+    assert is_transient(GenericError("HTTP error; RetryError { retries: 0, max_retries: 3 }"))
     assert not is_transient(PermissionDeniedError("denied"))
     assert not is_transient(FileNotFoundError("missing"))

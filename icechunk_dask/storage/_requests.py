@@ -38,6 +38,8 @@ __all__ = ["Limiter", "RequestSettings", "Retrying"]
 #: HTTP statuses worth retrying besides 5xx: request timeout, too many requests.
 _RETRYABLE_4XX = frozenset({408, 429})
 _STATUS = re.compile(r"status code: (\d{3})")
+#: How obstore describes a failure of the HTTP exchange itself (reqwest errors).
+_TRANSPORT = ("HTTP error", "HttpError", "timed out")
 #: obstore says so when it gave up after its own retries ("retries: 0" when it made none).
 _EXHAUSTED = re.compile(r"after \d+ retries|\bretries: [1-9]")
 
@@ -127,10 +129,10 @@ class RequestSettings:
 def is_transient(exc: BaseException) -> bool:
     """Whether a failed obstore call may succeed if repeated.
 
-    A generic error without an HTTP status (connection lost, body broke off,
-    timed out) or with a 5xx/408/429 status is transient, unless obstore already
-    spent its retries on it. Not-found, precondition, permission and
-    configuration errors are not.
+    A failure of the HTTP exchange itself (connection refused or lost, body
+    broke off, timed out) or an answer with a 5xx/408/429 status is transient,
+    unless obstore already spent its retries on it. Not-found, precondition,
+    permission, range and configuration errors are not.
     """
     from obstore.exceptions import GenericError
 
@@ -141,7 +143,7 @@ def is_transient(exc: BaseException) -> bool:
         return False
     status = _STATUS.search(text)
     if status is None:
-        return True
+        return any(marker in text for marker in _TRANSPORT)
     code = int(status.group(1))
     return code >= 500 or code in _RETRYABLE_4XX
 
