@@ -124,6 +124,7 @@ def test_only_transient_errors_are_retried() -> None:
     assert is_transient(GenericError("HTTP error: error sending request"))
     assert is_transient(GenericError("HTTP error: request or response body error"))
     assert not is_transient(GenericError("Wanted range starting at 100, but object was 100"))
+    assert not is_transient(GenericError("Error performing PUT x - HTTP error: builder error"))
     assert is_transient(GenericError("Server returned non-2xx status code: 503 Service"))
     assert is_transient(GenericError("Server returned non-2xx status code: 429 Too Many"))
     assert not is_transient(GenericError("Server returned non-2xx status code: 400 Bad"))

@@ -1,8 +1,9 @@
 """Byte storage backends: local filesystem (default), in-memory, and object stores.
 
 The object stores go through obstore: S3 (extra ``s3``), Google Cloud Storage (extra
-``gcs``) and Azure Blob Storage (extra ``azure``). The object-store backends share :class:`RequestSettings` (retries, timeouts,
-concurrency). :class:`FaultyStorage` wraps any backend to inject failures in tests.
+``gcs``) and Azure Blob Storage (extra ``azure``); they share :class:`RequestSettings`
+(retries, timeouts, concurrency). :func:`storage_from_url` opens any backend by URL.
+:class:`FaultyStorage` wraps any backend to inject failures in tests.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from icechunk_dask.storage._local import LocalFileSystemStorage, local_filesyste
 from icechunk_dask.storage._memory import InMemoryStorage, in_memory_storage
 from icechunk_dask.storage._requests import RequestSettings
 from icechunk_dask.storage._s3 import S3Storage, s3_storage
+from icechunk_dask.storage._url import storage_from_url
 
 __all__ = [
     "AzureStorage",
@@ -31,4 +33,5 @@ __all__ = [
     "in_memory_storage",
     "local_filesystem_storage",
     "s3_storage",
+    "storage_from_url",
 ]

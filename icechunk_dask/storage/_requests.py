@@ -40,6 +40,8 @@ _RETRYABLE_4XX = frozenset({408, 429})
 _STATUS = re.compile(r"status code: (\d{3})")
 #: How obstore describes a failure of the HTTP exchange itself (reqwest errors).
 _TRANSPORT = ("HTTP error", "HttpError", "timed out")
+#: ... but not a request that could not even be built (bad URL, http without allow_http).
+_NOT_TRANSPORT = ("builder error",)
 #: obstore says so when it gave up after its own retries ("retries: 0" when it made none).
 _EXHAUSTED = re.compile(r"after \d+ retries|\bretries: [1-9]")
 
@@ -143,7 +145,7 @@ def is_transient(exc: BaseException) -> bool:
         return False
     status = _STATUS.search(text)
     if status is None:
-        return any(marker in text for marker in _TRANSPORT)
+        return any(m in text for m in _TRANSPORT) and not any(m in text for m in _NOT_TRANSPORT)
     code = int(status.group(1))
     return code >= 500 or code in _RETRYABLE_4XX
 

@@ -7,6 +7,7 @@ stores (:mod:`icechunk_dask.storage._obstore`): create-only writes use
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from obstore.store import ClientConfig, S3Config
 
 __all__ = ["S3Storage", "s3_storage"]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ class S3Storage(ObstoreStorage):
         if s.anonymous:
             config["skip_signature"] = True
         client_options: ClientConfig = s.requests._client_options()
-        if s.allow_http:
+        if s.allow_http or _env_flag("AWS_ALLOW_HTTP"):
             client_options["allow_http"] = True
         try:
             return S3Store(
@@ -165,7 +170,8 @@ def s3_storage(
     endpoint_url : str, optional
         URL of an S3-compatible server, e.g. ``"http://127.0.0.1:9000"``.
     allow_http : bool
-        Allow plain ``http://`` endpoints (local test servers).
+        Allow plain ``http://`` endpoints (local test servers); also allowed when
+        the process's environment has ``AWS_ALLOW_HTTP=true``.
     access_key_id, secret_access_key, session_token : str, optional
         Explicit credentials. They travel with the pickled storage (to Dask
         workers); leave them out to have every process read its own from the
@@ -232,7 +238,8 @@ def s3_storage(
         raise InvalidInputError(
             "choose one credential source: explicit keys, anonymous=True or from_env=True"
         )
-    if endpoint_url is not None and endpoint_url.startswith("http://") and not allow_http:
+    plain_http = endpoint_url is not None and endpoint_url.startswith("http://")
+    if plain_http and not (allow_http or _env_flag("AWS_ALLOW_HTTP")):
         raise InvalidInputError(
             f"the endpoint {endpoint_url!r} uses plain http; pass allow_http=True to allow it"
         )
