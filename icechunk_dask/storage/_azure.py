@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from icechunk_dask._exceptions import InvalidInputError
-from icechunk_dask.storage._obstore import ObstoreStorage, detail, import_obstore
+from icechunk_dask.storage._obstore import ObstoreStorage, detail, env_flag, import_obstore
 from icechunk_dask.storage._requests import RequestSettings
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class AzureStorage(ObstoreStorage):
         if s.anonymous:
             config["skip_signature"] = True
         client_options: ClientConfig = s.requests._client_options()
-        if s.allow_http:
+        if s.allow_http or env_flag("AZURE_ALLOW_HTTP"):
             client_options["allow_http"] = True
         try:
             return AzureStore(
@@ -164,7 +164,8 @@ def azure_storage(
         Blob service endpoint, e.g. ``"http://127.0.0.1:10000/devstoreaccount1"``
         for Azurite; defaults to ``https://<account>.blob.core.windows.net``.
     allow_http : bool
-        Allow a plain ``http://`` endpoint (local emulators).
+        Allow a plain ``http://`` endpoint (local emulators); also allowed when the
+        process's environment has ``AZURE_ALLOW_HTTP=true``.
     anonymous : bool
         Send unsigned requests.
     max_retries, retry_timeout, initial_backoff, max_backoff : int or float
@@ -202,7 +203,8 @@ def azure_storage(
             "choose one credential source: account_key, sas_token or anonymous=True "
             "(or none of them, to use the environment)"
         )
-    if endpoint_url is not None and endpoint_url.startswith("http://") and not allow_http:
+    plain_http = endpoint_url is not None and endpoint_url.startswith("http://")
+    if plain_http and not (allow_http or env_flag("AZURE_ALLOW_HTTP")):
         raise InvalidInputError(
             f"the endpoint {endpoint_url!r} uses plain http; pass allow_http=True to allow it"
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from icechunk_dask._exceptions import InvalidInputError
-from icechunk_dask.storage._obstore import ObstoreStorage, detail, import_obstore
+from icechunk_dask.storage._obstore import ObstoreStorage, detail, env_flag, import_obstore
 from icechunk_dask.storage._requests import RequestSettings
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class GCSStorage(ObstoreStorage):
         if s.anonymous:
             config["skip_signature"] = True
         client_options: ClientConfig = s.requests._client_options()
-        if s.allow_http:
+        if s.allow_http or env_flag("GOOGLE_ALLOW_HTTP"):
             client_options["allow_http"] = True
         try:
             return GCSStore(
@@ -156,7 +156,8 @@ def gcs_storage(
     endpoint_url : str, optional
         Another base URL for the service (a proxy or an emulator).
     allow_http : bool
-        Allow a plain ``http://`` endpoint.
+        Allow a plain ``http://`` endpoint; also allowed when the process's
+        environment has ``GOOGLE_ALLOW_HTTP=true``.
     anonymous : bool
         Send unsigned requests.
     max_retries, retry_timeout, initial_backoff, max_backoff : int or float
@@ -196,7 +197,8 @@ def gcs_storage(
             "choose one credential source: service_account_path, service_account_key or "
             "anonymous=True (or none of them, to use the environment)"
         )
-    if endpoint_url is not None and endpoint_url.startswith("http://") and not allow_http:
+    plain_http = endpoint_url is not None and endpoint_url.startswith("http://")
+    if plain_http and not (allow_http or env_flag("GOOGLE_ALLOW_HTTP")):
         raise InvalidInputError(
             f"the endpoint {endpoint_url!r} uses plain http; pass allow_http=True to allow it"
         )

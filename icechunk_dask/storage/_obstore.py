@@ -91,6 +91,16 @@ def register_exit_guard() -> None:
             _exit_guard_registered = True
 
 
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to true (``1``, ``true``, ``yes``).
+
+    obstore ignores client settings from the environment (such as
+    ``AWS_ALLOW_HTTP``) once client options are passed, so the backends read
+    the few that matter themselves.
+    """
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
 def detail(exc: BaseException) -> str:
     """A one-line, bounded description of a backend exception."""
     text = str(exc).split("\n", 1)[0].strip()

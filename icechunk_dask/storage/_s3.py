@@ -7,22 +7,17 @@ stores (:mod:`icechunk_dask.storage._obstore`): create-only writes use
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from icechunk_dask._exceptions import InvalidInputError
-from icechunk_dask.storage._obstore import ObstoreStorage, detail, import_obstore
+from icechunk_dask.storage._obstore import ObstoreStorage, detail, env_flag, import_obstore
 from icechunk_dask.storage._requests import RequestSettings
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, S3Config
 
 __all__ = ["S3Storage", "s3_storage"]
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -109,7 +104,7 @@ class S3Storage(ObstoreStorage):
         if s.anonymous:
             config["skip_signature"] = True
         client_options: ClientConfig = s.requests._client_options()
-        if s.allow_http or _env_flag("AWS_ALLOW_HTTP"):
+        if s.allow_http or env_flag("AWS_ALLOW_HTTP"):
             client_options["allow_http"] = True
         try:
             return S3Store(
@@ -239,7 +234,7 @@ def s3_storage(
             "choose one credential source: explicit keys, anonymous=True or from_env=True"
         )
     plain_http = endpoint_url is not None and endpoint_url.startswith("http://")
-    if plain_http and not (allow_http or _env_flag("AWS_ALLOW_HTTP")):
+    if plain_http and not (allow_http or env_flag("AWS_ALLOW_HTTP")):
         raise InvalidInputError(
             f"the endpoint {endpoint_url!r} uses plain http; pass allow_http=True to allow it"
         )
