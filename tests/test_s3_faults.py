@@ -113,10 +113,10 @@ async def test_create_retries_server_errors(
 async def test_server_errors_are_retried_with_backoff(
     seaweed_bucket: dict[str, Any], proxy: FaultProxy, direct: S3Storage, status: int
 ) -> None:
-    backoff = 0.2
+    backoff = 0.1
     faulty = s3_storage(
         **{**seaweed_bucket, "endpoint_url": proxy.endpoint},
-        **{**FAST, "initial_backoff": backoff, "max_backoff": 0.4},
+        **{**FAST, "initial_backoff": backoff, "max_backoff": 0.2},
     )
     proxy.add("status", method="PUT", path_contains="chunks/a", status=status, times=3)
     await faulty.put("chunks/a", b"data")

@@ -516,7 +516,8 @@ async def test_s3_errors(s3_bucket: dict[str, Any]) -> None:
         await missing.get("k")
 
 
-def test_s3_storage_validates_arguments() -> None:
+def test_s3_storage_validates_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ALLOW_HTTP", raising=False)  # it would allow http:// endpoints
     with pytest.raises(InvalidInputError, match="bucket"):
         s3_storage(bucket="")
     with pytest.raises(InvalidInputError, match="prefix"):

@@ -43,7 +43,7 @@ __all__ = ["SeaweedServer", "start_seaweed", "weed_executable"]
 #: Seconds to wait for the server to accept writes (a loaded 2-core machine needs ~10 s).
 STARTUP_TIMEOUT = 120.0
 #: Seconds between SIGTERM and SIGKILL (weed ignores SIGTERM for 20 s or more).
-STOP_GRACE = 2.0
+STOP_GRACE = 1.0
 _REGION = "us-east-1"
 _MASTER_TOML = """\
 [master.volume_growth]
