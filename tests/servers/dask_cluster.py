@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import icechunk_dask
 from tests.servers._process import ServerProcess, wait_until
 
 __all__ = ["DaskCluster", "host_env", "separate_hosts"]
@@ -29,13 +30,18 @@ DEATH_TIMEOUT = 60
 
 
 def host_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A minimal environment for a process that plays a separate host."""
+    """A minimal environment for a process that plays a separate host.
+
+    It imports icechunk_dask from the same source tree as the test (as a real
+    deployment installs the same version everywhere).
+    """
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "TMPDIR": str(home / "tmp"),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(Path(icechunk_dask.__file__).resolve().parents[1]),
     }
     (home / "tmp").mkdir(parents=True, exist_ok=True)
     env.update(extra or {})
