@@ -1,83 +1,23 @@
 """S3 storage on obstore (optional extra ``s3``).
 
-obstore is imported lazily, on first use of a client, so that
-``icechunk_dask.storage`` imports without it.
-
-Create-only writes use ``If-None-Match: *`` (obstore ``mode="create"``). A
-create-only PUT whose acknowledgement is lost is retried by obstore and then
-trips its own precondition, which looks exactly like a lost race. So on
-"already exists" :meth:`S3Storage.put_if_absent` reads the object back and
-reports success when it holds exactly the bytes we wrote; callers make those
-bytes unique (ref bodies carry a writer token).
+Everything but the client configuration is shared with the other object
+stores (:mod:`icechunk_dask.storage._obstore`): create-only writes use
+``If-None-Match: *`` and read the key back when the outcome is unclear.
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import os
-import threading
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
-from icechunk_dask.storage._base import Storage
+from icechunk_dask._exceptions import InvalidInputError
+from icechunk_dask.storage._obstore import ObstoreStorage, detail, env_flag, import_obstore
+from icechunk_dask.storage._requests import RequestSettings
 
 if TYPE_CHECKING:
-    from obstore.store import ClientConfig, S3Config, S3Store
+    from obstore.store import ClientConfig, S3Config
 
 __all__ = ["S3Storage", "s3_storage"]
-
-#: Keys per DeleteObjects request (the S3 maximum).
-_DELETE_BATCH = 1000
-#: Longest backend message quoted in an error (obstore appends full debug dumps).
-_MAX_DETAIL = 300
-
-_exit_guard_lock = threading.Lock()
-_exit_guard_registered = False
-
-
-def _import_obstore() -> None:
-    try:
-        import obstore  # noqa: F401
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "S3 storage needs the optional dependency 'obstore'; install it with "
-            "`pip install icechunk-dask[s3]` (or `pip install obstore`)"
-        ) from e
-
-
-def _backend_errors() -> tuple[type[Exception], ...]:
-    """Return the exception types obstore raises for failed requests and bad paths."""
-    from obstore.exceptions import BaseError
-
-    return (BaseError, OSError, ValueError, RuntimeError)
-
-
-def _let_runtime_threads_finish() -> None:
-    # obstore completes asyncio futures from tokio threads that re-take the GIL
-    # afterwards; if the interpreter is already finalizing, CPython 3.12 makes such
-    # a thread pthread_exit through Rust frames and the process aborts (exit 134)
-    # although every operation succeeded. Releasing the GIL briefly at exit lets
-    # those threads finish first.
-    time.sleep(0.02)
-
-
-def _register_exit_guard() -> None:
-    global _exit_guard_registered
-    with _exit_guard_lock:
-        if not _exit_guard_registered:
-            atexit.register(_let_runtime_threads_finish)
-            _exit_guard_registered = True
-
-
-def _detail(exc: BaseException) -> str:
-    text = str(exc).split("\n", 1)[0].strip()
-    if len(text) > _MAX_DETAIL:
-        text = text[:_MAX_DETAIL] + "..."
-    return f"{type(exc).__name__}: {text}"
 
 
 @dataclass(frozen=True)
@@ -94,14 +34,16 @@ class _S3Settings:
     session_token: str | None = field(repr=False)
     anonymous: bool
     from_env: bool
+    requests: RequestSettings = field(default_factory=RequestSettings)
 
 
-class S3Storage(Storage):
+class S3Storage(ObstoreStorage):
     """Objects in an S3 (or S3-compatible) bucket, through obstore.
 
     Create with :func:`s3_storage`. The storage pickles as its settings
-    (credentials included, if given explicitly); the obstore client is rebuilt
-    lazily in the process that uses it.
+    (credentials included only if they were given explicitly); the obstore
+    client is rebuilt lazily in the process that uses it, where credentials
+    from the environment are read.
 
     Parameters
     ----------
@@ -109,13 +51,11 @@ class S3Storage(Storage):
         Validated settings, as built by :func:`s3_storage`.
     """
 
-    def __init__(self, settings: _S3Settings) -> None:
-        self._settings = settings
-        self._client: S3Store | None = None
-        self._client_pid = -1
-        self._lock = threading.Lock()
+    _missing_container_markers = ("NoSuchBucket",)
+    _settings: _S3Settings
 
-    # -- identity ----------------------------------------------------------------
+    def __init__(self, settings: _S3Settings) -> None:
+        super().__init__(settings)
 
     @property
     def url(self) -> str:
@@ -132,39 +72,21 @@ class S3Storage(Storage):
         """The key prefix inside the bucket (no leading or trailing ``/``)."""
         return self._settings.prefix
 
+    @property
+    def _container(self) -> str:
+        return self._settings.bucket
+
     def __repr__(self) -> str:
         endpoint = self._settings.endpoint_url
         extra = f", endpoint_url={endpoint!r}" if endpoint else ""
         return f"S3Storage({self.url!r}{extra})"
 
-    def _location(self) -> tuple[str, str, str | None]:
+    def _location(self) -> tuple[object, ...]:
         s = self._settings
         return (s.bucket, s.prefix, s.endpoint_url)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, S3Storage) and other._location() == self._location()
-
-    def __hash__(self) -> int:
-        return hash(self._location())
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (S3Storage, (self._settings,))
-
-    # -- client ------------------------------------------------------------------
-
-    def _store(self) -> S3Store:
-        pid = os.getpid()
-        client = self._client
-        if client is not None and self._client_pid == pid:
-            return client
-        with self._lock:
-            if self._client is None or self._client_pid != pid:
-                self._client = self._build_client()
-                self._client_pid = pid
-            return self._client
-
-    def _build_client(self) -> S3Store:
-        _import_obstore()
+    def _build_client(self) -> Any:
+        import_obstore("s3")
         from obstore.store import S3Store
 
         s = self._settings
@@ -181,165 +103,19 @@ class S3Storage(Storage):
             config["session_token"] = s.session_token
         if s.anonymous:
             config["skip_signature"] = True
-        client_options: ClientConfig = {}
-        if s.allow_http:
+        client_options: ClientConfig = s.requests._client_options()
+        if s.allow_http or env_flag("AWS_ALLOW_HTTP"):
             client_options["allow_http"] = True
         try:
-            store = S3Store(
+            return S3Store(
                 s.bucket,
                 prefix=s.prefix or None,
                 config=config,
-                client_options=client_options or None,
+                client_options=client_options,
+                retry_config=s.requests._retry_config(),
             )
         except Exception as e:
-            raise InvalidInputError(f"cannot configure S3 storage {self.url}: {_detail(e)}") from e
-        _register_exit_guard()
-        return store
-
-    def check_usable(self) -> None:
-        self._store()
-
-    # -- error mapping -------------------------------------------------------------
-
-    def _fail(self, exc: BaseException, op: str, key: str) -> NoReturn:
-        detail = _detail(exc)
-        if "NoSuchBucket" in str(exc):
-            raise StorageError(
-                f"cannot {op} {key!r} in {self.url}: the bucket {self.bucket!r} does not exist "
-                f"({detail})"
-            ) from exc
-        if isinstance(exc, FileNotFoundError):
-            raise NotFoundError(f"no object at {key!r} in {self.url}") from None
-        if isinstance(exc, ValueError):
-            raise InvalidInputError(
-                f"invalid storage key {key!r} for {self.url}: {detail}"
-            ) from exc
-        raise StorageError(f"cannot {op} {key!r} in {self.url}: {detail}") from exc
-
-    # -- the async protocol --------------------------------------------------------
-
-    async def get(self, key: str) -> bytes:
-        store = self._store()
-        import obstore as obs
-
-        try:
-            result = await obs.get_async(store, key)
-            data = await result.bytes_async()
-        except _backend_errors() as e:
-            self._fail(e, "read", key)
-        return bytes(data)
-
-    async def _size(self, key: str) -> int:
-        store = self._store()
-        import obstore as obs
-
-        try:
-            meta = await obs.head_async(store, key)
-        except _backend_errors() as e:
-            self._fail(e, "read", key)
-        return int(meta["size"])
-
-    async def get_range(self, key: str, start: int, length: int | None) -> bytes:
-        if start < 0 or (length is not None and length < 0):
-            raise InvalidInputError(
-                f"invalid byte range start={start}, length={length} for {key!r}: "
-                "start and length must not be negative"
-            )
-        if length == 0:
-            await self._size(key)  # NotFoundError if missing
-            return b""
-        if start == 0 and length is None:
-            return await self.get(key)
-        store = self._store()
-        import obstore as obs
-
-        try:
-            if length is None:
-                result = await obs.get_async(store, key, options={"range": {"offset": start}})
-                data = await result.bytes_async()
-            else:
-                data = await obs.get_range_async(store, key, start=start, length=length)
-        except FileNotFoundError as e:
-            self._fail(e, "read", key)
-        except _backend_errors() as e:
-            # S3 answers 416 for a range that starts at or past the end; the
-            # contract (like slicing) returns no bytes there.
-            if start >= await self._size(key):
-                return b""
-            self._fail(e, "read", key)
-        return bytes(data)
-
-    async def put(self, key: str, data: bytes) -> None:
-        store = self._store()
-        import obstore as obs
-
-        try:
-            await obs.put_async(store, key, data)
-        except _backend_errors() as e:
-            self._fail(e, "write", key)
-
-    async def put_if_absent(self, key: str, data: bytes) -> bool:
-        store = self._store()
-        import obstore as obs
-        from obstore.exceptions import AlreadyExistsError, PreconditionError
-
-        try:
-            await obs.put_async(store, key, data, mode="create")
-        except (AlreadyExistsError, PreconditionError):
-            pass
-        except _backend_errors() as e:
-            self._fail(e, "create", key)
-        else:
-            return True
-        # Lost race, or our own write whose acknowledgement was lost: read back.
-        try:
-            stored = await self.get(key)
-        except NotFoundError:
-            return False
-        return stored == bytes(data)
-
-    async def list(self, prefix: str) -> list[str]:
-        store = self._store()
-        import obstore as obs
-
-        # obstore lists whole path segments: list the enclosing "directory" and
-        # filter, so that prefixes ending mid-name ("refs/branch.") work.
-        head, _, _ = prefix.rpartition("/")
-        out: list[str] = []
-        try:
-            async for chunk in obs.list(store, head or None, chunk_size=1000):
-                out.extend(meta["path"] for meta in chunk if meta["path"].startswith(prefix))
-        except _backend_errors() as e:
-            self._fail(e, "list", prefix)
-        return out
-
-    async def delete(self, keys: Iterable[str]) -> None:
-        store = self._store()
-        import obstore as obs
-
-        batch = list(dict.fromkeys(keys))
-
-        async def delete_batch(part: list[str]) -> None:
-            try:
-                await obs.delete_async(store, part)
-            except FileNotFoundError:
-                pass
-            except _backend_errors() as e:
-                self._fail(e, "delete", part[0] if len(part) == 1 else f"{part[0]}, ...")
-
-        await asyncio.gather(
-            *(
-                delete_batch(batch[i : i + _DELETE_BATCH])
-                for i in range(0, len(batch), _DELETE_BATCH)
-            )
-        )
-
-    async def exists(self, key: str) -> bool:
-        try:
-            await self._size(key)
-        except NotFoundError:
-            return False
-        return True
+            raise InvalidInputError(f"cannot configure S3 storage {self.url}: {detail(e)}") from e
 
 
 def s3_storage(
@@ -354,6 +130,13 @@ def s3_storage(
     session_token: str | None = None,
     anonymous: bool = False,
     from_env: bool = False,
+    max_retries: int = RequestSettings.max_retries,
+    retry_timeout: float = RequestSettings.retry_timeout,
+    initial_backoff: float = RequestSettings.initial_backoff,
+    max_backoff: float = RequestSettings.max_backoff,
+    connect_timeout: float = RequestSettings.connect_timeout,
+    request_timeout: float = RequestSettings.request_timeout,
+    max_concurrent_requests: int = RequestSettings.max_concurrent_requests,
 ) -> S3Storage:
     """Storage in an S3 bucket (or an S3-compatible server), via obstore.
 
@@ -371,26 +154,44 @@ def s3_storage(
 
     Parameters
     ----------
-    bucket
+    bucket : str
         The bucket name.
-    prefix
+    prefix : str
         Key prefix of the repository inside the bucket (leading and trailing
         ``/`` are ignored); ``""`` uses the bucket root.
-    region
+    region : str, optional
         The bucket's region; taken from the environment (or ``us-east-1``) if
         omitted.
-    endpoint_url
+    endpoint_url : str, optional
         URL of an S3-compatible server, e.g. ``"http://127.0.0.1:9000"``.
-    allow_http
-        Allow plain ``http://`` endpoints (local test servers).
-    access_key_id, secret_access_key, session_token
+    allow_http : bool
+        Allow plain ``http://`` endpoints (local test servers); also allowed when
+        the process's environment has ``AWS_ALLOW_HTTP=true``.
+    access_key_id, secret_access_key, session_token : str, optional
         Explicit credentials. They travel with the pickled storage (to Dask
-        workers); use the environment instead if that is not wanted.
-    anonymous
+        workers); leave them out to have every process read its own from the
+        environment.
+    anonymous : bool
         Send unsigned requests.
-    from_env
+    from_env : bool
         Take credentials from the environment (the default when no keys are
         given).
+    max_retries : int
+        Retries of a failed request (5xx, 429, connection lost, timeout).
+        Default 10.
+    retry_timeout : float
+        Seconds after the first attempt when no further retry starts. Default 120.
+    initial_backoff, max_backoff : float
+        First and longest wait between attempts, in seconds; waits double and
+        are randomised (jitter). Defaults 0.1 and 15.
+    connect_timeout : float
+        Seconds to establish a connection. Default 5.
+    request_timeout : float
+        Seconds for a whole request including the response body; a stalled
+        transfer fails after this long and is retried. Default 60.
+    max_concurrent_requests : int
+        Operations in flight at once per process (each Dask worker process has
+        its own limit). Default 64.
 
     Returns
     -------
@@ -400,14 +201,15 @@ def s3_storage(
     Raises
     ------
     InvalidInputError
-        If the bucket name is empty or the credential options contradict each
-        other.
+        If the bucket name is empty, the credential options contradict each
+        other or a setting is out of range.
 
     Notes
     -----
     ``put_if_absent`` relies on the server honouring ``If-None-Match: *`` on
-    PUT (AWS S3 since 2024, MinIO, moto, SeaweedFS, ...). A server that ignores
-    the header silently breaks the exactly-one-winner guarantee.
+    PUT (AWS S3 since 2024, MinIO, SeaweedFS, ...). A server that ignores
+    the header silently breaks the exactly-one-winner guarantee. See
+    ``docs/storage.md`` for what is proven against which server.
 
     Examples
     --------
@@ -431,10 +233,20 @@ def s3_storage(
         raise InvalidInputError(
             "choose one credential source: explicit keys, anonymous=True or from_env=True"
         )
-    if endpoint_url is not None and endpoint_url.startswith("http://") and not allow_http:
+    plain_http = endpoint_url is not None and endpoint_url.startswith("http://")
+    if plain_http and not (allow_http or env_flag("AWS_ALLOW_HTTP")):
         raise InvalidInputError(
             f"the endpoint {endpoint_url!r} uses plain http; pass allow_http=True to allow it"
         )
+    requests = RequestSettings(
+        max_retries=max_retries,
+        retry_timeout=retry_timeout,
+        initial_backoff=initial_backoff,
+        max_backoff=max_backoff,
+        connect_timeout=connect_timeout,
+        request_timeout=request_timeout,
+        max_concurrent_requests=max_concurrent_requests,
+    )
     settings = _S3Settings(
         bucket=bucket,
         prefix=prefix.strip("/"),
@@ -446,5 +258,6 @@ def s3_storage(
         session_token=session_token,
         anonymous=anonymous,
         from_env=from_env,
+        requests=requests,
     )
     return S3Storage(settings)
