@@ -16,7 +16,7 @@
 #
 # Environment:
 #   ICD_MATRIX  newest | lowest | both   (default: both when CI is set, else newest)
-#   ICD_LINT    1 | 0   ruff, mypy --strict, constraints check (default: 1 with CI)
+#   ICD_LINT    1 | 0   ruff, mypy --strict, import-linter, constraints check (default: 1 with CI)
 #   ICD_DOCS    1 | 0   mkdocs build --strict (default: 1 with CI)
 # Lint and docs run once, in the newest environment. Every selected step runs even when an
 # earlier one failed; the summary at the end gives each step's status and time, and the exit
@@ -118,6 +118,8 @@ run_lint() {
     ruff format --check "${paths[@]}"
     echo "+ mypy" >&2
     mypy
+    echo "+ lint-imports --no-logo" >&2
+    lint-imports --no-logo
     echo "+ python ci/check_constraints.py" >&2
     python ci/check_constraints.py
 }
