@@ -10,7 +10,8 @@
 #                         every dependency: `pip install --upgrade --upgrade-strategy eager`.
 #   lowest  .venv-lowest  the oldest supported Python (the floor of `requires-python`, 3.12)
 #                         and the lowest supported versions: the floors in pyproject.toml,
-#                         pinned in ci/constraints-lowest.txt.
+#                         pinned in ci/constraints-lowest.txt (the same pip command with
+#                         `--constraint`: what is not pinned there is at its newest release).
 #
 # Python, when a venv is created: $PYTHON (newest) or $PYTHON_LOWEST (lowest) if set, else
 # python3.X on PATH, else pyenv's installs (~/.pyenv/versions or `pyenv root`).
@@ -213,13 +214,10 @@ _icd_install() {
             >/dev/null 2>&1 || echo "ci/env.sh: warning: could not upgrade pip; going on" >&2
     fi
     rm -f "$stamp_file"
-    local -a how=()
-    if [[ "$which" == newest ]]; then
-        # A fresh resolve: every dependency at its newest release, also when already installed.
-        how=(--upgrade --upgrade-strategy eager)
-    else
-        how=(--constraint "$constraints")
-    fi
+    # A fresh resolve, also when the venv exists: every package at its newest release that the
+    # constraints (lowest: the floors of pyproject.toml, pinned) allow.
+    local -a how=(--upgrade --upgrade-strategy eager)
+    [[ -z "$constraints" ]] || how+=(--constraint "$constraints")
     echo "ci/env.sh: installing icechunk-dask[$extras] into $name, $which versions" \
         "(about a minute the first time)" >&2
     local log="$venv/pip-install.log"
