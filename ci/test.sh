@@ -109,19 +109,21 @@ EOF
     cat "$logs/detail" >&2
 }
 
-run_lint() {
+run_lint() { # every linter runs; the step fails if any did
     activate newest
     local -a paths=(icechunk_dask tests bench ci docs/_hooks)
-    echo "+ ruff check ${paths[*]}" >&2
-    ruff check "${paths[@]}"
-    echo "+ ruff format --check ${paths[*]}" >&2
-    ruff format --check "${paths[@]}"
-    echo "+ mypy" >&2
-    mypy
-    echo "+ lint-imports --no-logo" >&2
-    lint-imports --no-logo
-    echo "+ python ci/check_constraints.py" >&2
-    python ci/check_constraints.py
+    local rc=0
+    lint_one ruff check "${paths[@]}" || rc=1
+    lint_one ruff format --check "${paths[@]}" || rc=1
+    lint_one mypy || rc=1
+    lint_one lint-imports --no-logo || rc=1
+    lint_one python ci/check_constraints.py || rc=1
+    return "$rc"
+}
+
+lint_one() {
+    echo "+ $*" >&2
+    "$@"
 }
 
 run_docs() {
