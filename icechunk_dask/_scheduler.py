@@ -31,7 +31,6 @@ from dask.local import get_sync
 from dask.typing import Key
 
 from icechunk_dask._compat.dask import convert_legacy_graph
-from icechunk_dask._reroute import reconcile_markers, reroute_session_writes
 from icechunk_dask._session import ALLOW_PICKLING_HOOKS, Session
 from icechunk_dask._sync import run
 
@@ -78,6 +77,9 @@ class PicklingScheduler:
         sessions = [s for s in _OPEN.get() if not s.read_only]
         if inner in _LOCAL_SCHEDULERS or not sessions:
             return inner(graph, keys, **kwargs)
+        # the rerouting machinery imports zarr's array layer and dask.array: only when needed
+        from icechunk_dask._reroute import reconcile_markers, reroute_session_writes
+
         dsk = convert_legacy_graph(graph if isinstance(graph, Mapping) else graph.__dask_graph__())
         roots: list[tuple[Session, Key]] = []
         for session in sessions:

@@ -2,10 +2,12 @@
 
 Graphs are ``dask._task_spec`` objects (private module); the low-level graph
 of a collection is reached through ``collections_to_expr``; blocks are
-assembled with ``concatenate3``.
+assembled with ``concatenate3`` (imported lazily, with ``dask.array``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from dask._task_spec import (
     DataNode,
@@ -15,7 +17,6 @@ from dask._task_spec import (
     convert_legacy_graph,
     execute_graph,
 )
-from dask.array.core import concatenate3
 from dask.base import collections_to_expr
 
 __all__ = [
@@ -28,3 +29,10 @@ __all__ = [
     "convert_legacy_graph",
     "execute_graph",
 ]
+
+
+def concatenate3(arrays: Any) -> Any:
+    """``dask.array.core.concatenate3`` (imported on first use: dask.array is heavy)."""
+    from dask.array.core import concatenate3 as impl
+
+    return impl(arrays)
