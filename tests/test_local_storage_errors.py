@@ -364,3 +364,22 @@ def test_l10_without_syncfs_the_barrier_syncs_everything(
     new_array(repo)
     assert synced  # creation and commit flushed through os.sync
     assert rows(repo) == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_l08_every_tag_that_can_be_created_can_be_deleted(tmp_path: Path) -> None:
+    # Core: refs/tag.<name>.deleted.json (the tombstone) is 8 bytes longer than
+    # refs/tag.<name>.json, so on local storage a tag of 239-247 bytes can be created and
+    # then never deleted. Names must be refused up front where the tombstone cannot fit
+    # (local limit for tags: 255 - len("tag.") - len(".deleted.json") = 238 bytes).
+    repo = Repository.create(local_filesystem_storage(tmp_path / "repo"))
+    new_array(repo)
+    tip = repo.lookup_branch("main")
+    for n in (238, 239, 243, 247):
+        name = "t" * n
+        try:
+            repo.create_tag(name, tip)
+        except InvalidInputError:
+            continue  # refused up front: fine
+        repo.delete_tag(name)
+        with pytest.raises(NotFoundError):
+            repo.readonly_session(tag=name)
