@@ -1,4 +1,9 @@
-"""Local-filesystem storage: atomic writes, create-only refs, one durability barrier."""
+"""Local-filesystem storage: atomic writes, create-only refs, one durability barrier.
+
+Every ``OSError`` from the filesystem leaves this module as the library's typed
+error naming the path and what to do (:func:`_os_error`); a write that fails
+removes its temporary file, whatever the failure.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,26 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
+from icechunk_dask._exceptions import IcechunkDaskError, InvalidInputError, NotFoundError
 from icechunk_dask.storage._base import ObjectInfo, Storage
+from icechunk_dask.storage._local_errors import (
+    NAME_MAX,
+    TMP_PREFIX,
+    long_component,
+    name_too_long,
+    os_error,
+)
 
 __all__ = ["LocalFileSystemStorage", "local_filesystem_storage"]
 
-_TMP = ".tmp-"
+_TMP = TMP_PREFIX
 T = TypeVar("T")
 
 
@@ -40,15 +53,26 @@ _SYNC_FILE_RANGE_WRITE = 2  # start writeback, do not wait
 
 
 def _syncfs(path: Path) -> None:
-    """Flush the whole filesystem holding ``path`` (Linux ``syncfs``), else ``os.sync``."""
+    """Flush the whole filesystem holding ``path`` (Linux ``syncfs``), else ``os.sync``.
+
+    Raises
+    ------
+    OSError
+        If ``syncfs`` reports an error: since Linux 5.8 that includes a failed
+        writeback (``EIO``, ``ENOSPC``) of any file on the filesystem, which means
+        data written earlier may not be on disk.
+    """
     if _SYNCFS is not None:
         fd = os.open(path, os.O_RDONLY)
         try:
             if _SYNCFS(fd) == 0:
                 return
+            code = ctypes.get_errno()
         finally:
             os.close(fd)
-    os.sync()
+        if code != errno.ENOSYS:
+            raise OSError(code, os.strerror(code), str(path))
+    os.sync()  # no syncfs: flush everything (reports no errors)
 
 
 #: Objects at least this large start their writeback as soon as they are written, so that
@@ -65,15 +89,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    """Remove a temporary file, ignoring every error (it may never have been created)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _raise(e: OSError) -> None:
+    """``os.walk``'s error hook: a folder that cannot be listed fails the listing."""
+    if not isinstance(e, FileNotFoundError):  # a folder removed while walking: nothing in it
+        raise e
+
+
 class LocalFileSystemStorage(Storage):
     """Objects as files under a root directory.
 
     Writes go to a temporary file that is then renamed into place (``put``) or
     hard-linked (``put_if_absent``: exactly one concurrent creator wins), so a
-    reader never sees a partial object. Create-only writes are fsynced with
-    their directory; :meth:`durability_barrier` flushes the filesystem once
-    before a commit publishes its ref. Safe for concurrent committers on one
-    host.
+    reader never sees a partial object; a write that fails (a full disk, a
+    missing permission, ...) removes its temporary file. Create-only writes are
+    fsynced with their directory; :meth:`durability_barrier` flushes the
+    filesystem once before a commit publishes its ref. Safe for concurrent
+    committers on one host.
+
+    Every operating-system error becomes a :class:`StorageError` naming the path
+    and what to do; a key with a path component longer than :attr:`max_name_bytes`
+    (255 bytes of UTF-8, the limit of Linux filesystems) cannot be written
+    (:class:`InvalidInputError`, before anything touches the disk) and is never
+    found by reads.
 
     Parameters
     ----------
@@ -83,13 +126,32 @@ class LocalFileSystemStorage(Storage):
         Flush to disk before a commit is published (default). ``False`` skips
         every fsync: commits stay atomic if a *process* dies, but not if the
         machine loses power. For scratch data and tests.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``path`` is a file, lies below a file, or has a name too long.
+    StorageError
+        If ``path`` cannot be examined (for example a folder above it is not
+        readable by this user).
     """
 
-    max_name_bytes = 255
+    max_name_bytes = NAME_MAX
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
         root = Path(path).expanduser().absolute()
-        if root.exists() and not root.is_dir():
+        try:
+            is_file = not stat.S_ISDIR(os.stat(root).st_mode)
+        except FileNotFoundError:
+            is_file = False
+        except NotADirectoryError:
+            raise InvalidInputError(
+                f"the repository path {str(root)!r} lies below a file, not a directory; "
+                "give the path of a directory (it is created if missing)"
+            ) from None
+        except OSError as e:
+            raise os_error(e, f"use {str(root)!r} as a repository folder", root) from e
+        if is_file:
             raise InvalidInputError(
                 f"the repository path {str(root)!r} is a file, not a directory; "
                 "give the path of a directory (it is created if missing)"
@@ -118,10 +180,26 @@ class LocalFileSystemStorage(Storage):
             raise InvalidInputError(f"invalid storage key {key!r}")
         return self.root / key
 
+    def _can_exist(self, key: str) -> bool:
+        """Whether a file could have ``key``'s name (no component is too long)."""
+        return long_component(key, self.max_name_bytes) is None
+
+    def _write_path(self, action: str, key: str) -> Path:
+        """The path to write ``key`` at; refuses names the filesystem cannot hold."""
+        path = self._path(key)
+        if not self._can_exist(key):
+            raise name_too_long(action, key, self.url, self.max_name_bytes)
+        return path
+
+    def _error(self, e: OSError, action: str, key: str) -> IcechunkDaskError:
+        return os_error(e, f"{action} {key!r} in {self.url}", self.root / key)
+
     # -- synchronous implementations, run in worker threads -----------------
 
     def _get_sync(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
+        if not self._can_exist(key):
+            raise NotFoundError(f"no object at {key!r} in {self.url}")
         try:
             # one pread into the result (no buffered file object, no seek)
             fd = os.open(path, os.O_RDONLY)
@@ -138,77 +216,99 @@ class LocalFileSystemStorage(Storage):
                 return data
             finally:
                 os.close(fd)
-        except FileNotFoundError:
-            raise NotFoundError(f"no object at {key!r} in {self.url}") from None
-        except IsADirectoryError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFoundError(f"no object at {key!r} in {self.url}") from None
         except OSError as e:
-            raise StorageError(f"cannot read {key!r} in {self.url}: {e}") from e
+            raise self._error(e, "read", key) from e
 
     def _write_tmp(self, path: Path, data: bytes, fsync: bool) -> Path:
+        """Write ``data`` to a new temporary file beside ``path``; on any error, remove it."""
         tmp = path.with_name(f"{_TMP}{uuid.uuid4().hex}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # a file where a folder of the key should be
+                raise NotADirectoryError(
+                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)
+                ) from None
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            if fsync:
-                os.fsync(fd)
-            elif self.durable and _SYNC_FILE_RANGE and len(data) >= _EARLY_WRITEBACK:
-                # best effort: a failure only means the barrier flushes more
-                _SYNC_FILE_RANGE(fd, 0, len(data), _SYNC_FILE_RANGE_WRITE)
-        finally:
-            os.close(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if fsync:
+                    os.fsync(fd)
+                elif self.durable and _SYNC_FILE_RANGE and len(data) >= _EARLY_WRITEBACK:
+                    # best effort: a failure only means the barrier flushes more
+                    _SYNC_FILE_RANGE(fd, 0, len(data), _SYNC_FILE_RANGE_WRITE)
+            finally:
+                os.close(fd)
+        except BaseException:
+            _remove(tmp)
+            raise
         return tmp
 
     def _put_sync(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+        path = self._write_path("write", key)
         try:
             tmp = self._write_tmp(path, data, fsync=False)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                _remove(tmp)
+                raise
         except OSError as e:
-            raise StorageError(f"cannot write {key!r} in {self.url}: {e}") from e
+            raise self._error(e, "write", key) from e
 
     def _put_if_absent_sync(self, key: str, data: bytes) -> bool:
-        path = self._path(key)
+        path = self._write_path("create", key)
         try:
             tmp = self._write_tmp(path, data, fsync=self.durable)
             try:
                 os.link(tmp, path)
             except FileExistsError:
+                if os.path.isdir(path):  # not an object: a folder in the way
+                    code = errno.EISDIR
+                    raise IsADirectoryError(code, os.strerror(code), str(path)) from None
                 return False
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+                _remove(tmp)
             if self.durable:
                 _fsync_dir(path.parent)
-            return True
         except OSError as e:
-            if e.errno == errno.EEXIST:
-                return False
-            raise StorageError(f"cannot create {key!r} in {self.url}: {e}") from e
+            raise self._error(e, "create", key) from e
+        return True
 
     def _list_sync(self, prefix: str) -> list[str]:
         head, _, _ = prefix.rpartition("/")
-        base = self.root / head if head else self.root
-        if not base.is_dir():
+        if head and not self._can_exist(head):
             return []
+        base = self.root / head if head else self.root
+        try:
+            if not stat.S_ISDIR(os.stat(base).st_mode):
+                return []
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # nothing was ever written under the prefix
+        except OSError as e:
+            raise os_error(e, f"list {prefix!r} in {self.url}", base) from e
         out: list[str] = []
         rel0 = f"{head}/" if head else ""
-        for dirpath, _dirnames, filenames in os.walk(base):
-            rel_dir = os.path.relpath(dirpath, base)
-            rel = rel0 if rel_dir == "." else f"{rel0}{rel_dir.replace(os.sep, '/')}/"
-            for name in filenames:
-                if name.startswith(_TMP):
-                    continue
-                key = rel + name
-                if key.startswith(prefix):
-                    out.append(key)
+        try:
+            for dirpath, _dirnames, filenames in os.walk(base, onerror=_raise):
+                rel_dir = os.path.relpath(dirpath, base)
+                rel = rel0 if rel_dir == "." else f"{rel0}{rel_dir.replace(os.sep, '/')}/"
+                for name in filenames:
+                    if name.startswith(_TMP):
+                        continue
+                    key = rel + name
+                    if key.startswith(prefix):
+                        out.append(key)
+        except OSError as e:  # a folder that cannot be read: the listing would be incomplete
+            raise os_error(e, f"list {prefix!r} in {self.url}", base) from e
         return out
 
     def _list_info_sync(self, prefix: str) -> list[ObjectInfo]:
@@ -218,13 +318,43 @@ class LocalFileSystemStorage(Storage):
                 st = os.stat(self.root / key)
             except FileNotFoundError:  # deleted while listing
                 continue
+            except OSError as e:
+                raise self._error(e, "examine", key) from e
             out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
         return out
 
     def _delete_sync(self, keys: Iterable[str]) -> None:
         for key in keys:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(key))
+            path = self._path(key)
+            if not self._can_exist(key):
+                continue
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                continue  # no object there: deleting it is a no-op
+            except OSError as e:
+                raise self._error(e, "delete", key) from e
+
+    def _exists_sync(self, key: str) -> bool:
+        path = self._path(key)
+        if not self._can_exist(key):
+            return False
+        try:
+            return stat.S_ISREG(os.stat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            raise self._error(e, "look up", key) from e
+
+    def _barrier_sync(self) -> None:
+        try:
+            if not stat.S_ISDIR(os.stat(self.root).st_mode):
+                return  # pragma: no cover - a file where the repository was
+            _syncfs(self.root)
+        except FileNotFoundError:
+            return  # nothing written yet: nothing to flush
+        except OSError as e:
+            raise os_error(e, f"flush {self.url} to disk", self.root) from e
 
     # -- the async protocol ---------------------------------------------------
 
@@ -256,11 +386,11 @@ class LocalFileSystemStorage(Storage):
         await asyncio.to_thread(self._delete_sync, list(keys))
 
     async def exists(self, key: str) -> bool:
-        return await asyncio.to_thread(self._path(key).is_file)
+        return await asyncio.to_thread(self._exists_sync, key)
 
     async def durability_barrier(self) -> None:
-        if self.durable and self.root.is_dir():
-            await asyncio.to_thread(_syncfs, self.root)
+        if self.durable:
+            await asyncio.to_thread(self._barrier_sync)
 
 
 def _rebuild(path: str, durable: bool) -> LocalFileSystemStorage:
@@ -289,6 +419,10 @@ def local_filesystem_storage(
     Raises
     ------
     InvalidInputError
-        If ``path`` exists and is not a directory.
+        If ``path`` exists and is not a directory, lies below a file, or has a
+        name longer than the filesystem allows.
+    StorageError
+        If ``path`` cannot be examined (for example a folder above it is not
+        readable by this user); the message names the path and what to do.
     """
     return LocalFileSystemStorage(path, durable=durable)

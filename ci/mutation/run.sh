@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Mutation testing of the core with mutmut 3 (issue 13). Not part of the default CI run.
+#
+#   bash ci/mutation/run.sh                                  # every module of modules.txt
+#   bash ci/mutation/run.sh icechunk_dask/_changeset.py ...  # just these
+#
+# For each module, in a scratch copy of the working tree (tracked and new files, not .venv):
+# mutmut makes every mutant of the module's functions, runs the module's fast test selection
+# once to learn which tests call which function, then runs, for each mutant, only the tests
+# that call the mutated function, stopping at the first failure (-x). A mutant is "killed"
+# when a test fails (or it times out), "survived" when they all pass. The selections live in
+# ci/mutation/modules.txt (no slow tests, no Hypothesis state machines).
+#
+# Environment:
+#   MUTATION_BUDGET   seconds per module before the run stops (default 1800); a stopped run
+#                     reports what it checked so far and resumes with MUTATION_RESUME=1
+#   MUTATION_JOBS     mutants tested in parallel (default: number of CPUs)
+#   MUTATION_WORKDIR  scratch folder (default ${TMPDIR:-/tmp}/icechunk-dask-mutation)
+#   MUTATION_RESUME   1 = keep the scratch copy and mutmut's results of an earlier run
+#
+# Output: per module a summary (killed / survived / timeout / no tests, kill ratio, time)
+# and the diff of every survivor, in $MUTATION_WORKDIR/<module>.txt; a table of all modules
+# in $MUTATION_WORKDIR/summary.md. Record the verdict for each survivor (a test that kills
+# it, or why it is equivalent) in docs/reliability.md, "Mutation testing".
+#
+# Notes: mutmut 3 mutates code inside functions only (not module-level constants). The
+# workers are forked from a fork server that never ran a test (process_isolation =
+# forkserver): forking the main process after the stats run copies zarr's and asyncio's
+# event-loop threads' state without the threads, and every mutant then hangs until timeout.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+repo="$(pwd -P)"
+MUTMUT_VERSION="3.8.1"
+
+source ci/env.sh
+if ! python -c "import mutmut, sys; sys.exit(mutmut.__version__ != '$MUTMUT_VERSION')" 2>/dev/null
+then
+    python -m pip install -q "mutmut==$MUTMUT_VERSION"
+fi
+
+budget="${MUTATION_BUDGET:-1800}"
+jobs="${MUTATION_JOBS:-$(nproc)}"
+work="${MUTATION_WORKDIR:-${TMPDIR:-/tmp}/icechunk-dask-mutation}"
+mkdir -p "$work"
+
+# module -> test files, from modules.txt
+declare -A tests_of=()
+declare -a order=()
+while read -r module rest; do
+    [[ -z "$module" || "$module" == \#* ]] && continue
+    tests_of["$module"]="$rest"
+    order+=("$module")
+done <ci/mutation/modules.txt
+if [[ $# -gt 0 ]]; then
+    order=("$@")
+fi
+
+summary="$work/summary.md"
+{
+    echo "| module | mutants | killed | timeout | survived | no tests | not checked | kill ratio | seconds |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+} >"$summary"
+
+for module in "${order[@]}"; do
+    selection="${tests_of[$module]:-}"
+    if [[ -z "$selection" ]]; then
+        echo "run.sh: $module is not in ci/mutation/modules.txt" >&2
+        exit 2
+    fi
+    slug="${module//\//_}"
+    dir="$work/${slug%.py}"
+    if [[ "${MUTATION_RESUME:-0}" != "1" ]]; then
+        rm -rf "$dir"
+    fi
+    mkdir -p "$dir"
+    # the working tree as it is, tracked and untracked files (not ignored ones)
+    git ls-files -z -co --exclude-standard icechunk_dask tests pyproject.toml |
+        tar --null -T - -cf - | tar -xf - -C "$dir"
+    {
+        echo "[mutmut]"
+        echo "source_paths = icechunk_dask"
+        echo "only_mutate ="
+        echo "    $module"
+        echo "process_isolation = forkserver"
+        echo "pytest_add_cli_args ="
+        printf '    %s\n' -p no:cacheprovider -m "not slow" -x
+        echo "pytest_add_cli_args_test_selection ="
+        for t in $selection; do echo "    $t"; done
+    } >"$dir/setup.cfg"
+    [[ -d "$dir/.git" ]] || git -C "$dir" init -q  # mutmut's change detection wants a repository
+
+    echo "== $module: mutmut run (budget ${budget}s, $jobs jobs; tests: $selection)" >&2
+    start=$SECONDS
+    rc=0
+    (cd "$dir" && timeout --signal=INT --kill-after=60 "$budget" \
+        mutmut run --max-children "$jobs" >"$dir/run.log" 2>&1) || rc=$?
+    seconds=$((SECONDS - start))
+    if [[ $rc -ne 0 ]]; then
+        echo "   mutmut stopped with exit code $rc after ${seconds}s (124/130: budget reached);" \
+            "partial results; log: $dir/run.log" >&2
+    fi
+    (cd "$dir" && mutmut export-cicd-stats >/dev/null 2>&1) || true
+    report="$work/${slug%.py}.txt"
+    (cd "$dir" && python - "$module" "$seconds" <<'PY'
+import json, subprocess, sys
+module, seconds = sys.argv[1], int(sys.argv[2])
+s = json.load(open("mutants/mutmut-cicd-stats.json"))
+lines = subprocess.run(["mutmut", "results", "--all", "true"], capture_output=True, text=True).stdout
+status = dict(l.strip().rsplit(": ", 1) for l in lines.splitlines() if ": " in l)
+not_checked = sum(v == "not checked" for v in status.values())
+detected = s["killed"] + s["timeout"] + s["segfault"]
+judged = detected + s["survived"] + s["suspicious"]
+ratio = f"{100 * detected / judged:.1f} %" if judged else "-"
+print(f"| `{module}` | {s['total']} | {s['killed']} | {s['timeout']} | {s['survived']} "
+      f"| {s['no_tests']} | {not_checked} | {ratio} | {seconds} |")
+with open("survivors.txt", "w") as out:
+    for name, st in sorted(status.items()):
+        if st in ("survived", "no tests", "suspicious"):
+            shown = subprocess.run(["mutmut", "show", name], capture_output=True, text=True)
+            out.write(shown.stdout + "\n")
+PY
+    ) >>"$summary"
+    { tail -n 1 "$summary"; echo; cat "$dir/survivors.txt"; } >"$report"
+    echo "   $(tail -n 1 "$summary")" >&2
+    echo "   survivors: $report" >&2
+done
+echo "summary: $summary" >&2
+cat "$summary"
