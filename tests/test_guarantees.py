@@ -34,6 +34,7 @@ from icechunk_dask import (
     RebaseFailedError,
     Repository,
     Session,
+    UnmergedWritesError,
     local_filesystem_storage,
 )
 from icechunk_dask.distributed import merge_sessions
@@ -173,7 +174,11 @@ def test_forks_writing_different_bytes_of_equal_length_conflict(
     assert any(key == "a/c/1" for key, _ in e.value.conflicts), e.value.conflicts
     with pytest.raises(ConflictError):  # in one call, in either order
         merge_sessions(repo.writable_session("main"), second, first)
-    # the failed merge changed nothing: first's bytes are what commits
+    # the failed merge changed nothing: first's bytes are what commits, once the conflicting
+    # fork's writes are dropped deliberately (an unmerged fork that wrote blocks commit)
+    with pytest.raises(UnmergedWritesError):
+        session.commit("second was never merged")
+    second.discard_changes()
     session.commit("first wins")
     expected = np.arange(8 * chunk)
     expected[region] = 100
