@@ -29,6 +29,7 @@ from icechunk_dask._exceptions import (
     StorageError,
 )
 from icechunk_dask.format import (
+    ID_PATTERN,
     BranchRef,
     ChunkRef,
     RepoConfig,
@@ -258,9 +259,15 @@ class AssetManager:
         validate_ref_name(branch, "branch")
         seq, ref = await self.branch_tip(branch)
         if ref is None or ref.deleted or ref.snapshot_id is None:
+            hint = ""
+            if ID_PATTERN.match(branch):
+                hint = (
+                    f"; {branch!r} looks like a snapshot id: pass it as snapshot_id= "
+                    f"(repo.readonly_session(snapshot_id={branch!r}))"
+                )
             raise NotFoundError(
                 f"branch {branch!r} does not exist; existing branches: "
-                f"{sorted(await self.list_branches())}"
+                f"{sorted(await self.list_branches())}{hint}"
             )
         return seq, ref.snapshot_id
 

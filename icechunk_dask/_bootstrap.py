@@ -90,10 +90,7 @@ async def open_repository(storage: Storage) -> AssetManager:
     try:
         data = await storage.get(CONFIG_KEY)
     except NotFoundError:
-        raise NotFoundError(
-            f"no repository at {storage.url}; create one with Repository.create "
-            "(or Repository.open_or_create)"
-        ) from None
+        raise NotFoundError(f"no repository at {storage.url}; {await _what_is(storage)}") from None
     config = RepoConfig.decode(data, CONFIG_KEY)
     if config.format_version > FORMAT_VERSION:
         raise FormatVersionError(
@@ -102,6 +99,19 @@ async def open_repository(storage: Storage) -> AssetManager:
             "icechunk_dask to open it"
         )
     return AssetManager(storage, config)
+
+
+async def _what_is(storage: Storage) -> str:
+    """What is there instead of a repository, and what to do (for error messages)."""
+    if any([await storage.exists(k) for k in ("zarr.json", ".zgroup", ".zarray")]):
+        return (
+            "it holds a plain Zarr store, not a repository. Open it with zarr or xarray "
+            "directly, or import it: create a repository elsewhere and copy the data in "
+            "(ds = xr.open_zarr(path); to_zarr(ds, repo.writable_session('main'), mode='w'))"
+        )
+    if await storage.exists("repo") or await storage.exists("config.yaml"):
+        return "it looks like an Icechunk repository: open it with the icechunk package"
+    return "create one with Repository.create (or Repository.open_or_create)"
 
 
 async def repository_exists(storage: Storage) -> bool:

@@ -5,18 +5,18 @@ which every task computes a box of blocks, writes whole Zarr chunks (or
 shards) through its own fork of the session and returns that fork's compact
 change record; a tree reduction (fan-in ``split_every``) merges the records
 of all target arrays, and only the root reaches the client. The assignment of
-blocks to tasks is a pure plan (:mod:`icechunk_dask._plan`), checked before
+blocks to tasks is a pure plan (``icechunk_dask._plan``), checked before
 anything is written.
 
 With ``compute=False`` the result is also stored in the repository by the
 graph's last task, and the session remembers the job: ``dask.compute(lazy)``
 followed by ``session.commit()`` commits the data (see
-:mod:`icechunk_dask._jobs`). With ``resume=<name>`` every task's record is
+``icechunk_dask._jobs``). With ``resume=<name>`` every task's record is
 stored too, and running the same write again recomputes only the tasks
 without one.
 
 Importing this module also makes plain ``ds.to_zarr(session.store)`` safe on
-a cluster inside ``session.allow_pickling()`` (:mod:`icechunk_dask._scheduler`).
+a cluster inside ``session.allow_pickling()`` (``icechunk_dask._scheduler``).
 """
 
 from __future__ import annotations
