@@ -7,6 +7,7 @@ does.
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from icechunk_dask._assets import CONFIG_KEY, AssetManager, check_storage
@@ -27,7 +28,7 @@ __all__ = ["create_repository", "open_repository", "repository_exists"]
 
 
 async def create_repository(
-    storage: Storage, config: RepositoryConfig | None = None
+    location: Storage | str | os.PathLike[str], config: RepositoryConfig | None = None
 ) -> AssetManager:
     """Create a new repository with an empty ``main`` branch.
 
@@ -36,7 +37,7 @@ async def create_repository(
     InvalidInputError
         If a repository already exists there, or the location holds other data.
     """
-    check_storage(storage)
+    storage = check_storage(location)
     if await storage.exists(CONFIG_KEY):
         raise InvalidInputError(
             f"a repository already exists at {storage.url}; use Repository.open "
@@ -76,7 +77,7 @@ async def create_repository(
     return AssetManager(storage, stored)
 
 
-async def open_repository(storage: Storage) -> AssetManager:
+async def open_repository(location: Storage | str | os.PathLike[str]) -> AssetManager:
     """Open an existing repository.
 
     Raises
@@ -86,7 +87,7 @@ async def open_repository(storage: Storage) -> AssetManager:
     FormatVersionError
         If the repository was written by a newer icechunk_dask.
     """
-    check_storage(storage)
+    storage = check_storage(location)
     try:
         data = await storage.get(CONFIG_KEY)
     except NotFoundError:
@@ -114,7 +115,7 @@ async def _what_is(storage: Storage) -> str:
     return "create one with Repository.create (or Repository.open_or_create)"
 
 
-async def repository_exists(storage: Storage) -> bool:
-    """Whether a repository exists at ``storage``."""
-    check_storage(storage)
+async def repository_exists(location: Storage | str | os.PathLike[str]) -> bool:
+    """Whether a repository exists at ``location``."""
+    storage = check_storage(location)
     return await storage.exists(CONFIG_KEY)

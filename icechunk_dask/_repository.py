@@ -7,6 +7,7 @@ the repository's objects; refs are moved by :mod:`icechunk_dask._refs`.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,9 @@ from icechunk_dask.format import RepoConfig, Snapshot, validate_snapshot_id
 from icechunk_dask.storage import Storage
 
 __all__ = ["Repository", "SnapshotInfo"]
+
+#: Where a repository lives: a storage, a local path, or a URL (``s3://bucket/prefix``).
+Location = Storage | str | os.PathLike[str]
 
 # sessions handed out by a Repository can be sent to a cluster inside allow_pickling()
 register_pickling_hook()
@@ -101,13 +105,15 @@ class Repository:
     # -- creation -------------------------------------------------------------
 
     @classmethod
-    def create(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
+    def create(cls, storage: Location, config: RepositoryConfig | None = None) -> Repository:
         """Create a new repository with an empty ``main`` branch.
 
         Parameters
         ----------
-        storage : Storage
-            Where the repository lives (for example ``local_filesystem_storage(path)``).
+        storage : Storage, str or os.PathLike
+            Where the repository lives: a storage (``local_filesystem_storage(path)``,
+            ``s3_storage(...)``), a path, or a URL (``"s3://bucket/prefix"``, see
+            :func:`~icechunk_dask.storage.storage_from_url`).
         config : RepositoryConfig or None
             Settings fixed for the repository's life (default: ``RepositoryConfig()``).
 
@@ -124,13 +130,13 @@ class Repository:
         return cls(run(create_repository(storage, config)))
 
     @classmethod
-    def open(cls, storage: Storage) -> Repository:
+    def open(cls, storage: Location) -> Repository:
         """Open an existing repository.
 
         Parameters
         ----------
-        storage : Storage
-            Where the repository lives.
+        storage : Storage, str or os.PathLike
+            Where the repository lives: a storage, a path or a URL.
 
         Returns
         -------
@@ -152,8 +158,8 @@ class Repository:
 
         Parameters
         ----------
-        storage : Storage
-            Where the repository lives.
+        storage : Storage, str or os.PathLike
+            Where the repository lives: a storage, a path or a URL.
         config : RepositoryConfig or None
             Settings for a new repository (an existing one keeps its own).
 
@@ -172,13 +178,13 @@ class Repository:
             raise
 
     @staticmethod
-    def exists(storage: Storage) -> bool:
+    def exists(storage: Location) -> bool:
         """Whether a repository exists at ``storage``.
 
         Parameters
         ----------
-        storage : Storage
-            The location to look at.
+        storage : Storage, str or os.PathLike
+            The location to look at: a storage, a path or a URL.
 
         Returns
         -------
@@ -236,6 +242,7 @@ class Repository:
         NotFoundError
             If the snapshot does not exist.
         """
+        validate_snapshot_id(snapshot_id)
         run(set_branch(self._assets, branch, snapshot_id, create=True))
 
     def reset_branch(
@@ -262,6 +269,7 @@ class Repository:
         ConflictError
             If the tip is not ``from_snapshot_id`` (kind ``branch-moved``); nothing changed.
         """
+        validate_snapshot_id(snapshot_id)  # None here would delete the branch
         run(set_branch(self._assets, branch, snapshot_id, create=False, expected=from_snapshot_id))
 
     def delete_branch(self, branch: str, *, from_snapshot_id: str | None = None) -> None:

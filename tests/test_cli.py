@@ -330,3 +330,45 @@ def test_demo_rejects_bad_options_before_touching_the_path(
     code, _, err = run_cli(capsys, "demo", "--path", str(tmp_path / "d"), *bad)
     assert code == 1 and "(invalid-input)" in err
     assert not (tmp_path / "d").exists()
+
+
+# -- branch and tag management -------------------------------------------------------------------
+
+
+def test_branch_and_tag_create_reset_delete_with_guards(
+    repo_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(repo_path)
+    log = run_json(capsys, "log", path)
+    tip, older = log[0]["id"], log[1]["id"]
+    made = run_json(capsys, "branch", "create", path, "fix", "main~1")
+    assert made == {"branch": "fix", "snapshot_id": older}
+    code, out, _ = run_cli(capsys, "branch", "reset", path, "fix", "main", "--from", tip, "--json")
+    assert code == 1 and json.loads(out)["error"]["kind"] == "branch-moved"  # fix is at older
+    assert (
+        run_json(capsys, "branch", "reset", path, "fix", "main", "--from", older)["snapshot_id"]
+        == tip
+    )
+    code, _, err = run_cli(capsys, "branch", "delete", path, "fix", "--from", older)
+    assert code == 1 and "(branch-moved)" in err
+    assert run_json(capsys, "branch", "delete", path, "fix", "--from", tip) == {
+        "deleted_branch": "fix"
+    }
+    assert "fix" not in {b["name"] for b in run_json(capsys, "branches", path)}
+    assert run_json(capsys, "tag", "create", path, "release", "main~1") == {
+        "tag": "release",
+        "snapshot_id": older,
+    }
+    code, _, err = run_cli(capsys, "tag", "create", path, "release")
+    assert code == 1 and "already exists" in err
+    run_json(capsys, "tag", "delete", path, "release", "--from", older)
+    code, _, err = run_cli(capsys, "branch", "delete", path, "main")
+    assert code == 1 and "cannot be deleted" in err
+
+
+def test_usage_errors_exit_2_and_help_needs_no_repository(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_cli(capsys, "branch")[0] == 2
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "LOCATION" in out
