@@ -599,11 +599,13 @@ def test_e37_opening_nothing_or_creating_twice(
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
 
-def test_e38_a_path_instead_of_a_storage(root: Path) -> None:
+def test_e38_something_that_is_neither_a_storage_nor_a_location(root: Path) -> None:
     for call in (Repository.open, Repository.create, Repository.open_or_create):
         with pytest.raises(InvalidInputError) as info:
-            call(str(root))  # type: ignore[arg-type]
-        check(info.value, ErrorKind.INVALID_INPUT, "local_filesystem_storage(path)")
+            call(42)  # type: ignore[arg-type]
+        check(info.value, ErrorKind.INVALID_INPUT, "local_filesystem_storage(path)", "a URL")
+    with pytest.raises(NotFoundError):  # a path names a (here missing) repository
+        Repository.open(str(root))
     assert not root.exists()
 
 
