@@ -51,15 +51,17 @@ _Layout = tuple[Encoding, tuple[int, ...]] | None
 
 def group_by_node(
     chunks: dict[str, ChunkRef | None], arrays: frozenset[str]
-) -> dict[str, tuple[list[str], _Refs]]:
-    """Group chunk changes by node: ``{node: (suffixes, refs)}`` (parallel lists).
+) -> dict[str, tuple[list[str], _Refs, str]]:
+    """Group chunk changes by node: ``{node: (keys, refs, strip)}`` (parallel lists).
 
     Keys in Zarr v3's default encoding (``<array>/c/...``) are split off per
-    array with C-level prefix tests, no Python bytecode per key; anything else
-    goes through :func:`node_of` once per directory. Both give exactly
-    ``node_of``'s grouping.
+    array with C-level prefix tests, no Python bytecode per key, and stay
+    whole: ``strip`` is the prefix (``"<array>/"``) to remove to get their
+    suffixes within the node. Anything else goes through :func:`node_of` once
+    per directory and is returned as suffixes (``strip`` is ``""``). Both give
+    exactly ``node_of``'s grouping.
     """
-    out: dict[str, tuple[list[str], _Refs]] = {}
+    out: dict[str, tuple[list[str], _Refs, str]] = {}
     keys = list(chunks)
     refs = list(chunks.values())
     nested = {a for a in arrays if any(b != a and b.startswith(a + "/") for b in arrays)}
@@ -67,9 +69,10 @@ def group_by_node(
         if not keys:
             return out
         node, suffix = node_of(keys[0], arrays)
-        if node not in arrays or node in nested or not suffix.startswith("c/"):
+        if node not in arrays or node in nested or not suffix.startswith("c/") or node in out:
             break
-        prefix = f"{node}/c/" if node else "c/"
+        head = f"{node}/" if node else ""
+        prefix = head + "c/"
         mask = list(map(str.startswith, keys, repeat(prefix)))
         if all(mask):
             mine_k, mine_r, keys, refs = keys, refs, [], []
@@ -77,10 +80,7 @@ def group_by_node(
             mine_k, mine_r = list(compress(keys, mask)), list(compress(refs, mask))
             rest = list(map(operator.not_, mask))
             keys, refs = list(compress(keys, rest)), list(compress(refs, rest))
-        cut = operator.itemgetter(slice(len(node) + 1 if node else 0, None))
-        group = out.setdefault(node, ([], []))
-        group[0].extend(map(cut, mine_k))
-        group[1].extend(mine_r)
+        out[node] = (mine_k, mine_r, head)
     # the general case; memo: directory -> (node's lists, length of the node prefix to strip)
     memo: dict[str, tuple[list[str], _Refs, int]] = {}
     for key, ref in zip(keys, refs, strict=True):
@@ -88,10 +88,14 @@ def group_by_node(
         hit = memo.get(dirname) if name != "c" else None
         if hit is None:
             node, suffix = node_of(key, arrays)
-            group = out.setdefault(node, ([], []))
+            group = out.get(node)
+            if group is None or group[2]:  # a fast-path node: turn it into suffixes
+                old_k, old_r = (group[0], group[1]) if group else ([], [])
+                cut = len(group[2]) if group else 0
+                group = out[node] = ([k[cut:] for k in old_k], old_r, "")
             cut_at = len(key) - len(suffix)
             if name != "c":
-                memo[dirname] = (*group, cut_at)
+                memo[dirname] = (group[0], group[1], cut_at)
             group[0].append(suffix)
             group[1].append(ref)
         else:
@@ -208,25 +212,36 @@ async def write_snapshot(
 
 
 def _per_box(
-    suffixes: list[str], refs: _Refs, encoding: Encoding | None, split: tuple[int, ...] | None
+    keys: list[str],
+    refs: _Refs,
+    strip: str,
+    encoding: Encoding | None,
+    split: tuple[int, ...] | None,
 ) -> dict[str, tuple[list[str], _Refs]]:
-    """The changes of one node, by box (CPU-bound: run in a worker thread)."""
+    """The changes of one node, by box (CPU-bound: run in a worker thread).
+
+    ``keys`` keep the prefix ``strip`` (every key has it) when the grouping
+    can skip it in bulk; the result's keys keep it too.
+    """
     if split is None or encoding is None:
-        return {FLAT: (suffixes, refs)}
-    names, order, bounds = group_boxes(suffixes, encoding, split)
+        return {FLAT: (keys, refs)}
+    lead = strip.count("/")
+    if strip and encoding[1] != "/":  # the bulk parser splits at "/" only: strip first
+        keys, lead = [k[len(strip) :] for k in keys], 0
+    names, order, bounds = group_boxes(keys, encoding, split, lead=lead)
     if len(names) == 1:
-        return {names[0]: (suffixes, refs)}
+        return {names[0]: (keys, refs)}
     idx = order.tolist()
     out = {}
     for i, name in enumerate(names):
         part = idx[bounds[i] : bounds[i + 1]]
-        out[name] = (list(map(suffixes.__getitem__, part)), list(map(refs.__getitem__, part)))
+        out[name] = (list(map(keys.__getitem__, part)), list(map(refs.__getitem__, part)))
     return out
 
 
 def _nodes_to_rewrite(
     nodes: dict[str, NodeManifests],
-    by_node: dict[str, tuple[list[str], _Refs]],
+    by_node: dict[str, tuple[list[str], _Refs, str]],
     layouts: dict[str, _Layout],
     arrays: frozenset[str],
     before: frozenset[str],
@@ -250,8 +265,9 @@ async def _write_node(
     node: str,
     old: NodeManifests | None,
     layout: _Layout,
-    suffixes: list[str],
+    keys: list[str],
     refs: _Refs,
+    strip: str,
 ) -> NodeManifests | None:
     """The node's new manifests: one new layer per box that changed."""
     if old is not None:
@@ -260,11 +276,13 @@ async def _write_node(
         encoding, split = layout
     else:
         encoding, split = None, None
-    per_box = await asyncio.to_thread(_per_box, suffixes, refs, encoding, split)
+    per_box = await asyncio.to_thread(_per_box, keys, refs, strip, encoding, split)
+    if strip and encoding is not None and encoding[1] != "/":
+        strip = ""  # _per_box stripped the keys
     boxes = dict(old.boxes) if old is not None else {}
     names = list(per_box)
     written = await asyncio.gather(
-        *(write_box(writer, node, b, boxes.get(b, ()), *per_box[b]) for b in names)
+        *(write_box(writer, node, b, boxes.get(b, ()), *per_box[b], strip) for b in names)
     )
     for b, layers in zip(names, written, strict=True):
         if layers:

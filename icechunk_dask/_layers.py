@@ -64,16 +64,22 @@ class LayerWriter:
             out.update(entries)
         return out
 
-    async def write(self, node: str, box: str, keys: list[str], refs: _Refs) -> Layer:
-        """Store the entries ``keys`` -> ``refs`` (distinct keys) as a new manifest."""
+    async def write(
+        self, node: str, box: str, keys: list[str], refs: _Refs, strip: str = ""
+    ) -> Layer:
+        """Store the entries ``keys`` -> ``refs`` (distinct) as a new manifest.
+
+        ``strip`` is a prefix of every key that the manifest does not store.
+        """
         mid = new_id()
 
         def encode() -> tuple[bytes, int]:
             columns = ref_columns(refs)
             if columns is not None:  # only references to chunk objects: straight from columns
-                return encode_manifest_columns(mid, node, box, keys, columns), 0
+                return encode_manifest_columns(mid, node, box, keys, columns, strip), 0
+            suffixes = [k[len(strip) :] for k in keys] if strip else keys
             n_del = sum(1 for r in refs if r is None)
-            return encode_manifest(mid, node, box, dict(zip(keys, refs, strict=True))), n_del
+            return encode_manifest(mid, node, box, dict(zip(suffixes, refs, strict=True))), n_del
 
         data, n_del = await asyncio.to_thread(encode)
         async with self._sem:
@@ -88,6 +94,7 @@ async def write_box(
     layers: Sequence[Layer],
     keys: list[str],
     refs: _Refs,
+    strip: str = "",
 ) -> tuple[Layer, ...]:
     """Write ``changes`` into a box whose layers are ``layers``; return the new layers.
 
@@ -101,6 +108,8 @@ async def write_box(
         The box's current layers, newest first.
     keys, refs : list of str, list of ChunkRef or None
         The changed key suffixes (distinct) and their new references (``None``: deleted).
+    strip : str
+        A prefix every key of ``keys`` has, to remove to get the suffix.
 
     Returns
     -------
@@ -124,9 +133,10 @@ async def write_box(
             keys, refs = [k for k, _ in pairs], [r for _, r in pairs]
         if not keys:
             return rest
-        return (await writer.write(node, box, keys, refs), *rest)
+        return (await writer.write(node, box, keys, refs, strip), *rest)
     merged = await writer.load(node, box, layers[:taken])
-    merged.update(zip(keys, refs, strict=True))
+    suffixes = [k[len(strip) :] for k in keys] if strip else keys
+    merged.update(zip(suffixes, refs, strict=True))
     if not rest:  # nothing older to hide: tombstones can go
         merged = {k: v for k, v in merged.items() if v is not None}
     if not merged:

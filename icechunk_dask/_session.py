@@ -457,8 +457,39 @@ class Session:
             raise InvalidInputError(f"commit metadata must be JSON-serialisable: {e}") from e
         if not isinstance(meta_json, dict):
             raise InvalidInputError("commit metadata must be a dict")
+        solver = rebase_with if rebase_with is not None else ConflictDetector()
+        if not isinstance(solver, ConflictSolver):
+            raise InvalidInputError(
+                "rebase_with must be a conflict solver such as ConflictDetector() or "
+                f"BasicConflictSolver(...), got {rebase_with!r}"
+            )
         self._collect_jobs()
-        cs = ws.changes()
+        cs = ws.freeze()  # no copy: writes are refused until the commit ends
+        try:
+            new_id_ = self._publish(cs, message, meta_json, allow_empty, rebase_tries, solver)
+        finally:
+            ws.frozen = False
+        with ws.lock:
+            ws.base = new_id_
+            ws.read_only = True
+            ws.committed = True
+            ws.cs = ChangeSet(ws.assets.repo_id, new_id_)
+        if cs.jobs:
+            with contextlib.suppress(Exception):  # leftovers are swept by garbage_collect
+                run(delete_jobs(ws.assets, cs.jobs))
+        return new_id_
+
+    def _publish(
+        self,
+        cs: ChangeSet,
+        message: str,
+        metadata: dict[str, Any],
+        allow_empty: bool,
+        rebase_tries: int,
+        solver: ConflictSolver,
+    ) -> str:
+        """Check ``cs`` and run the commit protocol; return the new snapshot id."""
+        ws = self._workspace
         forks = self._family.unmerged(cs.writers)
         if forks:
             raise UnmergedWritesError(f"{len(forks)} {UNMERGED_FORK_MESSAGE}")
@@ -469,17 +500,11 @@ class Session:
                 "there are no changes to commit; write data through session.store first "
                 "(or pass allow_empty=True to record a commit anyway)"
             )
-        solver = rebase_with if rebase_with is not None else ConflictDetector()
-        if not isinstance(solver, ConflictSolver):
-            raise InvalidInputError(
-                "rebase_with must be a conflict solver such as ConflictDetector() or "
-                f"BasicConflictSolver(...), got {rebase_with!r}"
-            )
         for key, doc in cs.meta.items():
             if doc is not None:
                 validate_metadata(key, doc)
         assert self._branch is not None
-        new_id_ = run(
+        return run(
             commit_changes(
                 ws.assets,
                 self._branch,
@@ -487,20 +512,11 @@ class Session:
                 ws.base,
                 cs,
                 message,
-                meta_json,
+                metadata,
                 rebase_tries,
                 solver,
             )
         )
-        with ws.lock:
-            ws.base = new_id_
-            ws.read_only = True
-            ws.committed = True
-            ws.cs = ChangeSet(ws.assets.repo_id, new_id_)
-        if cs.jobs:
-            with contextlib.suppress(Exception):  # leftovers are swept by garbage_collect
-                run(delete_jobs(ws.assets, cs.jobs))
-        return new_id_
 
 
 class ForkSession(Session):

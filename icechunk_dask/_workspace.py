@@ -20,10 +20,7 @@ from typing import Any
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._chunkio import BLOCKED_MIN, blocked_payload, read_chunk
-from icechunk_dask._exceptions import (
-    READ_ONLY_MESSAGE,
-    ReadOnlyError,
-)
+from icechunk_dask._exceptions import READ_ONLY_MESSAGE, ReadOnlyError, SessionStateError
 from icechunk_dask._fork import ForkTicket, leave_marker, load_scratch
 from icechunk_dask._manifests import load_node, lookup
 from icechunk_dask._packing import PACK_MAX_CHUNK, PackBuffer
@@ -85,6 +82,8 @@ class Workspace:
         self.task = ""
         #: set for forks made by ``session.fork()``: commit checks they were merged
         self.ticket: ForkTicket | None = None
+        #: a commit is reading the change set (not copied): writes must wait
+        self.frozen = False
         #: bumped whenever the chunk changes change (keys scratch objects of pickled copies)
         self.chunks_version = 0
         self.packs = PackBuffer(assets.storage, self.lock, self._next_object_id)
@@ -276,6 +275,11 @@ class Workspace:
 
     def check_writable(self) -> None:
         """Raise :class:`ReadOnlyError` if writes are refused."""
+        if self.frozen:
+            raise SessionStateError(
+                "this session is committing: writes through it are refused until the commit "
+                "ends (write through a fork, or a new session, meanwhile)"
+            )
         if self.read_only:
             why = "it was committed" if self.committed else "it is a read-only session"
             raise ReadOnlyError(
@@ -402,6 +406,22 @@ class Workspace:
             self.chunks_version += 1
 
     # -- snapshots of the state -------------------------------------------------
+
+    def freeze(self) -> ChangeSet:
+        """The change set itself (not a copy), with every pack stored, for a commit.
+
+        Writes are refused until ``frozen`` is reset.
+        """
+        with self.lock:
+            pending = self.packs.close_locked()
+            self.frozen = True
+            cs = self.cs
+        try:
+            self.packs.ensure_stored(pending)
+        except BaseException:
+            self.frozen = False
+            raise
+        return cs
 
     def changes(self) -> ChangeSet:
         """A copy of the own change set, with every pack it points into stored first."""

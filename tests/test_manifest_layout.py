@@ -279,3 +279,38 @@ def test_arrays_named_c_own_their_chunks(name: str) -> None:
     assert zarr.open_array(back, path=name)[:].tolist() == [2, 2, 2, 2]
     assert zarr.open_group(back, mode="r").attrs["x"] == 1
     del root
+
+
+@pytest.mark.parametrize("lead", [0, 1, 2])
+@pytest.mark.parametrize("encoding", [("default", "/"), ("default", "."), ("v2", "."), ("v2", "/")])
+def test_bulk_box_grouping_matches_the_key_by_key_rule(
+    lead: int, encoding: tuple[str, str]
+) -> None:
+    """The bulk parser groups exactly as parse_chunk_suffix + box_key, valid keys or not."""
+    from icechunk_dask.format import FLAT, box_key, group_boxes
+
+    rng = random.Random(lead)
+    name, sep = encoding
+    node = "/".join(["g", "c", "7"][:lead])
+    head = f"{node}/" if node else ""
+    split = (3, 2)
+
+    def key(coords: tuple[int, int]) -> str:
+        body = sep.join(map(str, coords))
+        return head + (f"c{sep}{body}" if name == "default" else body)
+
+    valid = [key((rng.randrange(12), rng.randrange(5))) for _ in range(200)]
+    odd = [head + "c/x/1", head + "c", head + "1", head + "c/01/2", head + "c/\u0661/2", head + "zarr"]
+    for keys in (valid, valid + odd, odd):
+        if lead and sep != "/":
+            continue  # the flush strips such keys first
+        names, order, bounds = group_boxes(keys, encoding, split, lead=lead)
+        got = {
+            names[i]: sorted(keys[j] for j in order[bounds[i] : bounds[i + 1]].tolist())
+            for i in range(len(names))
+        }
+        want: dict[str, list[str]] = {}
+        for k in keys:
+            coords = parse_chunk_suffix(k[len(head) :], encoding, 2)
+            want.setdefault(FLAT if coords is None else box_key(coords, split), []).append(k)
+        assert got == {b: sorted(ks) for b, ks in want.items()}

@@ -82,21 +82,29 @@ def parse_chunk_suffix(suffix: str, encoding: Encoding, ndim: int) -> tuple[int,
 _BATCH = 1 << 17
 
 
-def _bulk_coords(suffixes: Sequence[str], encoding: Encoding, ndim: int) -> np.ndarray | None:
-    """Every suffix's coordinates as an ``(n, ndim)`` array, or ``None`` unless all are chunk keys."""
+def _bulk_coords(
+    suffixes: Sequence[str], encoding: Encoding, ndim: int, lead: int = 0
+) -> np.ndarray | None:
+    """Every suffix's coordinates as an ``(n, ndim)`` array, or ``None`` unless all are chunk keys.
+
+    With ``lead``, the keys start with that many ``/``-separated components
+    (a node path) to skip; the encoding's separator must then be ``/``.
+    """
     n = len(suffixes)
     if n == 0 or ndim == 0:
         return None
     out = np.empty((n, ndim), dtype=np.int64)
     for lo in range(0, n, _BATCH):
-        part = _batch_coords(suffixes[lo : lo + _BATCH], encoding, ndim)
+        part = _batch_coords(suffixes[lo : lo + _BATCH], encoding, ndim, lead)
         if part is None:
             return None
         out[lo : lo + len(part)] = part
     return out
 
 
-def _batch_coords(suffixes: Sequence[str], encoding: Encoding, ndim: int) -> np.ndarray | None:
+def _batch_coords(
+    suffixes: Sequence[str], encoding: Encoding, ndim: int, lead: int = 0
+) -> np.ndarray | None:
     """One batch of :func:`_bulk_coords`.
 
     Exactly :func:`parse_chunk_suffix`'s rule, in C-level string operations:
@@ -107,16 +115,16 @@ def _batch_coords(suffixes: Sequence[str], encoding: Encoding, ndim: int) -> np.
     n = len(suffixes)
     if name not in ("default", "v2"):
         return None
-    width = ndim + 1 if name == "default" else ndim
+    if lead and sep != "/":
+        return None
+    first = lead + (1 if name == "default" else 0)  # the first coordinate's token
+    width = first + ndim
     tokens = sep.join(suffixes).split(sep)
     if len(tokens) != n * width:
         return None
-    if name == "default":
-        if tokens[0::width].count("c") != n:
-            return None
-        columns = [tokens[d::width] for d in range(1, width)]
-    else:
-        columns = [tokens[d::width] for d in range(width)]
+    if name == "default" and tokens[lead::width].count("c") != n:
+        return None
+    columns = [tokens[d::width] for d in range(first, width)]
     for column in columns:
         digits = "".join(column)
         if not (digits.isascii() and digits.isdigit()) or "" in column:
@@ -128,20 +136,23 @@ def _batch_coords(suffixes: Sequence[str], encoding: Encoding, ndim: int) -> np.
 
 
 def group_boxes(
-    suffixes: Sequence[str], encoding: Encoding, split: Sequence[int]
+    suffixes: Sequence[str], encoding: Encoding, split: Sequence[int], lead: int = 0
 ) -> tuple[list[str], np.ndarray, list[int]]:
     """Group key suffixes by box: ``(box keys, order, bounds)``.
 
     ``order[bounds[i]:bounds[i + 1]]`` are the indices of the suffixes in box
     ``box keys[i]``. The same grouping as :func:`parse_chunk_suffix` and
     :func:`box_key` one key at a time (keys that are not chunk keys go to
-    ``FLAT``), done in bulk when every suffix is a chunk key.
+    ``FLAT``), done in bulk when every suffix is a chunk key. With ``lead``,
+    the keys start with that many ``/``-separated components (their node's
+    path), which are skipped.
     """
     n = len(suffixes)
-    coords = _bulk_coords(suffixes, encoding, len(split))
+    coords = _bulk_coords(suffixes, encoding, len(split), lead)
     if coords is None:  # the general case, one key at a time
         groups: dict[str, list[int]] = {}
-        for i, suffix in enumerate(suffixes):
+        for i, key in enumerate(suffixes):
+            suffix = key.split("/", lead)[lead] if lead else key
             c = parse_chunk_suffix(suffix, encoding, len(split))
             groups.setdefault(FLAT if c is None else box_key(c, split), []).append(i)
         names = list(groups)

@@ -55,10 +55,15 @@ def encode_manifest_columns(
     box: str,
     suffixes: Sequence[str],
     columns: tuple[Sequence[str], np.ndarray, np.ndarray, np.ndarray],
+    strip: str = "",
 ) -> bytes:
-    """Encode a layer of references to chunk objects given as columns (no tombstones)."""
+    """Encode a layer of references to chunk objects given as columns (no tombstones).
+
+    ``suffixes`` may be whole keys with the prefix ``strip`` that is not stored.
+    """
     header = _header(mid, node, box, len(suffixes), 0)
-    return encode_object(ObjectKind.MANIFEST, header, encode_ref_columns(suffixes, *columns))
+    body = encode_ref_columns(suffixes, *columns, strip=strip)
+    return encode_object(ObjectKind.MANIFEST, header, body)
 
 
 def decode_manifest(

@@ -26,6 +26,7 @@ __all__ = [
     "decode_refs",
     "encode_ref_columns",
     "encode_refs",
+    "join_keys",
     "ref_columns",
     "same_chunk",
 ]
@@ -79,16 +80,31 @@ def ref_columns(
     )
 
 
+def join_keys(keys: Sequence[str], strip: str = "") -> bytes:
+    """The keys joined by NUL, with the prefix ``strip`` (that every key has) removed.
+
+    Stripping the joined string in C spares one Python string per key.
+    """
+    blob = "\0".join(keys)
+    if strip and keys:
+        blob = blob[len(strip) :].replace("\0" + strip, "\0")
+    return blob.encode()
+
+
 def encode_ref_columns(
     keys: Sequence[str],
     ids: Sequence[str],
     offsets: np.ndarray,
     lengths: np.ndarray,
     checksums: np.ndarray,
+    strip: str = "",
 ) -> bytes:
-    """Encode references to chunk objects given as columns (see :func:`ref_columns`)."""
+    """Encode references to chunk objects given as columns (see :func:`ref_columns`).
+
+    ``strip`` is a prefix that every key has and that is not stored.
+    """
     n = len(keys)
-    key_blob = "\0".join(keys).encode()
+    key_blob = join_keys(keys, strip)
     id_blob = "\0".join(ids).encode()
     return b"".join(
         (
