@@ -120,6 +120,8 @@ class AssetManager:
         #: chunk objects whose whole bytes passed their checksum: partial reads of them
         #: (inner chunks of a shard) need no whole read to be trusted
         self.verified_chunks = _LRU(200_000)
+        #: the block checksums of blocked chunk objects (weighted by bytes)
+        self.trailers = _LRU(64 << 20)
 
     def __repr__(self) -> str:
         return f"<AssetManager {self.storage.url} id={self.config.repo_id}>"

@@ -21,7 +21,7 @@ from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any
 
 from icechunk_dask._layers import LayerWriter, write_box
-from icechunk_dask._manifests import box_of, load_node
+from icechunk_dask._manifests import load_node
 from icechunk_dask.format import (
     FLAT,
     Encoding,
@@ -29,6 +29,7 @@ from icechunk_dask.format import (
     Snapshot,
     TransactionLog,
     array_layout,
+    group_boxes,
     new_id,
 )
 from icechunk_dask.format._locate import array_paths, node_of
@@ -206,6 +207,23 @@ async def write_snapshot(
     return snap
 
 
+def _per_box(
+    suffixes: list[str], refs: _Refs, encoding: Encoding | None, split: tuple[int, ...] | None
+) -> dict[str, tuple[list[str], _Refs]]:
+    """The changes of one node, by box (CPU-bound: run in a worker thread)."""
+    if split is None or encoding is None:
+        return {FLAT: (suffixes, refs)}
+    names, order, bounds = group_boxes(suffixes, encoding, split)
+    if len(names) == 1:
+        return {names[0]: (suffixes, refs)}
+    idx = order.tolist()
+    out = {}
+    for i, name in enumerate(names):
+        part = idx[bounds[i] : bounds[i + 1]]
+        out[name] = (list(map(suffixes.__getitem__, part)), list(map(refs.__getitem__, part)))
+    return out
+
+
 def _nodes_to_rewrite(
     nodes: dict[str, NodeManifests],
     by_node: dict[str, tuple[list[str], _Refs]],
@@ -242,17 +260,11 @@ async def _write_node(
         encoding, split = layout
     else:
         encoding, split = None, None
-    shape = NodeManifests(encoding=encoding, split=split)
-    per_box: dict[str, dict[str, ChunkRef | None]] = {}
-    if split is None:
-        per_box[FLAT] = dict(zip(suffixes, refs, strict=True))
-    else:
-        for suffix, ref in zip(suffixes, refs, strict=True):
-            per_box.setdefault(box_of(suffix, shape), {})[suffix] = ref
+    per_box = await asyncio.to_thread(_per_box, suffixes, refs, encoding, split)
     boxes = dict(old.boxes) if old is not None else {}
     names = list(per_box)
     written = await asyncio.gather(
-        *(write_box(writer, node, b, boxes.get(b, ()), per_box[b]) for b in names)
+        *(write_box(writer, node, b, boxes.get(b, ()), *per_box[b]) for b in names)
     )
     for b, layers in zip(names, written, strict=True):
         if layers:

@@ -29,6 +29,8 @@ from icechunk_dask.format import (
 
 __all__ = ["MERGE_BUDGET", "LayerWriter", "write_box"]
 
+_Refs = list[ChunkRef | None]
+
 #: A new layer absorbs the newest layers while their size is at most this many times its own.
 MERGE_BUDGET = 2
 #: Manifests written at once by one commit.
@@ -62,23 +64,21 @@ class LayerWriter:
             out.update(entries)
         return out
 
-    async def write(self, node: str, box: str, entries: dict[str, ChunkRef | None]) -> Layer:
-        """Store ``entries`` as a new manifest; return its layer."""
+    async def write(self, node: str, box: str, keys: list[str], refs: _Refs) -> Layer:
+        """Store the entries ``keys`` -> ``refs`` (distinct keys) as a new manifest."""
         mid = new_id()
 
         def encode() -> tuple[bytes, int]:
-            keys = list(entries)
-            refs = list(entries.values())
             columns = ref_columns(refs)
             if columns is not None:  # only references to chunk objects: straight from columns
                 return encode_manifest_columns(mid, node, box, keys, columns), 0
             n_del = sum(1 for r in refs if r is None)
-            return encode_manifest(mid, node, box, entries), n_del
+            return encode_manifest(mid, node, box, dict(zip(keys, refs, strict=True))), n_del
 
         data, n_del = await asyncio.to_thread(encode)
         async with self._sem:
             await self.assets.storage.put(f"manifests/{mid}", data)
-        return Layer(mid, len(entries) - n_del, n_del)
+        return Layer(mid, len(keys) - n_del, n_del)
 
 
 async def write_box(
@@ -86,7 +86,8 @@ async def write_box(
     node: str,
     box: str,
     layers: Sequence[Layer],
-    changes: dict[str, ChunkRef | None],
+    keys: list[str],
+    refs: _Refs,
 ) -> tuple[Layer, ...]:
     """Write ``changes`` into a box whose layers are ``layers``; return the new layers.
 
@@ -98,15 +99,15 @@ async def write_box(
         Where.
     layers : sequence of Layer
         The box's current layers, newest first.
-    changes : dict
-        Key suffix -> new reference, ``None`` for a deletion.
+    keys, refs : list of str, list of ChunkRef or None
+        The changed key suffixes (distinct) and their new references (``None``: deleted).
 
     Returns
     -------
     tuple of Layer
         The box's layers after the commit, newest first (empty: the box is empty).
     """
-    budget = MERGE_BUDGET * len(changes)
+    budget = MERGE_BUDGET * len(keys)
     taken = 0
     absorbed = 0
     for layer in layers:
@@ -117,10 +118,17 @@ async def write_box(
     rest = tuple(layers[taken:])
     if len(rest) + 1 > writer.max_layers:  # too many layers: compact the whole box
         taken, rest = len(layers), ()
-    merged = await writer.load(node, box, layers[:taken]) if taken else {}
-    merged.update(changes)
+    if not taken:  # a new layer of just the changes (the common case of big writes)
+        if not rest and None in refs:  # nothing older to hide: tombstones can go
+            pairs = [(k, r) for k, r in zip(keys, refs, strict=True) if r is not None]
+            keys, refs = [k for k, _ in pairs], [r for _, r in pairs]
+        if not keys:
+            return rest
+        return (await writer.write(node, box, keys, refs), *rest)
+    merged = await writer.load(node, box, layers[:taken])
+    merged.update(zip(keys, refs, strict=True))
     if not rest:  # nothing older to hide: tombstones can go
         merged = {k: v for k, v in merged.items() if v is not None}
     if not merged:
         return rest
-    return (await writer.write(node, box, merged), *rest)
+    return (await writer.write(node, box, list(merged), list(merged.values())), *rest)

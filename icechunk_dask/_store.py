@@ -134,10 +134,10 @@ class SessionStore(Store):
         elif isinstance(byte_range, OffsetByteRequest):
             data = await self._ws.read(key, byte_range.offset)
         elif isinstance(byte_range, SuffixByteRequest):
-            whole = await self._ws.read(key)
-            if whole is None:
+            size = await self._ws.size(key)
+            if size is None:
                 return None
-            data = whole[max(0, len(whole) - byte_range.suffix) :]
+            data = await self._ws.read(key, max(0, size - byte_range.suffix))
         else:
             raise InvalidInputError(f"Unexpected byte_range, got {byte_range!r}")
         if data is None:

@@ -19,10 +19,9 @@ from typing import Any
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._changeset import ChangeSet
+from icechunk_dask._chunkio import BLOCKED_MIN, blocked_payload, read_chunk
 from icechunk_dask._exceptions import (
     READ_ONLY_MESSAGE,
-    CorruptObjectError,
-    NotFoundError,
     ReadOnlyError,
 )
 from icechunk_dask._fork import ForkTicket, leave_marker, load_scratch
@@ -147,9 +146,9 @@ class Workspace:
     async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes | None:
         """Read a key's bytes (optionally a range); ``None`` if the key does not exist.
 
-        Every chunk is verified against the checksum in the manifest: a whole
-        read directly, a byte range by checking the whole chunk the first time
-        any part of it is read (remembered per repository object).
+        Every chunk is verified against its checksums (see
+        :mod:`icechunk_dask._chunkio`): a byte range of a big chunk reads and
+        checks only the blocks it overlaps.
 
         Raises
         ------
@@ -164,46 +163,21 @@ class Workspace:
         ref = await self.get_ref(key)
         if ref is None:
             return None
-        loc, offset, size, crc = ref
+        loc, offset = ref[0], ref[1]
         if isinstance(loc, bytes):
             return loc[start:] if length is None else loc[start : start + length]
         pending = self.packs.pending_part(loc, offset)
         if pending is not None:
             return pending[start:] if length is None else pending[start : start + length]
-        obj = f"chunks/{loc}"
-        whole = start == 0 and (length is None or length >= size)
-        verified_key = f"{loc}:{offset}:{size}:{crc}"
-        # A byte range cannot be checked on its own: the first read of any part of a chunk
-        # reads and checks all of it; later ranges of a verified chunk read just the range.
-        verify = whole or self.assets.verified_chunks.get(verified_key) is None
-        start = min(start, size)
-        want = size - start if length is None else max(0, min(length, size - start))
-        read_at, read_len = (0, size) if verify else (start, want)
+        return await read_chunk(self.assets, key, ref, start, length)
 
-        def check(data: bytes) -> bytes:
-            if len(data) != read_len:
-                raise CorruptObjectError(
-                    f"chunk {key!r} (object {obj!r}) is truncated: {len(data)} of {read_len} bytes",
-                    key=obj,
-                )
-            if verify and chunk_checksum(data) != crc:
-                raise CorruptObjectError(
-                    f"chunk {key!r} (object {obj!r}) fails its checksum: it is damaged",
-                    key=obj,
-                )
-            return data
-
-        try:
-            data = await self.assets.storage.get_range_then(obj, offset + read_at, read_len, check)
-        except NotFoundError:
-            raise CorruptObjectError(
-                f"chunk {key!r} is referenced but its object {obj!r} is missing: the "
-                "repository is damaged",
-                key=obj,
-            ) from None
-        if verify:
-            self.assets.verified_chunks.put(verified_key, True)
-        return data if whole or not verify else data[start : start + want]
+    async def size(self, key: str) -> int | None:
+        """The size in bytes of ``key``'s value (``None`` if the key does not exist)."""
+        if is_meta_key(key):
+            doc = await self.get_meta(key)
+            return None if doc is None else len(doc)
+        ref = await self.get_ref(key)
+        return None if ref is None else ref[2]
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` exists in this workspace's view."""
@@ -362,7 +336,10 @@ class Workspace:
             return
         else:
             chunk_id = self._next_object_id()
-            await self.assets.storage.put(f"chunks/{chunk_id}", data)
+            payload: bytes = data
+            if size >= BLOCKED_MIN:  # range reads (shards) then verify just what they read
+                chunk_id, payload = blocked_payload(chunk_id, data)
+            await self.assets.storage.put(f"chunks/{chunk_id}", payload)
             ref = (chunk_id, 0, size, crc)
         await self._record(key, ref, meta=False)
 

@@ -617,6 +617,9 @@ def test_e38_a_location_that_is_neither_a_storage_a_path_nor_a_url(
             "expected a storage such as local_filesystem_storage(path), a path or a URL",
         )
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(NotFoundError):  # a path names a (here missing) repository
+        Repository.open(str(tmp_path / "repo"))
+    assert not (tmp_path / "repo").exists()
 
 
 def _unpickle_in_child(blob: bytes, out: Any) -> None:

@@ -8,6 +8,7 @@ from icechunk_dask.format._boxes import (
     array_layout,
     box_key,
     choose_split,
+    group_boxes,
     parse_chunk_suffix,
 )
 from icechunk_dask.format._envelope import (
@@ -70,6 +71,7 @@ __all__ = [
     "encode_object",
     "encode_refs",
     "encode_scratch",
+    "group_boxes",
     "key_id",
     "new_id",
     "now_iso",
