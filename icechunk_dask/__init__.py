@@ -25,6 +25,7 @@ from icechunk_dask._exceptions import (
     ErrorKind,
     FormatVersionError,
     IcechunkDaskError,
+    IcechunkError,
     InvalidInputError,
     NoChangesToCommitError,
     NotFoundError,
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from icechunk_dask.dask import store_sessions
     from icechunk_dask.distributed import merge_sessions
     from icechunk_dask.storage import (
+        azure_storage,
+        gcs_storage,
         in_memory_storage,
         local_filesystem_storage,
         s3_storage,
@@ -74,6 +77,8 @@ _LAZY = {
     "SessionStore": "icechunk_dask._store",
     "SnapshotInfo": "icechunk_dask._repository",
     "VersionSelection": "icechunk_dask._conflicts",
+    "azure_storage": "icechunk_dask.storage",
+    "gcs_storage": "icechunk_dask.storage",
     "in_memory_storage": "icechunk_dask.storage",
     "local_filesystem_storage": "icechunk_dask.storage",
     "merge_sessions": "icechunk_dask.distributed",
@@ -111,6 +116,7 @@ __all__ = [
     "ForkSession",
     "FormatVersionError",
     "IcechunkDaskError",
+    "IcechunkError",
     "InvalidInputError",
     "NoChangesToCommitError",
     "NotFoundError",
@@ -127,6 +133,8 @@ __all__ = [
     "UnmergedWritesError",
     "VersionSelection",
     "__version__",
+    "azure_storage",
+    "gcs_storage",
     "in_memory_storage",
     "local_filesystem_storage",
     "merge_sessions",

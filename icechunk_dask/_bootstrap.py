@@ -107,8 +107,9 @@ async def _what_is(storage: Storage) -> str:
     if any([await storage.exists(k) for k in ("zarr.json", ".zgroup", ".zarray")]):
         return (
             "it holds a plain Zarr store, not a repository. Open it with zarr or xarray "
-            "directly, or import it: create a repository elsewhere and copy the data in "
-            "(ds = xr.open_zarr(path); to_zarr(ds, repo.writable_session('main'), mode='w'))"
+            "directly, or import it into a new repository elsewhere: repo = "
+            "Repository.create(new_path); session = repo.writable_session('main'); "
+            "to_zarr(xr.open_zarr(path), session, mode='w'); session.commit('import')"
         )
     if await storage.exists("repo") or await storage.exists("config.yaml"):
         return "it looks like an Icechunk repository: open it with the icechunk package"

@@ -31,6 +31,10 @@ class VersionSelection(Enum):
     FAIL = "fail"
     USE_OURS = "use_ours"
     USE_THEIRS = "use_theirs"
+    # Icechunk's spellings (aliases of the members above)
+    Fail = "fail"  # noqa: PIE796
+    UseOurs = "use_ours"  # noqa: PIE796
+    UseTheirs = "use_theirs"  # noqa: PIE796
 
 
 @runtime_checkable
@@ -107,7 +111,7 @@ class BasicConflictSolver:
         Fail when this session deleted (``delete_dir``) an array the other
         commits changed; by default the deletion wins.
     fail_on_delete_of_updated_group : bool
-        The same for groups.
+        The same for a deleted group in which the other commits changed something.
     """
 
     def __init__(
@@ -122,7 +126,10 @@ class BasicConflictSolver:
                 f"on_chunk_conflict must be a VersionSelection, got {on_chunk_conflict!r}"
             )
         self.on_chunk_conflict = on_chunk_conflict
-        self.fail_on_delete = fail_on_delete_of_updated_array or fail_on_delete_of_updated_group
+        self.fail_on_delete = {
+            ConflictType.DELETE_OF_UPDATED_ARRAY: fail_on_delete_of_updated_array,
+            ConflictType.DELETE_OF_UPDATED_GROUP: fail_on_delete_of_updated_group,
+        }
 
     def solve(self, conflicts: list[Conflict], changes: ChangeSet, branch: str) -> ChangeSet:
         """See :class:`ConflictSolver`."""
@@ -134,8 +141,8 @@ class BasicConflictSolver:
                     unsolved.append(c)
                 elif self.on_chunk_conflict is VersionSelection.USE_THEIRS:
                     theirs.extend(c.keys)
-            elif c.conflict_type is ConflictType.DELETE_OF_UPDATED_ARRAY:
-                if self.fail_on_delete:
+            elif c.conflict_type in self.fail_on_delete:
+                if self.fail_on_delete[c.conflict_type]:
                     unsolved.append(c)
             else:
                 unsolved.append(c)

@@ -34,6 +34,7 @@ __all__ = [
     "ErrorKind",
     "FormatVersionError",
     "IcechunkDaskError",
+    "IcechunkError",
     "InvalidInputError",
     "NoChangesToCommitError",
     "NotFoundError",
@@ -72,6 +73,7 @@ class ErrorKind(StrEnum):
     STALE_SESSION = "stale-session"
     UNALIGNED_WRITE = "unaligned-write"
     BRANCH_MOVED = "branch-moved"
+    TAG_MOVED = "tag-moved"
 
 
 class IcechunkDaskError(Exception):
@@ -123,9 +125,19 @@ class ConflictType(StrEnum):
     CHUNKS_UPDATED_IN_DELETED_ARRAY = "ChunksUpdatedInDeletedArray"
     """One side changed what the other side deleted (``delete_dir``, ``mode="w"``)."""
     DELETE_OF_UPDATED_ARRAY = "DeleteOfUpdatedArray"
-    """This side deleted (``delete_dir``) what the other side changed."""
+    """This side deleted (``delete_dir``) an array the other side changed."""
+    DELETE_OF_UPDATED_GROUP = "DeleteOfUpdatedGroup"
+    """This side deleted (``delete_dir``) a group the other side changed something in."""
     BRANCH_RESET = "BranchReset"
     """The branch was reset to a history without this session's base snapshot."""
+
+    # Icechunk's spellings of the same members (aliases)
+    ChunkDoubleUpdate = "ChunkDoubleUpdate"
+    ZarrMetadataDoubleUpdate = "ZarrMetadataDoubleUpdate"
+    ChunksUpdatedInUpdatedArray = "ChunksUpdatedInUpdatedArray"
+    ChunksUpdatedInDeletedArray = "ChunksUpdatedInDeletedArray"
+    DeleteOfUpdatedArray = "DeleteOfUpdatedArray"
+    DeleteOfUpdatedGroup = "DeleteOfUpdatedGroup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,3 +275,7 @@ class FormatVersionError(IcechunkDaskError):
     """The repository was written in a format this version cannot read."""
 
     default_kind = ErrorKind.FORMAT_VERSION
+
+
+#: Icechunk's name for the base of the error tree.
+IcechunkError = IcechunkDaskError

@@ -64,7 +64,7 @@ UNMERGED_MESSAGE = (
 
 
 UNMERGED_FORK_MESSAGE = (
-    "forks made with session.fork() wrote data that was never merged back, so committing now "
+    "made with session.fork() wrote data that was never merged back, so committing now "
     "would silently lose it. Merge them first (session.merge(fork)), or drop their writes "
     "deliberately with fork.discard_changes()"
 )

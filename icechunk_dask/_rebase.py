@@ -88,6 +88,7 @@ async def find_conflicts(
             )
         ]
     tip_snap = await assets.get_snapshot(tip)
+    base_arrays = (await assets.get_snapshot(since)).arrays
     view: dict[str, bytes | None] = {**tip_snap.meta, **cs.meta}
     arrays = tip_snap.arrays | array_paths(cs.meta)
     our_nodes = set(group_by_node(cs.chunks, arrays))
@@ -137,7 +138,9 @@ async def find_conflicts(
         theirs = [*log.chunk_keys, *log.meta_keys]
         conflicts.extend(
             Conflict(
-                ConflictType.DELETE_OF_UPDATED_ARRAY,
+                ConflictType.DELETE_OF_UPDATED_ARRAY
+                if prefix in arrays or prefix in base_arrays
+                else ConflictType.DELETE_OF_UPDATED_GROUP,
                 "/" + prefix,
                 description=f"changed by {by} while this session deleted it",
             )

@@ -135,7 +135,7 @@ async def delete_tag(assets: AssetManager, tag: str, *, expected: str | None = N
     if expected is not None and snap != expected:
         raise ConflictError(
             f"tag {tag!r} points at {snap}, not at {expected}; nothing was deleted",
-            kind=ErrorKind.BRANCH_MOVED,
+            kind=ErrorKind.TAG_MOVED,
         )
     ref = TagRef(snap, uuid.uuid4().hex, now_iso())
     await assets.storage.put_if_absent(tag_key(tag, deleted=True), ref.encode(tag, deleted=True))

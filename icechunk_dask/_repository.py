@@ -82,10 +82,10 @@ class Repository:
         self._assets = assets
 
     def __repr__(self) -> str:
-        return f"<Repository {self.storage.url} id={self.config.repo_id}>"
+        return f"<Repository {self.storage.url} id={self.repo_id}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.storage, self.config))
+        return (_reopen, (self.storage, self._assets.config))
 
     @property
     def storage(self) -> Storage:
@@ -93,9 +93,15 @@ class Repository:
         return self._assets.storage
 
     @property
-    def config(self) -> RepoConfig:
-        """The repository's settings (from ``config.json``)."""
-        return self._assets.config
+    def config(self) -> RepositoryConfig:
+        """The repository's settings (stored in ``config.json``, fixed at creation)."""
+        stored = self._assets.config
+        return RepositoryConfig(
+            inline_chunk_threshold_bytes=stored.inline_threshold,
+            manifest_box_refs=stored.manifest_box_refs,
+            manifest_splits={p: dict(d) for p, d in stored.manifest_splits.items()},
+            manifest_max_layers=stored.manifest_max_layers,
+        )
 
     @property
     def repo_id(self) -> str:
@@ -130,13 +136,16 @@ class Repository:
         return cls(run(create_repository(storage, config)))
 
     @classmethod
-    def open(cls, storage: Location) -> Repository:
+    def open(cls, storage: Location, config: RepositoryConfig | None = None) -> Repository:
         """Open an existing repository.
 
         Parameters
         ----------
         storage : Storage, str or os.PathLike
             Where the repository lives: a storage, a path or a URL.
+        config : RepositoryConfig or None
+            Accepted for Icechunk's signature: the settings are fixed when the
+            repository is created, so a given ``config`` must equal them.
 
         Returns
         -------
@@ -149,8 +158,16 @@ class Repository:
             If there is no repository at that location.
         FormatVersionError
             If the repository was written by a newer icechunk_dask.
+        InvalidInputError
+            If ``config`` differs from the repository's settings.
         """
-        return cls(run(open_repository(storage)))
+        repo = cls(run(open_repository(storage)))
+        if config is not None and config != repo.config:
+            raise InvalidInputError(
+                f"the repository at {repo.storage.url} has the settings {repo.config}, fixed "
+                f"when it was created; they cannot be changed when opening it (got {config})"
+            )
+        return repo
 
     @classmethod
     def open_or_create(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
@@ -269,7 +286,12 @@ class Repository:
         ConflictError
             If the tip is not ``from_snapshot_id`` (kind ``branch-moved``); nothing changed.
         """
-        validate_snapshot_id(snapshot_id)  # None here would delete the branch
+        if snapshot_id is None:
+            raise InvalidInputError(
+                f"reset_branch needs a snapshot id to point {branch!r} at, got None; to remove "
+                "the branch use repo.delete_branch(branch)"
+            )
+        validate_snapshot_id(snapshot_id)
         run(set_branch(self._assets, branch, snapshot_id, create=False, expected=from_snapshot_id))
 
     def delete_branch(self, branch: str, *, from_snapshot_id: str | None = None) -> None:

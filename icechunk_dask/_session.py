@@ -458,6 +458,11 @@ class Session:
         if not isinstance(meta_json, dict):
             raise InvalidInputError("commit metadata must be a dict")
         solver = rebase_with if rebase_with is not None else ConflictDetector()
+        if isinstance(solver, type):
+            raise InvalidInputError(
+                f"rebase_with takes a solver instance, got the class {solver.__name__}; pass "
+                f"{solver.__name__}() (with its options)"
+            )
         if not isinstance(solver, ConflictSolver):
             raise InvalidInputError(
                 "rebase_with must be a conflict solver such as ConflictDetector() or "
@@ -492,7 +497,7 @@ class Session:
         ws = self._workspace
         forks = self._family.unmerged(cs.writers)
         if forks:
-            raise UnmergedWritesError(f"{len(forks)} {UNMERGED_FORK_MESSAGE}")
+            raise UnmergedWritesError(f"{len(forks)} fork(s) {UNMERGED_FORK_MESSAGE}")
         if not cs and not allow_empty:
             if run(unmerged_writers(ws.assets, ws.session_id, cs)):
                 raise UnmergedWritesError(f"some {UNMERGED_MESSAGE}")

@@ -344,6 +344,11 @@ def prepare_write(
     TypeError
         If sources or targets have the wrong types.
     """
+    if not isinstance(sources, da.Array | list | tuple):
+        raise TypeError(
+            f"sources must be a dask array or a list of them, got {type(sources).__name__}; "
+            "write NumPy data directly with target[...] = data"
+        )
     srcs = [sources] if isinstance(sources, da.Array) else list(sources)
     tgts = [targets] if isinstance(targets, zarr.Array) else list(targets)
     if len(srcs) != len(tgts):

@@ -577,7 +577,7 @@ def test_e35_repository_path_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_e36_repository_of_a_newer_format_version(repo: Repository, root: Path) -> None:
-    config = repo.config
+    config = repo._assets.config
     newer = RepoConfig(config.repo_id, FORMAT_VERSION + 1, config.created_at)
     (root / "config.json").write_bytes(newer.encode())
     with unchanged(root), pytest.raises(FormatVersionError) as info:
@@ -759,14 +759,14 @@ def test_e45_guarded_ref_changes_when_the_ref_moved(repo: Repository, root: Path
             )
         with pytest.raises(ConflictError) as info:
             repo.delete_tag("v1", from_snapshot_id=first.id)
-        check(info.value, ErrorKind.BRANCH_MOVED, f"points at {tip}", "nothing was deleted")
+        check(info.value, ErrorKind.TAG_MOVED, f"points at {tip}", "nothing was deleted")
     assert repo.lookup_branch("main") == repo.lookup_branch("dev") == repo.lookup_tag("v1") == tip
 
 
 def test_e46_resetting_a_branch_to_none(repo: Repository, root: Path) -> None:
-    with unchanged(root), pytest.raises(NotFoundError) as info:
+    with unchanged(root), pytest.raises(InvalidInputError) as info:
         repo.reset_branch("main", None)  # type: ignore[arg-type]
-    check(info.value, ErrorKind.NOT_FOUND, "None is not a snapshot id", "repo.ancestry")
+    check(info.value, ErrorKind.INVALID_INPUT, "got None", "repo.delete_branch(branch)")
     assert "main" in repo.list_branches()  # never a deletion
 
 
