@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from dask.delayed import Delayed
@@ -34,7 +34,7 @@ from icechunk_dask._compat.dask import (
     GraphNode,
     Task,
     TaskRef,
-    collections_to_expr,
+    array_optimize,
     concatenate3,
     convert_legacy_graph,
     execute_graph,
@@ -57,6 +57,8 @@ __all__ = [
     "build_write_graph",
     "merge_tree",
 ]
+
+_WRITE = "icechunk-write-"
 
 #: How many boxes one task writes at once (zarr writes the chunks of each box concurrently).
 _CONCURRENT_PIECES = 8
@@ -127,32 +129,18 @@ def build_write_graph(
     """
     tok = uuid.uuid4().hex
     ctx_key = f"icechunk-session-{tok}"
-    write_name = f"icechunk-write-{tok}"
-    src: dict[Key, GraphNode] = (
-        convert_legacy_graph(
-            collections_to_expr(list(sources), optimize_graph=True).__dask_graph__()
-        )
-        if sources
-        else {}
-    )
+    write_name = f"{_WRITE}{tok}"
     names = [s.name for s in sources]
-    todo = [t for t in range(len(plan.tasks)) if t not in done]
-    task_keys = [
-        tuple(tuple((names[p.array], *idx) for idx in p.blocks()) for p in plan.tasks[t])
-        for t in todo
-    ]
-    consumers: Counter[Key] = Counter()
-    for node in src.values():
-        consumers.update(node.dependencies)
-    for keys in task_keys:
-        consumers.update({k for piece_keys in keys for k in piece_keys})
     dsk: dict[Key, GraphNode] = {ctx_key: DataNode(ctx_key, ctx)}
-    inlined: set[Key] = set()
     leaves: list[TaskRef] = []
-    for t, keys in zip(todo, task_keys, strict=True):
-        inner, external = _private_subgraph(src, {k for ks in keys for k in ks}, consumers)
-        inlined.update(inner)
+    for t in range(len(plan.tasks)):
+        if t in done:
+            continue
+        keys = tuple(tuple((names[p.array], *idx) for idx in p.blocks()) for p in plan.tasks[t])
         key = (write_name, t)
+        # the blocks are inputs for now; whoever materialises the graph (the scheduler, on a
+        # cluster) inlines the source tasks only this write task needs (optimize_write_graph)
+        blocks = tuple(k for piece_keys in keys for k in piece_keys)
         dsk[key] = Task(
             key,
             _write_task,
@@ -160,12 +148,11 @@ def build_write_graph(
             t,
             plan.tasks[t],
             keys,
-            inner,
-            external,
-            *(TaskRef(k) for k in external),
+            {},
+            blocks,
+            *(TaskRef(k) for k in blocks),
         )
         leaves.append(TaskRef(key))
-    dsk.update((k, v) for k, v in src.items() if k not in inlined)
     # the root also carries the base fork's own changes (to_zarr's metadata and eager writes)
     # and reads the stored records of the tasks a resumed job does not compute again
     root = merge_tree(dsk, leaves, tok, split_every)
@@ -173,7 +160,77 @@ def build_write_graph(
     dsk[final] = Task(
         final, _finish_job, TaskRef(ctx_key), ctx.session.changes(), sorted(done), TaskRef(root)
     )
-    return Delayed(final, HighLevelGraph.from_collections(final, dsk, dependencies=()))
+    graph = HighLevelGraph.from_collections(
+        final, dsk, dependencies=[cast("Any", s) for s in sources]
+    )
+    return _WriteJob(final, graph)  # type: ignore[no-untyped-call]
+
+
+class _WriteJob(Delayed):
+    """The lazy write job: a Delayed whose graph optimisation inlines the source tasks."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def __dask_optimize__(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        return optimize_write_graph(dsk, keys, **kwargs)
+
+
+def optimize_write_graph(dsk: Any, keys: Any, **kwargs: Any) -> dict[Key, GraphNode]:
+    """Materialise a write job's graph, inlining into each write task what only it needs.
+
+    Runs where the graph is materialised: on the scheduler with distributed
+    (so that the client only builds a few small layers), in the calling
+    thread otherwise. The sources are optimised as dask optimises arrays
+    (blockwise fusion, culling) with their blocks as outputs.
+    """
+    graph: HighLevelGraph = (
+        dsk
+        if isinstance(dsk, HighLevelGraph)
+        else HighLevelGraph.from_collections(str(uuid.uuid4()), dict(dsk), dependencies=())
+    )
+    ours: dict[Key, GraphNode] = {}
+    source_layers = {}
+    for name, layer in graph.layers.items():
+        if name.startswith("icechunk-"):
+            ours.update(convert_legacy_graph(dict(layer)))
+        else:
+            source_layers[name] = layer
+    writes = [k for k in ours if isinstance(k, tuple) and str(k[0]).startswith(_WRITE)]
+    blocks = {b for k in writes for b in cast("Task", ours[k]).args[5]}
+    src: dict[Key, GraphNode] = {}
+    if source_layers:
+        deps = {
+            n: {d for d in graph.dependencies.get(n, set()) if d in source_layers}
+            for n in source_layers
+        }
+        src = convert_legacy_graph(
+            array_optimize(HighLevelGraph(source_layers, deps), list(blocks))
+        )
+    consumers: Counter[Key] = Counter()
+    for node in src.values():
+        consumers.update(node.dependencies)
+    for k in writes:
+        consumers.update(set(cast("Task", ours[k]).args[5]))
+    inlined: set[Key] = set()
+    for k in writes:
+        task = cast("Task", ours[k])
+        ctx_ref, index, pieces, piece_keys = task.args[:4]
+        inner, external = _private_subgraph(src, set(task.args[5]), consumers)
+        inlined.update(inner)
+        ours[k] = Task(
+            k,
+            _write_task,
+            ctx_ref,
+            index,
+            pieces,
+            piece_keys,
+            inner,
+            external,
+            *(TaskRef(d) for d in external),
+        )
+    ours.update((k, v) for k, v in src.items() if k not in inlined)
+    return ours
 
 
 def _private_subgraph(
