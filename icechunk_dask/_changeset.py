@@ -72,11 +72,17 @@ def _decode_docs(data: memoryview) -> dict[str, bytes | None]:
 class ChangeSet:
     """The changes of one session (or of several, merged).
 
+    What :meth:`~icechunk_dask.Session.changes` returns and
+    :meth:`~icechunk_dask.Session.merge` accepts: a compact, picklable record
+    that a Dask task returns instead of its session. Users rarely build one;
+    ``ChangeSet(repo_id, base)`` is an empty record. ``len(record)`` counts the
+    changed keys (and deleted prefixes); an empty record is false.
+
     Parameters
     ----------
-    repo_id
+    repo_id : str
         Id of the repository the changes belong to.
-    base
+    base : str
         Snapshot id the changes were made on.
     """
 
@@ -129,7 +135,13 @@ class ChangeSet:
         )
 
     def copy(self) -> ChangeSet:
-        """Return an independent copy."""
+        """Return an independent copy.
+
+        Returns
+        -------
+        ChangeSet
+            A copy whose changes can be modified without touching this one.
+        """
         out = ChangeSet(self.repo_id, self.base)
         out.meta = dict(self.meta)
         out.chunks = dict(self.chunks)
@@ -146,10 +158,17 @@ class ChangeSet:
     def check_compatible(self, other: ChangeSet) -> None:
         """Refuse records of another repository or another base snapshot.
 
+        Parameters
+        ----------
+        other : ChangeSet
+            The record to be merged into this one.
+
         Raises
         ------
         InvalidInputError
-            If ``other`` belongs to another repository or base snapshot.
+            If ``other`` belongs to another repository (kind
+            ``foreign-session``) or was made on another base snapshot (kind
+            ``stale-session``).
         """
         if other.repo_id != self.repo_id:
             raise InvalidInputError(
@@ -175,13 +194,20 @@ class ChangeSet:
         writing over its parent's uncommitted write). Nothing is modified if
         a conflict is found.
 
+        Parameters
+        ----------
+        other : ChangeSet
+            The record to merge (left unchanged).
+
         Raises
         ------
         InvalidInputError
-            If ``other`` belongs to another repository or base snapshot.
+            If ``other`` belongs to another repository or base snapshot (see
+            :meth:`check_compatible`).
         ConflictError
             If both sides wrote different bytes to the same chunk or different
-            metadata documents to the same key.
+            metadata documents to the same key (kind ``merge-conflict``; the
+            error's ``conflicts`` name the keys).
         """
         self.check_compatible(other)
         conflicts: list[Conflict] = []
@@ -252,7 +278,7 @@ class ChangeSet:
 
         Parameters
         ----------
-        records
+        records : iterable of ChangeSet
             At least one change record, all of the same repository and base.
 
         Returns
@@ -280,7 +306,13 @@ class ChangeSet:
     # -- wire form ----------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Return the compact, checksummed wire form."""
+        """Return the compact, checksummed wire form (what pickling sends).
+
+        Returns
+        -------
+        bytes
+            A compressed record that :meth:`from_bytes` reads back.
+        """
         header: dict[str, Any] = {
             "repo": self.repo_id,
             "base": self.base,
@@ -304,7 +336,25 @@ class ChangeSet:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ChangeSet:
-        """Parse :meth:`to_bytes` output."""
+        """Parse :meth:`to_bytes` output.
+
+        Parameters
+        ----------
+        data : bytes
+            What :meth:`to_bytes` returned.
+
+        Returns
+        -------
+        ChangeSet
+            The record.
+
+        Raises
+        ------
+        CorruptObjectError
+            If ``data`` is truncated, fails its checksum or is not a change record.
+        FormatVersionError
+            If it was written by a newer icechunk_dask.
+        """
         header, body = decode_object(data, _WIRE_KEY, ObjectKind.SCRATCH)
         h = header["changes"]
         out = cls(h["repo"], h["base"])

@@ -38,18 +38,21 @@ register_pickling_hook()
 class SnapshotInfo:
     """What :meth:`Repository.ancestry` yields for each snapshot.
 
-    Attributes
+    Also what :meth:`Repository.lookup_snapshot` returns. Each parameter is
+    also a (read-only) attribute of the same name.
+
+    Parameters
     ----------
     id : str
         The snapshot id.
     parent_id : str or None
         The previous snapshot (``None`` for the repository's first).
     written_at : datetime
-        When it was committed (UTC).
+        When it was committed (timezone-aware, UTC).
     message : str
         The commit message.
-    metadata : dict
-        The commit's properties.
+    metadata : dict of str to Any
+        The commit's properties (``commit(message, metadata)``).
     """
 
     id: str
@@ -60,7 +63,18 @@ class SnapshotInfo:
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> SnapshotInfo:
-        """Build from a decoded snapshot."""
+        """Build from a decoded snapshot.
+
+        Parameters
+        ----------
+        snap : icechunk_dask.format.Snapshot
+            A snapshot as the repository's format layer decodes it.
+
+        Returns
+        -------
+        SnapshotInfo
+            Its id, parent, time, message and metadata.
+        """
         return cls(
             snap.id,
             snap.parent_id,
@@ -76,6 +90,25 @@ class Repository:
     Create one with :meth:`create`, :meth:`open` or :meth:`open_or_create`;
     write through :meth:`writable_session`, read through
     :meth:`readonly_session`. A repository pickles (by storage location).
+
+    Every method that reads or writes the repository can also raise
+    :class:`~icechunk_dask.StorageError` (the backend failed) and :class:`CorruptObjectError`
+    (a stored object is damaged or missing).
+
+    Parameters
+    ----------
+    assets : icechunk_dask._assets.AssetManager
+        The repository's objects. Internal: use the class methods above
+        rather than the constructor.
+
+    Examples
+    --------
+    >>> repo = Repository.open_or_create("data/repo")  # doctest: +SKIP
+    >>> session = repo.writable_session("main")  # doctest: +SKIP
+    >>> zarr.create_array(session.store, name="t", shape=(4,), dtype="i4")  # doctest: +SKIP
+    >>> session.commit("create t")  # doctest: +SKIP
+    >>> [info.message for info in repo.ancestry(branch="main")]  # doctest: +SKIP
+    ['create t', 'Repository initialized']
     """
 
     def __init__(self, assets: AssetManager) -> None:
@@ -131,7 +164,12 @@ class Repository:
         Raises
         ------
         InvalidInputError
-            If a repository already exists there, or the location holds other data.
+            If a repository already exists there, the location holds other data
+            or is neither a storage, a path nor a URL, ``config`` is not a
+            :class:`RepositoryConfig`, or another process is creating a
+            repository there at the same time.
+        StorageError
+            If the storage cannot be written.
         """
         return cls(run(create_repository(storage, config)))
 
@@ -155,11 +193,19 @@ class Repository:
         Raises
         ------
         NotFoundError
-            If there is no repository at that location.
+            If there is no repository at that location (the message says what
+            is there instead: nothing, a plain Zarr store, an Icechunk
+            repository).
+        InvalidInputError
+            If ``storage`` is neither a storage, a path nor a URL.
         FormatVersionError
             If the repository was written by a newer icechunk_dask.
         InvalidInputError
             If ``config`` differs from the repository's settings.
+        CorruptObjectError
+            If its ``config.json`` is damaged.
+        StorageError
+            If the storage cannot be read.
         """
         repo = cls(run(open_repository(storage)))
         if config is not None and config != repo.config:
@@ -184,6 +230,16 @@ class Repository:
         -------
         Repository
             The opened or new repository.
+
+        Raises
+        ------
+        InvalidInputError
+            If the location holds other data than a repository, or is neither a
+            storage, a path nor a URL.
+        FormatVersionError
+            If the repository was written by a newer icechunk_dask.
+        StorageError
+            If the storage cannot be read or written.
         """
         if cls.exists(storage):
             return cls.open(storage)
@@ -207,6 +263,13 @@ class Repository:
         -------
         bool
             ``True`` if a repository is there.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``storage`` is neither a storage, a path nor a URL.
+        StorageError
+            If the storage cannot be read.
         """
         return run(repository_exists(storage))
 
@@ -229,6 +292,8 @@ class Repository:
         ------
         NotFoundError
             If the branch does not exist.
+        InvalidInputError
+            If ``branch`` is not a valid branch name.
         """
         return run(self._assets.lookup_branch(branch))[1]
 
@@ -257,7 +322,9 @@ class Repository:
         InvalidInputError
             If the name is invalid or the branch already exists.
         NotFoundError
-            If the snapshot does not exist.
+            If the snapshot does not exist (or ``snapshot_id`` is not a snapshot id).
+        IcechunkDaskError
+            If other writers kept moving the branch through 100 attempts.
         """
         validate_snapshot_id(snapshot_id)
         run(set_branch(self._assets, branch, snapshot_id, create=True))
@@ -273,18 +340,23 @@ class Repository:
             The branch.
         snapshot_id : str
             Where it should point.
-        from_snapshot_id : str or None
+        from_snapshot_id : str or None, optional
             The tip you saw: the branch is moved only if it is still there
             (checked atomically with the move), so a commit acknowledged
-            meanwhile is never dropped. Without it the branch moves whatever
-            its tip.
+            meanwhile is never dropped. Without it (the default) the branch
+            moves whatever its tip.
 
         Raises
         ------
         NotFoundError
-            If the branch or the snapshot does not exist.
+            If the branch or the snapshot does not exist (or a snapshot id is
+            malformed).
+        InvalidInputError
+            If ``branch`` is not a valid branch name.
         ConflictError
             If the tip is not ``from_snapshot_id`` (kind ``branch-moved``); nothing changed.
+        IcechunkDaskError
+            If other writers kept moving the branch through 100 attempts.
         """
         if snapshot_id is None:
             raise InvalidInputError(
@@ -301,17 +373,20 @@ class Repository:
         ----------
         branch : str
             The branch.
-        from_snapshot_id : str or None
-            The tip you saw: the branch is deleted only if it is still there.
+        from_snapshot_id : str or None, optional
+            The tip you saw: the branch is deleted only if it is still there
+            (checked atomically). Default: delete whatever its tip.
 
         Raises
         ------
         InvalidInputError
-            For ``main``, which cannot be deleted.
+            For ``main``, which cannot be deleted, and for invalid names.
         NotFoundError
-            If the branch does not exist.
+            If the branch does not exist (or ``from_snapshot_id`` is not a snapshot id).
         ConflictError
             If the tip is not ``from_snapshot_id`` (kind ``branch-moved``); nothing changed.
+        IcechunkDaskError
+            If other writers kept moving the branch through 100 attempts.
         """
         if branch == "main":
             raise InvalidInputError("the 'main' branch cannot be deleted")
@@ -334,7 +409,7 @@ class Repository:
         InvalidInputError
             If the name is invalid or the tag exists (or existed: tags are never reused).
         NotFoundError
-            If the snapshot does not exist.
+            If the snapshot does not exist (or ``snapshot_id`` is not a snapshot id).
         """
         run(create_tag(self._assets, tag, snapshot_id))
 
@@ -354,7 +429,9 @@ class Repository:
         Raises
         ------
         NotFoundError
-            If the tag does not exist.
+            If the tag does not exist or was deleted.
+        InvalidInputError
+            If ``tag`` is not a valid tag name.
         """
         return run(self._assets.lookup_tag(tag))
 
@@ -375,15 +452,19 @@ class Repository:
         ----------
         tag : str
             The tag.
-        from_snapshot_id : str or None
-            The snapshot you believe the tag names: refuse to delete it otherwise.
+        from_snapshot_id : str or None, optional
+            The snapshot you believe the tag names: refuse to delete it
+            otherwise. Default: delete it whatever it names.
 
         Raises
         ------
         NotFoundError
-            If the tag does not exist.
+            If the tag does not exist (or was already deleted).
+        InvalidInputError
+            If ``tag`` is not a valid tag name.
         ConflictError
-            If the tag names another snapshot than ``from_snapshot_id``.
+            If the tag names another snapshot than ``from_snapshot_id`` (kind
+            ``branch-moved``); nothing changed.
         """
         run(delete_tag(self._assets, tag, expected=from_snapshot_id))
 
@@ -405,7 +486,7 @@ class Repository:
         Raises
         ------
         NotFoundError
-            If there is no such snapshot.
+            If there is no such snapshot (or ``snapshot_id`` is not a snapshot id).
         """
         snap = run(self._assets.get_snapshot(validate_snapshot_id(snapshot_id)))
         return SnapshotInfo.from_snapshot(snap)
@@ -420,13 +501,13 @@ class Repository:
         to_tag: str | None = None,
         to_snapshot_id: str | None = None,
     ) -> Diff:
-        """What changed between two versions (any two: they need not be related).
+        """Return what changed between two versions (any two: they need not be related).
 
         Parameters
         ----------
-        from_branch, from_tag, from_snapshot_id : str or None
+        from_branch, from_tag, from_snapshot_id : str or None, optional
             Exactly one: the version to compare from.
-        to_branch, to_tag, to_snapshot_id : str or None
+        to_branch, to_tag, to_snapshot_id : str or None, optional
             Exactly one: the version to compare to.
 
         Returns
@@ -464,18 +545,22 @@ class Repository:
 
         Parameters
         ----------
-        branch, tag, snapshot_id : str or None
+        branch, tag, snapshot_id : str or None, optional
             Exactly one: where to start.
 
         Yields
         ------
         SnapshotInfo
-            Newest first.
+            Newest first (snapshots are read as the iteration proceeds).
 
         Raises
         ------
+        InvalidInputError
+            If not exactly one starting point is given.
         NotFoundError
             If the starting point does not exist.
+        CorruptObjectError
+            If the history has a cycle or a snapshot is damaged or missing.
         """
         current: str | None = run(self._assets.resolve(branch, tag, snapshot_id))
         seen: set[str] = set()
@@ -510,6 +595,8 @@ class Repository:
         ------
         NotFoundError
             If the branch does not exist.
+        InvalidInputError
+            If ``branch`` is not a valid branch name.
         """
         snapshot_id = self.lookup_branch(branch)
         run(self._assets.get_snapshot(snapshot_id))  # fail early on a missing or damaged snapshot
@@ -525,15 +612,17 @@ class Repository:
     ) -> Session:
         """Start a read-only session at a branch tip, a tag or a snapshot.
 
+        Give exactly one of ``branch``, ``tag`` and ``snapshot_id``.
+
         Parameters
         ----------
-        branch : str or None
+        branch : str or None, optional
             A branch (its tip, or with ``as_of`` its state at that time).
-        tag : str or None
+        tag : str or None, optional
             A tag.
-        snapshot_id : str or None
+        snapshot_id : str or None, optional
             A snapshot.
-        as_of : datetime or None
+        as_of : datetime or None, optional
             With ``branch``: the newest snapshot of the branch's history
             committed at or before this time (timezone-aware; naive means UTC).
 
@@ -548,7 +637,8 @@ class Repository:
             If the branch, tag or snapshot does not exist, or the branch has no
             snapshot as old as ``as_of``.
         InvalidInputError
-            If ``as_of`` is given without ``branch``.
+            If not exactly one of ``branch``, ``tag`` and ``snapshot_id`` is
+            given, ``as_of`` is given without ``branch``, or a name is invalid.
         """
         if as_of is not None:
             if branch is None or tag is not None or snapshot_id is not None:

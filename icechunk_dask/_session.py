@@ -58,7 +58,36 @@ class Session:
     """A view of one snapshot, writable or not, that records and commits changes.
 
     Sessions are made by :meth:`Repository.writable_session` and
-    :meth:`Repository.readonly_session`; do not construct them directly.
+    :meth:`Repository.readonly_session`; do not construct them directly (the
+    parameters below are internal). Read and write through :attr:`store`
+    (zarr, xarray); publish the writes with :meth:`commit`.
+
+    Methods that read the repository can also raise
+    :class:`~icechunk_dask.StorageError` (the backend failed) and
+    :class:`~icechunk_dask.CorruptObjectError` (a stored object is damaged).
+
+    Parameters
+    ----------
+    assets : icechunk_dask._assets.AssetManager
+        The repository's objects.
+    snapshot_id : str
+        The snapshot the session starts from.
+    branch : str or None
+        The branch it commits to (``None`` for snapshot views).
+    read_only : bool
+        Whether writes are refused.
+    session_id : str or None, optional
+        The id shared with the session's forks and copies (default: a new one).
+    tracked : bool, optional
+        Whether the session is a worker-side copy that marks its first write,
+        so that ``commit`` can tell whether its changes came back (default
+        ``False``).
+
+    Examples
+    --------
+    >>> session = repo.writable_session("main")  # doctest: +SKIP
+    >>> ds.to_zarr(session.store, mode="w", consolidated=False)  # doctest: +SKIP
+    >>> session.commit("first write")  # doctest: +SKIP
     """
 
     def __init__(
@@ -403,16 +432,18 @@ class Session:
         ----------
         message : str
             Commit message.
-        metadata : dict or None
-            JSON-serialisable properties stored with the snapshot.
-        allow_empty : bool
-            Commit even if nothing changed (a snapshot equal to its parent).
-        rebase_with : ConflictSolver or None
+        metadata : dict of str to Any or None, optional
+            JSON-serialisable properties stored with the snapshot (default: none).
+        allow_empty : bool, optional
+            Commit even if nothing changed (a snapshot equal to its parent);
+            default ``False``.
+        rebase_with : ConflictSolver or None, optional
             How to rebase onto commits that landed first: ``ConflictDetector()``
             (the default: only disjoint changes) or ``BasicConflictSolver(...)``
             (also settles chunk collisions).
-        rebase_tries : int
-            How many rebases to try when other commits land first (0: never rebase).
+        rebase_tries : int, optional
+            How many rebases to try when other commits land first (default
+            1000; 0: never rebase).
 
         Returns
         -------
@@ -422,15 +453,36 @@ class Session:
         Raises
         ------
         NoChangesToCommitError
-            If there is nothing to commit.
+            If there is nothing to commit (and ``allow_empty`` is false).
         RebaseFailedError
-            If commits that landed meanwhile changed the same keys (named in the error).
+            If commits that landed meanwhile changed the same keys (named in the
+            error) and ``rebase_with`` does not settle them, or the branch was
+            reset to a history without this session's base.
+        ConflictError
+            If the branch kept moving: ``rebase_tries`` rebases were not enough
+            (or ``rebase_tries=0`` and it moved); kind ``commit-conflict``.
         UnmergedWritesError
-            If pickled copies of this session wrote data that was never merged back.
+            If pickled copies or forks of this session wrote data that was never
+            merged back, or a lazy write (``compute=False``) built from it never
+            delivered its result.
         SessionStateError
-            If this is a fork (merge it into its parent instead).
+            If this is a fork (merge it into its parent instead), or the session
+            was already committed.
+        ReadOnlyError
+            If the session is read-only.
+        NotFoundError
+            If the branch was deleted since the session started.
         InvalidInputError
-            If a metadata document is not valid Zarr v3, or ``metadata`` is not JSON.
+            If a metadata document is not valid Zarr v3, ``metadata`` is not a
+            JSON-serialisable dict, ``message`` is not a str, ``rebase_tries`` is
+            not an int >= 0 or ``rebase_with`` is not a conflict solver.
+
+        Notes
+        -----
+        When an error is raised nothing was committed, with one exception: a
+        :class:`~icechunk_dask.StorageError` while the branch's new entry is
+        written (a lost acknowledgement that could not be checked by reading
+        back) leaves the outcome unknown; look up the branch's tip.
         """
         ws = self._workspace
         if ws.committed:
@@ -528,8 +580,26 @@ class ForkSession(Session):
     """A fork of a writable session: picklable, writable, merged back instead of committed.
 
     Made by :meth:`Session.fork` (and by unpickling a session sent inside
-    :meth:`Session.allow_pickling`). Bring its changes back with
+    :meth:`Session.allow_pickling`); do not construct one directly (the
+    parameters below are internal). Bring its changes back with
     ``session.merge(fork)`` (or :func:`~icechunk_dask.merge_sessions`).
+
+    Parameters
+    ----------
+    assets : icechunk_dask._assets.AssetManager
+        The repository's objects.
+    snapshot_id : str
+        The snapshot the session starts from.
+    branch : str or None
+        The branch it commits to (``None`` for snapshot views).
+    read_only : bool
+        Whether writes are refused.
+    session_id : str or None, optional
+        The id shared with the session's forks and copies (default: a new one).
+    tracked : bool, optional
+        Whether the session is a worker-side copy that marks its first write,
+        so that ``commit`` can tell whether its changes came back (default
+        ``False``).
     """
 
     @property

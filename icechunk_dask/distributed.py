@@ -26,14 +26,17 @@ def merge_sessions(
     coordinating session), also works: the forks are merged into the first one,
     which is returned; merge it into its parent with ``session.merge(fork)``.
 
+    All or nothing: if any item cannot be merged, ``session`` is unchanged.
+
     Parameters
     ----------
-    session
+    session : Session
         The coordinating session (the one that will commit).
-    *sessions
+    *sessions : Session, ChangeSet, or list or tuple of them
         Sessions returned by tasks (pickled copies made under
         ``session.allow_pickling()``, or forks), change records
-        (``fork.changes()``), or lists of them (nested lists are flattened).
+        (``fork.changes()``), or lists or tuples of them (nested ones are
+        flattened; other iterables are refused).
 
     Returns
     -------
@@ -47,6 +50,8 @@ def merge_sessions(
         neither a session nor a change record.
     InvalidInputError
         If a record belongs to another repository or another base snapshot.
+    ReadOnlyError
+        If ``session`` is read-only or committed.
     ConflictError
         If two records wrote different bytes to one chunk or conflicting
         metadata; ``session`` is then unchanged.

@@ -300,7 +300,14 @@ def test_bulk_box_grouping_matches_the_key_by_key_rule(
         return head + (f"c{sep}{body}" if name == "default" else body)
 
     valid = [key((rng.randrange(12), rng.randrange(5))) for _ in range(200)]
-    odd = [head + "c/x/1", head + "c", head + "1", head + "c/01/2", head + "c/\u0661/2", head + "zarr"]
+    odd = [
+        head + "c/x/1",
+        head + "c",
+        head + "1",
+        head + "c/01/2",
+        head + "c/\u0661/2",
+        head + "zarr",
+    ]
     for keys in (valid, valid + odd, odd):
         if lead and sep != "/":
             continue  # the flush strips such keys first
