@@ -82,37 +82,37 @@ def parse_chunk_suffix(suffix: str, encoding: Encoding, ndim: int) -> tuple[int,
 _BATCH = 1 << 17
 
 
-def _bulk_coords(
-    suffixes: Sequence[str], encoding: Encoding, ndim: int, lead: int = 0
+def _bulk_boxes(
+    suffixes: Sequence[str], encoding: Encoding, split: Sequence[int], lead: int = 0
 ) -> np.ndarray | None:
-    """Every suffix's coordinates as an ``(n, ndim)`` array, or ``None`` unless all are chunk keys.
+    """Every suffix's box index as an ``(n, ndim)`` array, or ``None`` unless all are chunk keys.
 
     With ``lead``, the keys start with that many ``/``-separated components
     (a node path) to skip; the encoding's separator must then be ``/``.
     """
-    n = len(suffixes)
+    n, ndim = len(suffixes), len(split)
     if n == 0 or ndim == 0:
         return None
     out = np.empty((n, ndim), dtype=np.int64)
     for lo in range(0, n, _BATCH):
-        part = _batch_coords(suffixes[lo : lo + _BATCH], encoding, ndim, lead)
+        part = _batch_boxes(suffixes[lo : lo + _BATCH], encoding, split, lead)
         if part is None:
             return None
         out[lo : lo + len(part)] = part
     return out
 
 
-def _batch_coords(
-    suffixes: Sequence[str], encoding: Encoding, ndim: int, lead: int = 0
+def _batch_boxes(
+    suffixes: Sequence[str], encoding: Encoding, split: Sequence[int], lead: int = 0
 ) -> np.ndarray | None:
-    """One batch of :func:`_bulk_coords`.
+    """One batch of :func:`_bulk_boxes`.
 
     Exactly :func:`parse_chunk_suffix`'s rule, in C-level string operations:
     the joined tokens must line up as ``c``, then ``ndim`` ASCII digit strings
     per key (default encoding), or ``ndim`` digit strings (v2).
     """
     name, sep = encoding
-    n = len(suffixes)
+    n, ndim = len(suffixes), len(split)
     if name not in ("default", "v2"):
         return None
     if lead and sep != "/":
@@ -124,14 +124,15 @@ def _batch_coords(
         return None
     if name == "default" and tokens[lead::width].count("c") != n:
         return None
-    columns = [tokens[d::width] for d in range(first, width)]
-    for column in columns:
+    out = np.zeros((n, ndim), dtype=np.int64)
+    for d, extent in enumerate(split):
+        column = tokens[first + d :: width]
         digits = "".join(column)
         if not (digits.isascii() and digits.isdigit()) or "" in column:
             return None
-    out = np.empty((n, ndim), dtype=np.int64)
-    for d, column in enumerate(columns):
-        out[:, d] = np.fromiter(map(int, column), dtype=np.int64, count=n)
+        # a box that spans every number of that many digits: its index is 0, no parse needed
+        if extent < 10 ** max(map(len, column)):
+            out[:, d] = np.fromiter(map(int, column), dtype=np.int64, count=n) // extent
     return out
 
 
@@ -148,8 +149,8 @@ def group_boxes(
     path), which are skipped.
     """
     n = len(suffixes)
-    coords = _bulk_coords(suffixes, encoding, len(split), lead)
-    if coords is None:  # the general case, one key at a time
+    boxes = _bulk_boxes(suffixes, encoding, split, lead)
+    if boxes is None:  # the general case, one key at a time
         groups: dict[str, list[int]] = {}
         for i, key in enumerate(suffixes):
             suffix = key.split("/", lead)[lead] if lead else key
@@ -161,7 +162,6 @@ def group_boxes(
         for b in names:
             bounds.append(bounds[-1] + len(groups[b]))
         return names, order, bounds
-    boxes = coords // np.asarray(split, dtype=np.int64)
     extents = boxes.max(axis=0) + 1
     if math.prod(int(e) for e in extents) < 2**62:  # one integer per box: sort 1-D
         flat = np.ravel_multi_index(tuple(boxes.T), tuple(int(e) for e in extents))
