@@ -184,6 +184,8 @@ class DemoOptions:
     storage: Storage | None = None
     """Where the repository lives (default: the local directory ``location``)."""
     location: str = "demo-repo"
+    location_options: str = ""
+    """Command-line options needed to reach the location again (``--endpoint-url ...``)."""
     """How the user named it (a directory or a URL), for messages."""
     size_mb: float = 300.0
     chunk_mb: float = 2.0
@@ -201,6 +203,8 @@ class DemoResult:
     """What the demo did, as printed in its summary."""
 
     path: str
+    path_options: str
+    """The options the ``icechunk-dask`` commands need to reach ``path`` (object stores)."""
     mode: str
     """``"create"`` for the first run, ``"append"`` afterwards."""
     snapshot_id: str
@@ -388,6 +392,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoResu
     info = next(repo.ancestry(snapshot_id=snapshot_id))
     return DemoResult(
         path=str(path),
+        path_options=opts.location_options,
         mode=mode,
         snapshot_id=snapshot_id,
         parent_id=info.parent_id,
@@ -463,8 +468,8 @@ def format_result(result: DemoResult) -> str:
                 f"after this {'first write' if result.mode == 'create' else 'append'}"
             ),
             f"verified  read back in {result.verify_seconds:.1f} s: {ok}",
-            f"inspect   icechunk-dask log {_quote(result.path)}",
-            f"          icechunk-dask show {_quote(result.path)} main",
+            f"inspect   icechunk-dask log {_quote(result.path)}{result.path_options}",
+            f"          icechunk-dask show {_quote(result.path)}{result.path_options} main",
         )
     )
 
