@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import xarray as xr
 
 import icechunk_dask
 
@@ -32,12 +33,22 @@ def _forget_package() -> None:
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_first(module: str) -> None:
     saved = {n: m for n, m in sys.modules.items() if n.startswith("icechunk_dask")}
+    # importing icechunk_dask.xarray again registers its accessors again
+    accessors = {c: c.__dict__.get("icechunk_dask") for c in (xr.Dataset, xr.DataArray)}
     try:
         _forget_package()
+        for cls, accessor in accessors.items():
+            if accessor is not None:
+                delattr(cls, "icechunk_dask")
         importlib.import_module(module)
     finally:
         _forget_package()
         sys.modules.update(saved)
+        for cls, accessor in accessors.items():
+            if "icechunk_dask" in cls.__dict__:
+                delattr(cls, "icechunk_dask")
+            if accessor is not None:
+                setattr(cls, "icechunk_dask", accessor)
 
 
 def test_importing_the_package_and_the_cli_imports_nothing_heavy() -> None:
