@@ -48,7 +48,7 @@ def test_each_module_imports_first(module: str) -> None:
             if "icechunk_dask" in cls.__dict__:
                 delattr(cls, "icechunk_dask")
             if accessor is not None:
-                setattr(cls, "icechunk_dask", accessor)
+                cls.icechunk_dask = accessor
 
 
 def test_importing_the_package_and_the_cli_imports_nothing_heavy() -> None:
