@@ -132,7 +132,7 @@ async def commit_changes(
                     "new tip when the changes do not conflict)",
                     kind=ErrorKind.COMMIT_CONFLICT,
                 )
-            conflicts = await find_conflicts(assets, branch, cs, checked, tip)
+            conflicts, cs = await find_conflicts(assets, branch, cs, checked, tip)
             cs = solver.solve(conflicts, cs, branch)
             checked = tip
             rebases += 1

@@ -25,7 +25,9 @@ import xarray as xr
 
 from icechunk_dask._exceptions import InvalidInputError
 from icechunk_dask._inspect import snapshot_summary
+from icechunk_dask._prebuilt import layered_keys
 from icechunk_dask._repository import Repository
+from icechunk_dask._sync import run
 from icechunk_dask.storage import Storage, local_filesystem_storage
 
 __all__ = ["DemoOptions", "DemoResult", "Layout", "build_dataset", "plan_layout", "run_demo"]
@@ -366,10 +368,10 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoResu
         if opts.progress:
             echo("")  # end the progress bar's line
         changes = session.changes()
-        stored = sum(ref[2] for ref in changes.chunks.values() if ref is not None)
-        chunks_written = sum(
-            1 for k, ref in changes.chunks.items() if ref is not None and _is_data(k)
-        )
+        # references the workers already stored as manifests count as well
+        written = {**run(layered_keys(repo._assets, changes.layers)), **changes.chunks}
+        stored = sum(ref[2] for ref in written.values() if ref is not None)
+        chunks_written = sum(1 for k, ref in written.items() if ref is not None and _is_data(k))
         first_time = str(ds.time.values[0])[:13]
         last_time = str(ds.time.values[-1])[:13]
         message = (

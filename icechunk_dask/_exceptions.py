@@ -101,6 +101,9 @@ class ErrorKind(StrEnum):
     :class:`ConflictError`)."""
     TAG_MOVED = "tag-moved"
     """A guarded tag deletion found the tag naming another snapshot (a :class:`ConflictError`)."""
+    LAYER_COLLISION = "layer-collision"
+    """``ChangeSet.update`` of records that both change a box one of them holds as a
+    pre-built manifest (an :class:`InvalidInputError`; ``Session.merge`` merges them)."""
 
 
 class IcechunkDaskError(Exception):

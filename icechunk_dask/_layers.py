@@ -27,7 +27,7 @@ from icechunk_dask.format import (
     ref_columns,
 )
 
-__all__ = ["MERGE_BUDGET", "LayerWriter", "write_box"]
+__all__ = ["MERGE_BUDGET", "LayerWriter", "stack_box", "write_box"]
 
 _Refs = list[ChunkRef | None]
 
@@ -142,3 +142,31 @@ async def write_box(
     if not merged:
         return rest
     return (await writer.write(node, box, list(merged), list(merged.values())), *rest)
+
+
+async def stack_box(
+    writer: LayerWriter, node: str, box: str, layers: Sequence[Layer]
+) -> tuple[Layer, ...]:
+    """A box's layers after pre-built layers were stacked on it: compacted if too many.
+
+    Parameters
+    ----------
+    writer : LayerWriter
+        The commit's manifest writer.
+    node, box : str
+        Where.
+    layers : sequence of Layer
+        The box's layers, newest first, the pre-built ones included.
+
+    Returns
+    -------
+    tuple of Layer
+        ``layers``, or one layer with their live entries when there are more than
+        ``manifest_max_layers`` (empty: the box is empty).
+    """
+    if len(layers) <= writer.max_layers:
+        return tuple(layers)
+    merged = {k: v for k, v in (await writer.load(node, box, layers)).items() if v is not None}
+    if not merged:
+        return ()
+    return (await writer.write(node, box, list(merged), list(merged.values())),)

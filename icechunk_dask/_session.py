@@ -41,6 +41,7 @@ from icechunk_dask._fork import (
     unmerged_writers,
 )
 from icechunk_dask._jobs import delete_jobs, load_result
+from icechunk_dask._prebuilt import LoadedBoxes, layered_keys, merge_loaded, preload
 from icechunk_dask._store import SessionStore
 from icechunk_dask._sync import run
 from icechunk_dask._workspace import Workspace
@@ -178,6 +179,9 @@ class Session:
         with ws.lock:
             meta = {**ws.inh_meta, **ws.cs.meta}
             keys = list(ws.cs.chunks)
+            layers = ws.cs.layers
+        if layers:
+            keys.extend(run(layered_keys(ws.assets, layers)).keys() - set(keys))
         return session_diff(snap, meta, keys)
 
     def discard_changes(self) -> None:
@@ -271,6 +275,7 @@ class Session:
             own_meta, own_chunks = ws.cs.meta, ws.cs.chunks
             cw.inh_meta = {**ws.inh_meta, **own_meta} if own_meta else ws.inh_meta
             cw.inh_cleared = ws.inh_cleared | ws.cs.cleared
+            cw.inh_layers = {**ws.inh_layers, **ws.cs.layers}
             if not own_chunks:
                 cw.inh_chunks, cw.inh_scratch = ws.inh_chunks, ws.inh_scratch
             else:
@@ -327,12 +332,17 @@ class Session:
                 raise TypeError(
                     f"merge accepts Session and ChangeSet objects, got {type(other).__name__}"
                 )
-        with ws.lock:
-            merged = ws.cs.copy()
-            for rec in records:
-                merged.update(rec)
-            ws.cs = merged
-            ws.chunks_version += 1
+        cache: LoadedBoxes = {}
+        while True:
+            with ws.lock:
+                ws.check_writable()
+                # a session that inherited uncommitted chunks keeps no layers of its own
+                merged, needs = merge_loaded(ws.cs, records, cache, flatten=ws.inherits)
+                if merged is not None:
+                    ws.cs = merged
+                    ws.chunks_version += 1
+                    return
+            run(preload(ws.assets, needs, cache))  # pre-built layers both sides change
 
     # -- pickling -------------------------------------------------------------
 
@@ -391,10 +401,11 @@ class Session:
             inherited = dict(ws.cs.chunks)
             version = ws.chunks_version
             cleared = ws.inh_cleared | ws.cs.cleared
+            layers = {**ws.inh_layers, **ws.cs.layers}
         ws.packs.ensure_stored(pending)
         scratch = self._scratch_key(inherited, version)
         return ForkState(
-            ws.assets, ws.base, self._branch, ws.session_id, meta, scratch, None, cleared
+            ws.assets, ws.base, self._branch, ws.session_id, meta, scratch, None, cleared, layers
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -619,7 +630,15 @@ class ForkSession(Session):
         if scratch is None and inherited:
             scratch = self._scratch_key(inherited, -1)
         state = ForkState(
-            ws.assets, ws.base, self._branch, ws.session_id, ws.inh_meta, scratch, own
+            ws.assets,
+            ws.base,
+            self._branch,
+            ws.session_id,
+            ws.inh_meta,
+            scratch,
+            own,
+            ws.inh_cleared,
+            ws.inh_layers,
         )
         return (_rebuild_fork, (state,))
 
@@ -665,6 +684,7 @@ def _rebuild_fork(state: ForkState) -> ForkSession:
     ws = s._workspace
     ws.inh_meta = state.meta
     ws.inh_cleared = state.cleared
+    ws.inh_layers = state.layers
     if state.scratch is not None:
         ws.inh_chunks = None
         ws.inh_scratch = state.scratch

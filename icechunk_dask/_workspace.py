@@ -1,9 +1,15 @@
 """A workspace: one snapshot plus uncommitted changes, with the read and write paths.
 
-Reads look through three layers: the workspace's own change set, what it
-inherited from the session it was forked from (uncommitted metadata, and
-uncommitted chunk references, possibly from a scratch object), and the base
-snapshot's manifests. Writes store chunk bytes at once (small chunks in
+Reads look through: the workspace's own change set (its chunk entries, then
+its pre-built manifest layers, see :mod:`icechunk_dask._prebuilt`), what it
+inherited from the session it was forked from (uncommitted metadata,
+uncommitted chunk references, possibly from a scratch object, then that
+session's pre-built layers), and the base snapshot's manifests.
+
+A session keeps pre-built layers of its own only while it inherited no
+uncommitted chunks (a root session): a fork's merges load them, so that
+"own entries, own layers, inherited entries, inherited layers" is always
+newest to oldest. Writes store chunk bytes at once (small chunks in
 packs) and record only references; a tracked copy (unpickled from another
 process) leaves a marker in storage before its first change.
 
@@ -22,9 +28,11 @@ from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._chunkio import BLOCKED_MIN, blocked_payload, read_chunk
 from icechunk_dask._exceptions import READ_ONLY_MESSAGE, ReadOnlyError, SessionStateError
 from icechunk_dask._fork import ForkTicket, leave_marker, load_scratch
-from icechunk_dask._manifests import load_node, lookup
+from icechunk_dask._listing import Listing
+from icechunk_dask._manifests import lookup
 from icechunk_dask._packing import PACK_MAX_CHUNK, PackBuffer
-from icechunk_dask.format import ChunkRef, chunk_checksum, new_id
+from icechunk_dask._prebuilt import MISSING, layered_keys, lookup_layered
+from icechunk_dask.format import ChunkRef, NodeManifests, chunk_checksum, new_id
 from icechunk_dask.format._keys import is_meta_key
 from icechunk_dask.format._locate import node_of
 
@@ -33,7 +41,7 @@ __all__ = ["Workspace"]
 _MISSING: Any = object()
 
 
-class Workspace:
+class Workspace(Listing):
     """The state and the I/O paths of a session.
 
     Parameters
@@ -71,6 +79,8 @@ class Workspace:
         self.inh_scratch: str | None = None
         #: prefixes cleared (``delete_dir``) by the sessions this one was forked from
         self.inh_cleared: frozenset[str] = frozenset()
+        #: pre-built manifest layers of the session this one was forked from
+        self.inh_layers: dict[str, NodeManifests] = {}
         self.lock = threading.Lock()
         # Chunk object ids are the writer id plus a counter. The writer id is the session id
         # (unique in the repository) plus 80 random bits (unique among the session's forks,
@@ -134,13 +144,22 @@ class Workspace:
     async def get_ref(self, key: str) -> ChunkRef | None:
         """The current chunk reference at ``key`` (``None`` if absent)."""
         ref = self.cs.chunks.get(key, _MISSING)
+        if ref is _MISSING and self.cs.layers:
+            ref = await lookup_layered(self.assets, self.cs.layers, key)
         if ref is _MISSING:
             inherited = self.inh_chunks
             if inherited is None or inherited:
                 ref = (await self.inherited_chunks()).get(key, _MISSING)
+        if ref is _MISSING and self.inh_layers:
+            ref = await lookup_layered(self.assets, self.inh_layers, key)
         if ref is _MISSING:
             ref = await self._committed_ref(key)
         return ref  # type: ignore[no-any-return]
+
+    @property
+    def inherits(self) -> bool:
+        """Whether this workspace inherited uncommitted chunk changes (then it keeps no layers)."""
+        return bool(self.inh_chunks or self.inh_scratch or self.inh_layers)
 
     async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes | None:
         """Read a key's bytes (optionally a range); ``None`` if the key does not exist.
@@ -184,93 +203,6 @@ class Workspace:
             return await self.get_meta(key) is not None
         return await self.get_ref(key) is not None
 
-    async def _committed_keys(self, under: str) -> set[str]:
-        """Committed keys that may start with ``under`` (a superset is fine), cleared ones excluded."""
-        snap = await self.assets.get_snapshot(self.base)
-        cleared = self._cleared()
-        keys = {k for k in snap.meta if k.startswith(under)}
-        for node, nm in snap.nodes.items():
-            head = f"{node}/" if node else ""
-            if not (head.startswith(under) or under.startswith(head)):
-                continue
-            if any(p == "" or head.startswith(p + "/") for p in cleared):
-                continue
-            keys.update(head + suffix for suffix in await load_node(self.assets, node, nm))
-        if cleared:
-            keys = {k for k in keys if is_meta_key(k) or not self.hidden(k, cleared)}
-        return keys
-
-    def _overlay(self, keys: set[str], prefix: str, inherited: dict[str, Any]) -> set[str]:
-        layers: list[dict[str, Any]] = [self.inh_meta, inherited, self.cs.meta, self.cs.chunks]
-        for layer in layers:
-            for k, v in list(layer.items()):
-                if not k.startswith(prefix):
-                    continue
-                if v is None:
-                    keys.discard(k)
-                else:
-                    keys.add(k)
-        return keys
-
-    async def list_prefix(self, prefix: str) -> set[str]:
-        """All keys starting with ``prefix`` in this workspace's view."""
-        committed = {k for k in await self._committed_keys(prefix) if k.startswith(prefix)}
-        return self._overlay(committed, prefix, await self.inherited_chunks())
-
-    async def list_dir(self, prefix: str) -> set[str]:
-        """The names directly under directory ``prefix`` ("" = the root).
-
-        Answered from the snapshot's node tree and the uncommitted changes: a
-        node's manifests are read only when the listing reaches into the node
-        (or deletions make a node's emptiness uncertain), never for a group.
-        """
-        head = f"{prefix}/" if prefix else ""
-        snap = await self.assets.get_snapshot(self.base)
-        inherited = await self.inherited_chunks()
-        cleared = self._cleared()
-        deleted = [
-            k for layer in (inherited, self.cs.chunks) for k, v in layer.items() if v is None
-        ]
-        children: set[str] = set()
-        exact: set[str] = set()  # keys that must be checked one by one
-        for node, nm in snap.nodes.items():
-            nhead = f"{node}/" if node else ""
-            if any(p == "" or nhead.startswith(p + "/") for p in cleared):
-                continue
-            if nhead.startswith(head) and nhead != head:
-                child = nhead[len(head) :].split("/", 1)[0]
-                uncertain = (
-                    not nm.exact
-                    or any(k.startswith(nhead) for k in deleted)
-                    or any(p.startswith(nhead) for p in cleared)
-                )
-                if nm.upper_count and not uncertain:
-                    children.add(child)
-                    continue
-            elif not head.startswith(nhead):
-                continue
-            elif (
-                nhead == head
-                and nm.encoding is not None
-                and nm.encoding[0] == "default"
-                and "" not in nm.boxes
-                and nm.exact
-                and not any(k.startswith(nhead) for k in deleted)
-                and not any(p.startswith(nhead) for p in cleared)
-            ):
-                if nm.upper_count:
-                    children.add("c")
-                continue
-            exact.update(nhead + s for s in await load_node(self.assets, node, nm))
-        for key in snap.meta:
-            if key.startswith(head):
-                exact.add(key)
-        if cleared:
-            exact = {k for k in exact if is_meta_key(k) or not self.hidden(k, cleared)}
-        for key in self._overlay(exact, head, inherited):
-            children.add(key[len(head) :].split("/", 1)[0])
-        return children
-
     # -- writing --------------------------------------------------------------
 
     def check_writable(self) -> None:
@@ -302,8 +234,17 @@ class Workspace:
                 self.cs.writers.add(self.writer)
                 self._marker_done = True
 
+    async def _inherited_view(self, key: str) -> dict[str, Any]:
+        """What this workspace inherited, as far as ``key``'s previous value is concerned."""
+        inherited = await self.inherited_chunks()
+        if self.inh_layers and key not in inherited:
+            value = await lookup_layered(self.assets, self.inh_layers, key)
+            if value is not MISSING:
+                return {key: value}
+        return inherited
+
     async def _record(self, key: str, value: Any, meta: bool) -> None:
-        inherited: dict[str, Any] = self.inh_meta if meta else await self.inherited_chunks()
+        inherited: dict[str, Any] = self.inh_meta if meta else await self._inherited_view(key)
         with self.lock:
             self.check_writable()
             self._record_locked(key, value, meta, inherited)
@@ -350,7 +291,7 @@ class Workspace:
     async def _write_packed(self, key: str, data: bytes, crc: int) -> None:
         # Append to the open pack and record the ref in one critical section, so that a
         # concurrent fork()/changes() either sees neither or both (and then stores the pack).
-        inherited = await self.inherited_chunks()
+        inherited = await self._inherited_view(key)
         with self.lock:
             self.check_writable()
             pack_id, offset, claims = self.packs.append_locked(data)
@@ -388,12 +329,37 @@ class Workspace:
             path == "" or n == path or n.startswith(head) or head.startswith(f"{n}/" if n else "")
             for n in snap.nodes
         )
+
+        def inside(layers: dict[str, NodeManifests]) -> list[str]:  # nodes holding the prefix
+            return [n for n in layers if n != path and head.startswith(f"{n}/" if n else "")]
+
+        # pre-built layers: those under the prefix go; a node that holds the prefix (and every
+        # inherited one that reaches it) is loaded, so that its keys can be deleted one by one
+        own_inside = await layered_keys(self.assets, self.cs.layers, inside(self.cs.layers))
+        reached = [
+            n
+            for n in self.inh_layers
+            if (f"{n}/" if n else "").startswith(head) or n in inside(self.inh_layers)
+        ]
+        inh_layered = await layered_keys(self.assets, self.inh_layers, reached)
         with self.lock:
             self.check_writable()
+            if self.cs.layers:
+                mine = self.cs.layers
+                for key, ref in own_inside.items():
+                    self.cs.chunks.setdefault(key, ref)
+                self.cs.layers = {
+                    n: lnm
+                    for n, lnm in mine.items()
+                    if n not in inside(mine) and not (path == "" or n == path or n.startswith(head))
+                }
             view_meta = {**snap.meta, **self.inh_meta, **self.cs.meta}
             for key, doc in view_meta.items():
                 if doc is not None and key.startswith(head):
                     self._record_locked(key, None, True, self.inh_meta)
+            for key, ref in inh_layered.items():
+                if ref is not None and key.startswith(head) and key not in inherited:
+                    self._record_locked(key, None, False, {key: ref})
             for key in [k for k in self.cs.chunks if k.startswith(head)]:
                 del self.cs.chunks[key]  # written before the deletion
                 self.cs.prev_chunks.pop(key, None)

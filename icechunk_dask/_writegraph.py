@@ -7,7 +7,9 @@ round-trip each), writes them through its own fork of the session and returns
 the fork's change record: write and extract in the same task, so a retried or
 duplicated task is harmless. A tree of pure merges (fan-in ``split_every``)
 ends in one root task that also stores the job's result when the job must
-survive its client (:mod:`icechunk_dask._jobs`).
+survive its client (:mod:`icechunk_dask._jobs`). Boxes of the chunk grid
+that the job fills with many references get their manifest built by the
+lowest task of the tree that holds all of them (:mod:`icechunk_dask._buildboxes`).
 
 Everything here that runs in tasks is a module-level function (importable on
 workers) and never mutates its inputs.
@@ -19,7 +21,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -28,6 +30,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.typing import Key
 from zarr.storage import StorePath
 
+from icechunk_dask._buildboxes import BoxTarget, Builds, Where, assign_boxes, build_layers, min_refs
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._compat.dask import (
     DataNode,
@@ -41,8 +44,10 @@ from icechunk_dask._compat.dask import (
 )
 from icechunk_dask._compat.zarr import AsyncArray
 from icechunk_dask._encode import encode_chunks
+from icechunk_dask._flush import planned_layout
 from icechunk_dask._jobs import load_task_records, store_result, store_task_record
 from icechunk_dask._plan import Piece, WritePlan
+from icechunk_dask._prebuilt import merge_records
 from icechunk_dask._session import Session
 from icechunk_dask._sync import run
 
@@ -89,6 +94,10 @@ class WriteContext:
         Store each task's record (a resumable job).
     keep_result : bool
         Store the merged result (a job that must survive its client: compute=False, resume).
+    boxes : tuple of (BoxTarget or None)
+        Per target, its manifest layout (``None``: manifests are left to the commit).
+    builds : dict
+        Which task builds which box's manifest (see :mod:`icechunk_dask._buildboxes`).
     """
 
     session: Session
@@ -96,6 +105,22 @@ class WriteContext:
     job: str = ""
     keep_tasks: bool = False
     keep_result: bool = False
+    boxes: tuple[BoxTarget | None, ...] = ()
+    builds: Builds = field(default_factory=dict)
+
+
+def box_targets(session: Session, targets: Sequence[TargetSpec]) -> tuple[BoxTarget | None, ...]:
+    """The manifest layout the commit will give each target (as ``session`` sees it now)."""
+    ws = session._workspace
+    snap = run(ws.assets.get_snapshot(ws.base))
+    meta = {**snap.meta, **ws.inh_meta, **ws.cs.meta}
+    view = {k: v for k, v in meta.items() if v is not None}
+    cleared = ws.inh_cleared | ws.cs.cleared
+    out: list[BoxTarget | None] = []
+    for t in targets:
+        layout = planned_layout(snap, view, cleared, ws.assets.config, t.path)
+        out.append(None if layout is None else BoxTarget(t.path, *layout))
+    return tuple(out)
 
 
 def build_write_graph(
@@ -127,6 +152,10 @@ def build_write_graph(
         Computes to the merged :class:`ChangeSet` of all tasks plus ``ctx.session``'s own
         changes.
     """
+    boxes = box_targets(ctx.session, ctx.targets)
+    threshold = min_refs(ctx.session._workspace.assets.config)
+    builds = assign_boxes(plan, boxes, split_every, done, threshold)
+    ctx = replace(ctx, boxes=boxes, builds=builds)
     tok = uuid.uuid4().hex
     ctx_key = f"icechunk-session-{tok}"
     write_name = f"{_WRITE}{tok}"
@@ -155,7 +184,7 @@ def build_write_graph(
         leaves.append(TaskRef(key))
     # the root also carries the base fork's own changes (to_zarr's metadata and eager writes)
     # and reads the stored records of the tasks a resumed job does not compute again
-    root = merge_tree(dsk, leaves, tok, split_every)
+    root = merge_tree(dsk, leaves, tok, split_every, ctx_key=ctx_key)
     final = f"icechunk-result-{tok}"
     dsk[final] = Task(
         final, _finish_job, TaskRef(ctx_key), ctx.session.changes(), sorted(done), TaskRef(root)
@@ -291,6 +320,9 @@ def _write_task(
     del cache
     run(_set_all(jobs, fork, encoded))
     record = fork.changes()
+    build = ctx.builds.get(("leaf", index))
+    if build:
+        run(build_layers(fork._workspace.assets, record, build, ctx.boxes))
     if ctx.keep_tasks:
         run(store_task_record(fork._workspace.assets, ctx.job, index, record))
     return record
@@ -333,6 +365,21 @@ def _merge_records(*records: ChangeSet | None) -> ChangeSet | None:
     return ChangeSet.merge_all(present) if present else None
 
 
+def _merge_and_build(
+    ctx: WriteContext, where: Where, *records: ChangeSet | None
+) -> ChangeSet | None:
+    """Merge a job's records, then build the manifests of the boxes they now hold whole."""
+    present = [r for r in records if r is not None]
+    if not present:
+        return None
+    assets = ctx.session._workspace.assets
+    merged = run(merge_records(assets, present[0], present[1:]))
+    build = ctx.builds.get(where)
+    if build:
+        run(build_layers(assets, merged, build, ctx.boxes))
+    return merged
+
+
 def _finish_job(
     ctx: WriteContext, own: ChangeSet, done: list[int], merged: ChangeSet | None
 ) -> ChangeSet:
@@ -343,7 +390,10 @@ def _finish_job(
         # records of a resumed job may predate commits that landed since (the plan matched,
         # so they write the same regions of the same arrays): they apply on the new base
         rec.base = own.base
-    result = ChangeSet.merge_all([own, *stored, *([merged] if merged is not None else [])])
+    result = run(merge_records(assets, own, [*stored, *([merged] if merged is not None else [])]))
+    build = ctx.builds.get(("finish",))
+    if build:
+        run(build_layers(assets, result, build, ctx.boxes))
     result.jobs.add(ctx.job)
     if ctx.keep_result:
         run(store_result(assets, ctx.job, result))
@@ -356,16 +406,27 @@ def merge_tree(
     tok: str,
     split_every: int,
     *extra: ChangeSet,
+    ctx_key: str | None = None,
 ) -> str:
-    """Add a tree of merge tasks (fan-in ``split_every``) over ``leaves``; return its root key."""
+    """Add a tree of merge tasks (fan-in ``split_every``) over ``leaves``; return its root key.
+
+    With ``ctx_key`` (a write job's :class:`WriteContext`), the merge tasks also
+    build the manifests the job's plan assigned to them.
+    """
+
+    def merge(key: Key, where: Where, inputs: list[Any]) -> Task:
+        if ctx_key is None:
+            return Task(key, _merge_records, *inputs)
+        return Task(key, _merge_and_build, TaskRef(ctx_key), where, *inputs)
+
     level = 0
     while len(leaves) > split_every:
         merged = []
         for i in range(0, len(leaves), split_every):
             key = (f"icechunk-merge-{tok}", level, i // split_every)
-            dsk[key] = Task(key, _merge_records, *leaves[i : i + split_every])
+            dsk[key] = merge(key, ("merge", level, i // split_every), leaves[i : i + split_every])
             merged.append(TaskRef(key))
         leaves, level = merged, level + 1
     root = f"icechunk-changes-{tok}"
-    dsk[root] = Task(root, _merge_records, *extra, *leaves)
+    dsk[root] = merge(root, ("root",), [*extra, *leaves])
     return root
