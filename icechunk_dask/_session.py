@@ -112,6 +112,8 @@ class Session:
         self._family = Family()
         #: lazy write jobs built from this session: job id -> description
         self._lazy_jobs: dict[str, str] = {}
+        #: snapshots of commit attempts whose branch entry may have landed unacknowledged
+        self._maybe_landed: set[str] = set()
         self._pickle_depth = 0
         self._scratch_cache: tuple[int, str] | None = None
         self._store: SessionStore | None = None
@@ -583,6 +585,7 @@ class Session:
                 metadata,
                 rebase_tries,
                 solver,
+                self._maybe_landed,
             )
         )
 
