@@ -6,6 +6,7 @@
     ├── ConflictError                  a commit or merge collided with other changes
     │   └── RebaseFailedError          rebasing onto the new branch tip found conflicts
     ├── NotFoundError (KeyError)       unknown branch, tag, snapshot or object
+    │   └── ExpiredSnapshotError       a snapshot removed from history by expire_snapshots
     ├── InvalidInputError (ValueError) bad arguments, names, metadata or layouts
     ├── ReadOnlyError (ValueError)     a write through a read-only session or store
     ├── SessionStateError              an operation that the session's state forbids
@@ -17,7 +18,8 @@
     └── FormatVersionError             a repository written by a newer icechunk_dask
 
 Every error carries a stable, machine-readable ``kind`` (:class:`ErrorKind`).
-Messages say what went wrong and what to do next.
+Messages say what went wrong and what to do next. :class:`RecoveryWarning` is
+not an error: it says that an operation repaired what an interrupted one left.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "ConflictType",
     "CorruptObjectError",
     "ErrorKind",
+    "ExpiredSnapshotError",
     "FormatVersionError",
     "IcechunkDaskError",
     "InvalidInputError",
@@ -40,6 +43,7 @@ __all__ = [
     "PicklingNotAllowedError",
     "ReadOnlyError",
     "RebaseFailedError",
+    "RecoveryWarning",
     "SessionStateError",
     "StorageError",
     "UnmergedWritesError",
@@ -72,6 +76,7 @@ class ErrorKind(StrEnum):
     STALE_SESSION = "stale-session"
     UNALIGNED_WRITE = "unaligned-write"
     BRANCH_MOVED = "branch-moved"
+    EXPIRED_SNAPSHOT = "expired-snapshot"
 
 
 class IcechunkDaskError(Exception):
@@ -197,6 +202,27 @@ class NotFoundError(IcechunkDaskError, KeyError):
         return self.message
 
 
+class ExpiredSnapshotError(NotFoundError):
+    """A snapshot that ``expire_snapshots`` removed from history (its data may be collected).
+
+    Attributes
+    ----------
+    snapshot_id : str
+        The expired snapshot.
+    expired_at : str
+        When it was expired (ISO 8601, UTC).
+    """
+
+    default_kind = ErrorKind.EXPIRED_SNAPSHOT
+
+    def __init__(
+        self, message: str, *, snapshot_id: str, expired_at: str, kind: ErrorKind | None = None
+    ) -> None:
+        super().__init__(message, kind=kind)
+        self.snapshot_id = snapshot_id
+        self.expired_at = expired_at
+
+
 class InvalidInputError(IcechunkDaskError, ValueError):
     """Arguments, names, metadata or write layouts that cannot be accepted."""
 
@@ -263,3 +289,12 @@ class FormatVersionError(IcechunkDaskError):
     """The repository was written in a format this version cannot read."""
 
     default_kind = ErrorKind.FORMAT_VERSION
+
+
+class RecoveryWarning(UserWarning):
+    """An operation finished or cleaned up what an interrupted one left behind.
+
+    For example ``Repository.create`` or ``open_or_create`` finishing the
+    creation of a repository whose creator died before writing ``config.json``.
+    The message says what was found and what was done.
+    """

@@ -117,7 +117,7 @@ class Workspace:
     async def _committed_ref(self, key: str) -> ChunkRef | None:
         if (self.cs.cleared or self.inh_cleared) and self.hidden(key):
             return None
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         node, suffix = node_of(key, snap.arrays)
         nm = snap.nodes.get(node)
         if nm is None:
@@ -130,7 +130,7 @@ class Workspace:
         if doc is _MISSING:
             doc = self.inh_meta.get(key, _MISSING)
         if doc is _MISSING:
-            doc = (await self.assets.get_snapshot(self.base)).meta.get(key)
+            doc = (await self.assets.get_snapshot(self.base, expired_ok=True)).meta.get(key)
         return doc  # type: ignore[no-any-return]
 
     async def get_ref(self, key: str) -> ChunkRef | None:
@@ -213,7 +213,7 @@ class Workspace:
 
     async def _committed_keys(self, under: str) -> set[str]:
         """Committed keys that may start with ``under`` (a superset is fine), cleared ones excluded."""
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         cleared = self._cleared()
         keys = {k for k in snap.meta if k.startswith(under)}
         for node, nm in snap.nodes.items():
@@ -252,7 +252,7 @@ class Workspace:
         (or deletions make a node's emptiness uncertain), never for a group.
         """
         head = f"{prefix}/" if prefix else ""
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         inherited = await self.inherited_chunks()
         cleared = self._cleared()
         deleted = [
@@ -401,7 +401,7 @@ class Workspace:
         path = prefix.strip("/")
         head = f"{path}/" if path else ""
         await self._mark_writer()
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         inherited = await self.inherited_chunks()
         committed = any(
             path == "" or n == path or n.startswith(head) or head.startswith(f"{n}/" if n else "")

@@ -14,8 +14,9 @@ import errno
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,8 @@ from icechunk_dask.storage._local_errors import (
 __all__ = ["LocalFileSystemStorage", "local_filesystem_storage"]
 
 _TMP = TMP_PREFIX
+#: Objects per page of a streamed listing (``list_objects``).
+_PAGE = 4096
 T = TypeVar("T")
 
 
@@ -311,17 +314,38 @@ class LocalFileSystemStorage(Storage):
             raise os_error(e, f"list {prefix!r} in {self.url}", base) from e
         return out
 
-    def _list_info_sync(self, prefix: str) -> list[ObjectInfo]:
-        out = []
-        for key in self._list_sync(prefix):
+    def _walk_info_sync(self, prefix: str, temporary: bool) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` with size and time (or the temporary files), one at a time."""
+        head, _, _ = prefix.rpartition("/")
+        if head and not self._can_exist(head):
+            return
+        base = self.root / head if head else self.root
+        stack = [(base, f"{head}/" if head else "")]
+        while stack:
+            folder, rel = stack.pop()
             try:
-                st = os.stat(self.root / key)
-            except FileNotFoundError:  # deleted while listing
-                continue
+                entries = os.scandir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # nothing there, or removed while walking
             except OSError as e:
-                raise self._error(e, "examine", key) from e
-            out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
-        return out
+                raise os_error(e, f"list {prefix!r} in {self.url}", folder) from e
+            with entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append((Path(entry.path), f"{rel}{entry.name}/"))
+                            continue
+                        if entry.name.startswith(_TMP) != temporary:
+                            continue
+                        key = rel + entry.name
+                        if not key.startswith(prefix):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # deleted while listing
+                        continue
+                    except OSError as e:
+                        raise self._error(e, "examine", rel + entry.name) from e
+                    yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def _delete_sync(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -379,8 +403,19 @@ class LocalFileSystemStorage(Storage):
         return await asyncio.to_thread(self._list_sync, prefix)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        for info in await asyncio.to_thread(self._list_info_sync, prefix):
+        async for info in self._stream(self._walk_info_sync(prefix, temporary=False)):
             yield info
+
+    async def list_temporary(self) -> AsyncIterator[ObjectInfo]:
+        async for info in self._stream(self._walk_info_sync("", temporary=True)):
+            yield info
+
+    @staticmethod
+    async def _stream(it: Iterator[ObjectInfo]) -> AsyncIterator[ObjectInfo]:
+        """Drive a blocking listing in worker threads, a page at a time (bounded memory)."""
+        while page := await asyncio.to_thread(lambda: list(islice(it, _PAGE))):
+            for info in page:
+                yield info
 
     async def delete(self, keys: Iterable[str]) -> None:
         await asyncio.to_thread(self._delete_sync, list(keys))
