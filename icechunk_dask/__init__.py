@@ -23,6 +23,7 @@ from icechunk_dask._exceptions import (
     ConflictType,
     CorruptObjectError,
     ErrorKind,
+    ExpiredSnapshotError,
     FormatVersionError,
     IcechunkDaskError,
     InvalidInputError,
@@ -31,6 +32,7 @@ from icechunk_dask._exceptions import (
     PicklingNotAllowedError,
     ReadOnlyError,
     RebaseFailedError,
+    RecoveryWarning,
     SessionStateError,
     StorageError,
     UnmergedWritesError,
@@ -45,9 +47,12 @@ if TYPE_CHECKING:
         VersionSelection,
     )
     from icechunk_dask._diff import Diff
+    from icechunk_dask._gc import GCSummary
     from icechunk_dask._repository import Repository, SnapshotInfo
     from icechunk_dask._session import ForkSession, Session
     from icechunk_dask._store import SessionStore
+    from icechunk_dask._usage import UsageReport
+    from icechunk_dask._verify import VerifyReport
     from icechunk_dask.dask import store_sessions
     from icechunk_dask.distributed import merge_sessions
     from icechunk_dask.storage import (
@@ -69,10 +74,13 @@ _LAZY = {
     "ConflictSolver": "icechunk_dask._conflicts",
     "Diff": "icechunk_dask._diff",
     "ForkSession": "icechunk_dask._session",
+    "GCSummary": "icechunk_dask._gc",
     "Repository": "icechunk_dask._repository",
     "Session": "icechunk_dask._session",
     "SessionStore": "icechunk_dask._store",
     "SnapshotInfo": "icechunk_dask._repository",
+    "UsageReport": "icechunk_dask._usage",
+    "VerifyReport": "icechunk_dask._verify",
     "VersionSelection": "icechunk_dask._conflicts",
     "in_memory_storage": "icechunk_dask.storage",
     "local_filesystem_storage": "icechunk_dask.storage",
@@ -108,8 +116,10 @@ __all__ = [
     "CorruptObjectError",
     "Diff",
     "ErrorKind",
+    "ExpiredSnapshotError",
     "ForkSession",
     "FormatVersionError",
+    "GCSummary",
     "IcechunkDaskError",
     "InvalidInputError",
     "NoChangesToCommitError",
@@ -117,6 +127,7 @@ __all__ = [
     "PicklingNotAllowedError",
     "ReadOnlyError",
     "RebaseFailedError",
+    "RecoveryWarning",
     "Repository",
     "RepositoryConfig",
     "Session",
@@ -125,6 +136,8 @@ __all__ = [
     "SnapshotInfo",
     "StorageError",
     "UnmergedWritesError",
+    "UsageReport",
+    "VerifyReport",
     "VersionSelection",
     "__version__",
     "in_memory_storage",

@@ -105,7 +105,11 @@ async def create_repository(
         if await storage.put_if_absent(branch_ref_key("main", seq), ref.encode("main", seq)):
             break
         # another creation wrote this entry: wait for it, or take over if it was abandoned
-        seq, found = await _abandoned(storage, seq)
+        try:
+            seq, found = await _abandoned(storage, seq)
+        except InvalidInputError:  # it finished: our first snapshot is not needed
+            await storage.delete([f"snapshots/{root.id}"])
+            raise
         note = found or note
         if seq < 0:  # it can be finished as it is: only config.json is missing
             await storage.delete([f"snapshots/{root.id}"])  # ours, never referenced

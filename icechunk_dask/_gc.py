@@ -11,7 +11,8 @@
 Rule 2 is what keeps the writers that run meanwhile safe: a session writes
 its chunks, a commit its manifests, transaction log and snapshot, all before
 they become reachable, so everything they write after the cutoff is kept.
-The cutoff is clamped to the time the collection starts. Records of write
+The cutoff is clamped to the time the collection starts and rounded down
+to a whole second (object stores report times in whole seconds). Records of write
 jobs that are still in use (``jobs/<job>/...``, any object of the job newer
 than the cutoff) and recent scratch objects keep the chunks they reference,
 so a resumed job never commits a reference to a deleted chunk; the markers
@@ -200,28 +201,29 @@ async def _listing(assets: AssetManager, prefix: str) -> list[ObjectInfo]:
 
 
 async def _in_use(
-    assets: AssetManager, reach: Reachable, cutoff: datetime
-) -> tuple[dict[str, list[ObjectInfo]], set[str]]:
-    """The small kinds, listed; keys of those in use; their chunks added to ``reach``."""
+    assets: AssetManager, cutoff: datetime
+) -> tuple[dict[str, list[ObjectInfo]], set[str], Reachable]:
+    """The small kinds, listed; the keys of those in use; the chunks those reference."""
     listed = {k: await _listing(assets, _PREFIX[k]) for k in ("jobs", "scratch", "markers")}
     in_use: set[str] = set()
-    for kind, depth in (("jobs", 2), ("markers", 2)):  # a job / a session goes as a whole
+    for kind in ("jobs", "markers"):  # a job (a session's markers) goes as a whole
         groups: dict[str, list[ObjectInfo]] = {}
         for info in listed[kind]:
-            groups.setdefault("/".join(info.key.split("/")[:depth]), []).append(info)
+            groups.setdefault("/".join(info.key.split("/")[:2]), []).append(info)
         for infos in groups.values():
             if any(i.last_modified >= cutoff for i in infos):
                 in_use.update(i.key for i in infos)
     in_use.update(i.key for i in listed["scratch"] if i.last_modified >= cutoff)
-    readable = [k for k in in_use if k.startswith("scratch/") or "/tasks/" in k]
-    readable += [k for k in in_use if k.startswith("jobs/") and k.endswith("/result")]
-    for key in readable:
+    records = [k for k in in_use if k.startswith("scratch/") or "/tasks/" in k]
+    records += [k for k in in_use if k.startswith("jobs/") and k.endswith("/result")]
+    held = Reachable()
+    for key in records:
         try:
             data = await assets.storage.get(key)
         except NotFoundError:  # deleted meanwhile (its job was committed)
             continue
-        reach.add_chunks(await asyncio.to_thread(_record_chunk_ids, data, key))
-    return listed, in_use
+        held.add_chunks(await asyncio.to_thread(_record_chunk_ids, data, key))
+    return listed, in_use, held
 
 
 async def _pages(assets: AssetManager, kind: str) -> Any:
@@ -245,17 +247,21 @@ async def _sweep(
     kind: str,
     pages: Any,
     keep: Any,
-    in_use: set[str],
+    held: Any,
     cutoff: datetime,
     summary: GCSummary,
     deleter: _Deleter,
 ) -> None:
-    """Count (and delete) one kind, a page at a time; ``keep(page)`` says what is reachable."""
+    """Count (and delete) one kind, a page at a time.
+
+    ``keep(page)`` says which objects are reachable, ``held(page)`` which ones a
+    job, session or scratch object still in use needs.
+    """
     async for page in pages:
-        for info, needed in zip(page, keep(page), strict=True):
+        for info, needed, in_use in zip(page, keep(page), held(page), strict=True):
             if needed:
                 summary.reachable[kind].add(info.size)
-            elif info.last_modified >= cutoff or info.key in in_use:
+            elif in_use or info.last_modified >= cutoff:
                 summary.recent[kind].add(info.size)
             else:
                 summary.deleted[kind].add(info.size)
@@ -293,22 +299,33 @@ async def garbage_collect(
         If a reachable object is missing or damaged (nothing is deleted then).
     """
     cutoff = min(as_utc(delete_object_older_than, "delete_object_older_than"), datetime.now(UTC))
+    # object stores report times in whole seconds (truncated): an object written after the
+    # cutoff must never look older than it
+    cutoff = cutoff.replace(microsecond=0)
     reach = await reachable(assets)
-    listed, in_use = await _in_use(assets, reach, cutoff)
+    listed, in_use, held = await _in_use(assets, cutoff)
     summary = GCSummary(cutoff=cutoff, dry_run=dry_run)
     deleter = _Deleter(assets, dry_run)
 
+    def none(page: list[ObjectInfo]) -> list[bool]:
+        return [False] * len(page)
+
+    def chunk_ids(page: list[ObjectInfo]) -> list[str]:
+        return [i.key[len("chunks/") :] for i in page]
+
     for kind in GC_KINDS:
-        keep: Any
+        keep: Any = none
+        hold: Any = none
         if kind in listed:
-            pages, keep = _one_page(listed[kind]), lambda page: [False] * len(page)
+            pages, hold = _one_page(listed[kind]), lambda page: [i.key in in_use for i in page]
         elif kind == "chunks":
             pages = _pages(assets, kind)
-            keep = lambda page: reach.has_chunks([i.key[len("chunks/") :] for i in page])
+            keep = lambda page: reach.has_chunks(chunk_ids(page))
+            hold = lambda page: held.has_chunks(chunk_ids(page))
         elif kind == "temporary":
-            pages, keep = _pages(assets, kind), lambda page: [False] * len(page)
+            pages = _pages(assets, kind)
         else:
             pages = _pages(assets, kind)
             keep = lambda page, kind=kind: [reach.keeps(kind, i.key) for i in page]
-        await _sweep(kind, pages, keep, in_use, cutoff, summary, deleter)
+        await _sweep(kind, pages, keep, hold, cutoff, summary, deleter)
     return summary

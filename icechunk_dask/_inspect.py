@@ -19,7 +19,7 @@ import numpy as np
 
 from icechunk_dask import _history
 from icechunk_dask._assets import AssetManager
-from icechunk_dask._exceptions import InvalidInputError, NotFoundError
+from icechunk_dask._exceptions import ExpiredSnapshotError, InvalidInputError, NotFoundError
 from icechunk_dask._manifests import load_node
 from icechunk_dask._sync import run
 from icechunk_dask.format import ID_PATTERN, NodeManifests, Snapshot
@@ -108,6 +108,8 @@ def _resolve_base(repo: AssetManager, name: str) -> str:
     if ID_PATTERN.match(name):
         try:
             run(repo.get_snapshot(name))
+        except ExpiredSnapshotError:
+            raise
         except NotFoundError:
             pass
         else:
