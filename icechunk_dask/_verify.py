@@ -23,7 +23,6 @@ from typing import Any
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._exceptions import ExpiredSnapshotError, IcechunkDaskError, NotFoundError
-from icechunk_dask._reach import live_refs
 from icechunk_dask.format import (
     EXPIRED_PREFIX,
     ChunkRef,
@@ -149,27 +148,34 @@ class _Verifier:
         storage, rep = self.assets.storage, self.report
         keys = await storage.list("refs/")
         head = "refs/branch."
+        live: dict[str, str] = {}
         for name in sorted({k[len(head) :].split("/")[0] for k in keys if k.startswith(head)}):
             rep.refs += 1
             try:
-                await self.assets.branch_tip(name)
+                _, ref = await self.assets.branch_tip(name)
             except IcechunkDaskError as e:
-                rep.add(f"refs/branch.{name}/", "corrupt", str(e))
+                rep.add(f"{head}{name}/", "corrupt", str(e))
+                continue
+            if ref is not None and not ref.deleted and ref.snapshot_id is not None:
+                live[f"branch {name}"] = ref.snapshot_id
+        tags: dict[str, str] = {}
+        tombstones: set[str] = set()
         for key in sorted(k for k in keys if k.startswith("refs/tag.")):
             rep.refs += 1
             try:
-                TagRef.decode(await storage.get(key), key)
+                tag = TagRef.decode(await storage.get(key), key)
             except IcechunkDaskError as e:
                 rep.add(key, _kind(e), str(e))
-        try:
-            refs = await live_refs(self.assets)
-        except IcechunkDaskError as e:
-            rep.add("refs/", "corrupt", str(e))
-            return {}
-        for label, sid in refs.items():
+                continue
+            if key.endswith(".deleted.json"):
+                tombstones.add(key[len("refs/tag.") : -len(".deleted.json")])
+            else:
+                tags[key[len("refs/tag.") : -len(".json")]] = tag.snapshot_id
+        live.update({f"tag {t}": sid for t, sid in tags.items() if t not in tombstones})
+        for label, sid in live.items():
             if await self._marker(sid, label) is not None:
                 rep.add(f"snapshots/{sid}", "expired-ref", f"{label} points at an expired snapshot")
-        return refs
+        return live
 
     async def _marker(self, sid: str, by: str) -> ExpiryMarker | None:
         try:
