@@ -62,7 +62,7 @@ _PREFIXES = {
 KINDS = (*_PREFIXES.values(), "config", "temporary", "other")
 
 #: Manifests fetched and decoded at the same time.
-_CONCURRENCY = 16
+_CONCURRENCY = 4
 
 
 def as_utc(when: object, what: str = "older_than") -> datetime:

@@ -13,8 +13,10 @@ import ctypes
 import errno
 import os
 import stat
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -35,6 +37,29 @@ __all__ = ["LocalFileSystemStorage", "local_filesystem_storage"]
 _TMP = TMP_PREFIX
 #: Objects per page of a streamed listing (``list_objects``).
 _PAGE = 4096
+#: Keys per thread of a deletion, and threads deleting at most.
+_DELETE_PART, _DELETE_THREADS = 128, 8
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool_after_fork() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _delete_pool() -> ThreadPoolExecutor:
+    """The deletion threads of this process (a forked child starts its own)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_DELETE_THREADS, thread_name_prefix="icechunk_dask-delete")
+        return _POOL
+
+
 T = TypeVar("T")
 
 
@@ -418,7 +443,13 @@ class LocalFileSystemStorage(Storage):
                 yield info
 
     async def delete(self, keys: Iterable[str]) -> None:
-        await asyncio.to_thread(self._delete_sync, list(keys))
+        # unlink is slow on some filesystems (tens of µs) and releases the GIL: a large
+        # deletion (garbage collection) runs in parallel on threads of its own
+        todo = list(keys)
+        loop = asyncio.get_running_loop()
+        pool = _delete_pool()
+        parts = [todo[i : i + _DELETE_PART] for i in range(0, len(todo), _DELETE_PART)]
+        await asyncio.gather(*(loop.run_in_executor(pool, self._delete_sync, p) for p in parts))
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._exists_sync, key)
