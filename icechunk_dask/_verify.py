@@ -87,7 +87,7 @@ class VerifyReport:
     chunks_read : int
         Chunks read and checked against their checksum (``chunks=True``).
     problems : list of Problem
-        What is wrong (at most :data:`MAX_PROBLEMS`; ``problems_total`` counts all).
+        What is wrong (the first 10,000; ``problems_total`` counts all).
     problems_total : int
         How many problems were found.
     """
