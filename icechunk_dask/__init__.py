@@ -23,6 +23,7 @@ from icechunk_dask._exceptions import (
     ConflictType,
     CorruptObjectError,
     ErrorKind,
+    ExpiredSnapshotError,
     FormatVersionError,
     IcechunkDaskError,
     IcechunkError,
@@ -32,6 +33,7 @@ from icechunk_dask._exceptions import (
     PicklingNotAllowedError,
     ReadOnlyError,
     RebaseFailedError,
+    RecoveryWarning,
     SessionStateError,
     StorageError,
     UnmergedWritesError,
@@ -46,9 +48,12 @@ if TYPE_CHECKING:
         VersionSelection,
     )
     from icechunk_dask._diff import Diff
+    from icechunk_dask._gc import GCSummary
     from icechunk_dask._repository import Repository, SnapshotInfo
     from icechunk_dask._session import ForkSession, Session
     from icechunk_dask._store import SessionStore
+    from icechunk_dask._usage import UsageReport
+    from icechunk_dask._verify import VerifyReport
     from icechunk_dask.dask import store_sessions
     from icechunk_dask.distributed import merge_sessions
     from icechunk_dask.storage import (
@@ -72,10 +77,13 @@ _LAZY = {
     "ConflictSolver": "icechunk_dask._conflicts",
     "Diff": "icechunk_dask._diff",
     "ForkSession": "icechunk_dask._session",
+    "GCSummary": "icechunk_dask._gc",
     "Repository": "icechunk_dask._repository",
     "Session": "icechunk_dask._session",
     "SessionStore": "icechunk_dask._store",
     "SnapshotInfo": "icechunk_dask._repository",
+    "UsageReport": "icechunk_dask._usage",
+    "VerifyReport": "icechunk_dask._verify",
     "VersionSelection": "icechunk_dask._conflicts",
     "azure_storage": "icechunk_dask.storage",
     "gcs_storage": "icechunk_dask.storage",
@@ -113,8 +121,10 @@ __all__ = [
     "CorruptObjectError",
     "Diff",
     "ErrorKind",
+    "ExpiredSnapshotError",
     "ForkSession",
     "FormatVersionError",
+    "GCSummary",
     "IcechunkDaskError",
     "IcechunkError",
     "InvalidInputError",
@@ -123,6 +133,7 @@ __all__ = [
     "PicklingNotAllowedError",
     "ReadOnlyError",
     "RebaseFailedError",
+    "RecoveryWarning",
     "Repository",
     "RepositoryConfig",
     "Session",
@@ -131,6 +142,8 @@ __all__ = [
     "SnapshotInfo",
     "StorageError",
     "UnmergedWritesError",
+    "UsageReport",
+    "VerifyReport",
     "VersionSelection",
     "__version__",
     "azure_storage",

@@ -181,5 +181,5 @@ async def _landed(assets: AssetManager, branch: str, base: str, candidates: set[
         if current in candidates:
             return current
         seen.add(current)
-        current = (await assets.get_snapshot(current)).parent_id
+        current = (await assets.get_snapshot(current, expired_ok=True)).parent_id
     return None

@@ -6,6 +6,7 @@
     ├── ConflictError                  a commit or merge collided with other changes
     │   └── RebaseFailedError          rebasing onto the new branch tip found conflicts
     ├── NotFoundError (KeyError)       unknown branch, tag, snapshot or object
+    │   └── ExpiredSnapshotError       a snapshot removed from history by expire_snapshots
     ├── InvalidInputError (ValueError) bad arguments, names, metadata or layouts
     ├── ReadOnlyError (ValueError)     a write through a read-only session or store
     ├── SessionStateError              an operation that the session's state forbids
@@ -17,7 +18,8 @@
     └── FormatVersionError             a repository written by a newer icechunk_dask
 
 Every error carries a stable, machine-readable ``kind`` (:class:`ErrorKind`).
-Messages say what went wrong and what to do next.
+Messages say what went wrong and what to do next. :class:`RecoveryWarning` is
+not an error: it says that an operation repaired what an interrupted one left.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "ConflictType",
     "CorruptObjectError",
     "ErrorKind",
+    "ExpiredSnapshotError",
     "FormatVersionError",
     "IcechunkDaskError",
     "IcechunkError",
@@ -41,6 +44,7 @@ __all__ = [
     "PicklingNotAllowedError",
     "ReadOnlyError",
     "RebaseFailedError",
+    "RecoveryWarning",
     "SessionStateError",
     "StorageError",
     "UnmergedWritesError",
@@ -104,6 +108,7 @@ class ErrorKind(StrEnum):
     LAYER_COLLISION = "layer-collision"
     """``ChangeSet.update`` of records that both change a box one of them holds as a
     pre-built manifest (an :class:`InvalidInputError`; ``Session.merge`` merges them)."""
+    EXPIRED_SNAPSHOT = "expired-snapshot"
 
 
 class IcechunkDaskError(Exception):
@@ -294,6 +299,34 @@ class NotFoundError(IcechunkDaskError, KeyError):
         return self.message
 
 
+class ExpiredSnapshotError(NotFoundError):
+    """A snapshot that ``expire_snapshots`` removed from history (its data may be collected).
+
+    Also a :class:`NotFoundError`. ``snapshot_id`` and ``expired_at`` are also
+    attributes.
+
+    Parameters
+    ----------
+    message : str
+        Which snapshot, since when, and what to read instead.
+    snapshot_id : str
+        The expired snapshot.
+    expired_at : str
+        When it was expired (ISO 8601, UTC).
+    kind : ErrorKind or None, optional
+        The error's code (default ``ErrorKind.EXPIRED_SNAPSHOT``).
+    """
+
+    default_kind = ErrorKind.EXPIRED_SNAPSHOT
+
+    def __init__(
+        self, message: str, *, snapshot_id: str, expired_at: str, kind: ErrorKind | None = None
+    ) -> None:
+        super().__init__(message, kind=kind)
+        self.snapshot_id = snapshot_id
+        self.expired_at = expired_at
+
+
 class InvalidInputError(IcechunkDaskError, ValueError):
     """Arguments, names, metadata or write layouts that cannot be accepted.
 
@@ -458,3 +491,12 @@ class FormatVersionError(IcechunkDaskError):
 
 #: Icechunk's name for the base of the error tree.
 IcechunkError = IcechunkDaskError
+
+
+class RecoveryWarning(UserWarning):
+    """An operation finished or cleaned up what an interrupted one left behind.
+
+    For example ``Repository.create`` or ``open_or_create`` finishing the
+    creation of a repository whose creator died before writing ``config.json``.
+    The message says what was found and what was done.
+    """

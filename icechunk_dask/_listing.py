@@ -57,7 +57,7 @@ class Listing:
 
     async def _committed_keys(self, under: str) -> set[str]:
         """Committed keys that may start with ``under`` (a superset is fine), cleared ones excluded."""
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         cleared = self._cleared()
         keys = {k for k in snap.meta if k.startswith(under)}
         for node, nm in snap.nodes.items():
@@ -110,7 +110,7 @@ class Listing:
         (or deletions make a node's emptiness uncertain), never for a group.
         """
         head = f"{prefix}/" if prefix else ""
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         inherited = await self.inherited_chunks()
         cleared = self._cleared()
         deleted = [

@@ -21,7 +21,14 @@ from collections.abc import Iterable
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._diff import chunk_coordinates
-from icechunk_dask._exceptions import Conflict, ConflictType, CorruptObjectError
+from icechunk_dask._exceptions import (
+    Conflict,
+    ConflictType,
+    CorruptObjectError,
+    ExpiredSnapshotError,
+    NotFoundError,
+    RebaseFailedError,
+)
 from icechunk_dask._flush import group_by_node
 from icechunk_dask._prebuilt import box_entries, materialize
 from icechunk_dask.format import Layer, Snapshot, TransactionLog
@@ -37,7 +44,12 @@ def _covers(prefix: str, key: str) -> bool:
 async def _logs_between(
     assets: AssetManager, branch: str, since: str, tip: str
 ) -> list[TransactionLog] | None:
-    """Transaction logs from ``tip`` back to ``since`` (``None`` if ``since`` is not an ancestor)."""
+    """Transaction logs from ``tip`` back to ``since`` (``None`` if ``since`` is not an ancestor).
+
+    The walk follows the parents the snapshots record, expired ones included
+    (their changes must be checked too); if expiration and garbage collection
+    already removed one, the changes cannot be checked and the commit is refused.
+    """
     between: list[str] = []
     current: str | None = tip
     while current != since:
@@ -50,8 +62,27 @@ async def _logs_between(
         if current is None:
             return None
         between.append(current)
-        current = (await assets.get_snapshot(current)).parent_id
-    return [await assets.get_transaction_log(s) for s in between]
+        try:
+            current = (await assets.get_snapshot(current, expired_ok=True)).parent_id
+        except ExpiredSnapshotError:
+            raise _collected(branch, current, since) from None
+    try:
+        return [await assets.get_transaction_log(s) for s in between]
+    except NotFoundError as e:
+        if not any([await assets.get_expiry(s) is not None for s in between]):
+            raise
+        raise _collected(branch, None, since) from e
+
+
+def _collected(branch: str, snapshot_id: str | None, since: str) -> RebaseFailedError:
+    which = f"snapshot {snapshot_id}" if snapshot_id else "snapshots"
+    return RebaseFailedError(
+        f"branch {branch!r} moved since this session started at snapshot {since}, and "
+        f"{which} in between were expired and garbage-collected, so this session's changes "
+        "cannot be checked against theirs. Nothing was committed; start a new session on the "
+        "branch and write again (garbage collection keeps what is newer than its cutoff: "
+        "choose a cutoff older than your longest session)"
+    )
 
 
 def _chunk_conflicts(
@@ -140,7 +171,7 @@ async def find_conflicts(
     )
     logs = [await _expand(assets, log, mine) for log in logs]
     return _conflicts(
-        cs, logs, tip_snap, since_arrays=(await assets.get_snapshot(since)).arrays
+        cs, logs, tip_snap, since_arrays=(await assets.get_snapshot(since, expired_ok=True)).arrays
     ), cs
 
 

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from icechunk_dask import _history
 from icechunk_dask._assets import AssetManager, shared_assets
 from icechunk_dask._bootstrap import create_repository, open_repository, repository_exists
 from icechunk_dask._config import RepositoryConfig
 from icechunk_dask._diff import Diff, diff_snapshots
-from icechunk_dask._exceptions import CorruptObjectError, InvalidInputError, NotFoundError
+from icechunk_dask._exceptions import InvalidInputError, NotFoundError, RecoveryWarning
+from icechunk_dask._expire import expire_snapshots
+from icechunk_dask._gc import GCSummary, garbage_collect
 from icechunk_dask._refs import create_tag, delete_tag, set_branch
 from icechunk_dask._scheduler import register_pickling_hook
 from icechunk_dask._session import Session
 from icechunk_dask._sync import run
+from icechunk_dask._usage import UsageReport, storage_usage
+from icechunk_dask._verify import VerifyReport, verify_repository
 from icechunk_dask.format import RepoConfig, Snapshot, validate_snapshot_id
 from icechunk_dask.storage import Storage
 
@@ -170,8 +176,23 @@ class Repository:
             repository there at the same time.
         StorageError
             If the storage cannot be written.
+
+        Warns
+        -----
+        RecoveryWarning
+            If it finished a creation that another process left half done (its
+            branch ``main`` written, ``config.json`` never): at once when that
+            creation is damaged, else once it is 30 s old (until then this waits).
         """
-        return cls(run(create_repository(storage, config)))
+        return cls._create(storage, config, 3)
+
+    @classmethod
+    def _create(cls, storage: Location, config: RepositoryConfig | None, level: int) -> Repository:
+        notes: list[str] = []
+        repo = cls(run(create_repository(storage, config, recovered=notes)))
+        for note in notes:
+            warnings.warn(note, RecoveryWarning, stacklevel=level)
+        return repo
 
     @classmethod
     def open(cls, storage: Location, config: RepositoryConfig | None = None) -> Repository:
@@ -216,7 +237,9 @@ class Repository:
         return repo
 
     @classmethod
-    def open_or_create(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
+    def open_or_create(
+        cls, storage: Location, config: RepositoryConfig | None = None
+    ) -> Repository:
         """Open the repository at ``storage``, creating it if there is none.
 
         Parameters
@@ -240,11 +263,17 @@ class Repository:
             If the repository was written by a newer icechunk_dask.
         StorageError
             If the storage cannot be read or written.
+
+        Warns
+        -----
+        RecoveryWarning
+            If it finished a creation that another process left half done
+            (see :meth:`create`).
         """
         if cls.exists(storage):
             return cls.open(storage)
         try:
-            return cls.create(storage, config)
+            return cls._create(storage, config, 3)
         except InvalidInputError:
             if cls.exists(storage):  # lost a creation race: fine
                 return cls.open(storage)
@@ -543,6 +572,10 @@ class Repository:
     ) -> Iterator[SnapshotInfo]:
         """Yield the snapshots from the given one back to the repository's first.
 
+        Snapshots expired by :meth:`expire_snapshots` are skipped: the history
+        continues with their nearest ancestor that is not expired (at the
+        latest the repository's first snapshot, which never expires).
+
         Parameters
         ----------
         branch, tag, snapshot_id : str or None, optional
@@ -559,22 +592,14 @@ class Repository:
             If not exactly one starting point is given.
         NotFoundError
             If the starting point does not exist.
+        ExpiredSnapshotError
+            If the starting point was expired.
         CorruptObjectError
-            If the history has a cycle or a snapshot is damaged or missing.
+            If the history is damaged (a cycle, a damaged snapshot).
         """
-        current: str | None = run(self._assets.resolve(branch, tag, snapshot_id))
-        seen: set[str] = set()
-        while current is not None:
-            if current in seen:
-                raise CorruptObjectError(
-                    f"the history has a cycle at snapshot {current}: the repository is damaged "
-                    "(run icechunk-dask verify)",
-                    key=f"snapshots/{current}",
-                )
-            seen.add(current)
-            snap = run(self._assets.get_snapshot(current))
+        start = run(self._assets.resolve(branch, tag, snapshot_id))
+        for snap in _history.ancestry(self._assets, start):
             yield SnapshotInfo.from_snapshot(snap)
-            current = snap.parent_id
 
     # -- sessions -------------------------------------------------------------
 
@@ -651,6 +676,119 @@ class Repository:
         snap = run(self._assets.resolve(branch, tag, snapshot_id))
         run(self._assets.get_snapshot(snap))  # fail early on a missing or damaged snapshot
         return Session(self._assets, snap, branch=branch, read_only=True)
+
+    # -- maintenance ------------------------------------------------------------
+
+    def expire_snapshots(
+        self,
+        older_than: datetime,
+        *,
+        delete_expired_branches: bool = False,
+        delete_expired_tags: bool = False,
+    ) -> set[str]:
+        """Expire the snapshots committed before ``older_than`` (Icechunk's name and semantics).
+
+        Walks the history of every branch and tag. A snapshot committed before
+        ``older_than`` expires unless a branch or tag points at it or it is the
+        repository's first snapshot. An expired snapshot is skipped by every
+        history walk (:meth:`ancestry`: the history continues with its nearest
+        ancestor that is not expired), reading it is an
+        :class:`~icechunk_dask.ExpiredSnapshotError`, and :meth:`garbage_collect`
+        can then delete what only it needed. Sessions already open on it keep
+        working until then. Snapshots are never rewritten: expiry is recorded
+        by a create-only marker per snapshot.
+
+        Parameters
+        ----------
+        older_than : datetime
+            Snapshots committed before this time expire (naive means UTC).
+        delete_expired_branches : bool
+            First delete the branches (except ``main``) whose tip is older than
+            ``older_than`` (each only while it still points there); their
+            snapshots then expire too.
+        delete_expired_tags : bool
+            The same for tags.
+
+        Returns
+        -------
+        set of str
+            The ids of the snapshots this call expired.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``older_than`` is not a datetime.
+        """
+        return run(
+            expire_snapshots(
+                self._assets,
+                older_than,
+                delete_expired_branches=delete_expired_branches,
+                delete_expired_tags=delete_expired_tags,
+            )
+        )
+
+    def garbage_collect(
+        self, delete_object_older_than: datetime, *, dry_run: bool = False
+    ) -> GCSummary:
+        """Delete the objects no branch or tag needs that were written before a cutoff.
+
+        An object is deleted only if it is unreachable from every branch tip
+        and tag (through their histories, expired snapshots excluded) **and**
+        was stored before ``delete_object_older_than``. Writers running
+        meanwhile are safe as long as the cutoff is before they started: a
+        session's chunks and a commit's objects are all newer than that. A
+        chunk object holding several chunks (a pack) is kept whole while any
+        reachable reference points into it. Also deleted: old records of
+        failed or abandoned write jobs, scratch objects, session markers and
+        the temporary files of interrupted writes.
+
+        Parameters
+        ----------
+        delete_object_older_than : datetime
+            The cutoff (naive means UTC; a time in the future counts as now).
+            Choose it before the start of the longest session still running.
+        dry_run : bool
+            Count what would be deleted, delete nothing.
+
+        Returns
+        -------
+        GCSummary
+            Objects and bytes deleted (or that would be), by kind.
+
+        Raises
+        ------
+        CorruptObjectError
+            If a reachable object is missing or damaged: nothing is deleted then.
+        """
+        return run(garbage_collect(self._assets, delete_object_older_than, dry_run=dry_run))
+
+    def verify(self, *, all_snapshots: bool = False, chunks: bool = False) -> VerifyReport:
+        """Check that every object the history needs exists, decodes and is in its place.
+
+        Parameters
+        ----------
+        all_snapshots : bool
+            Check every stored snapshot, not only those reachable from branches and tags.
+        chunks : bool
+            Also read every chunk and check it against its checksum.
+
+        Returns
+        -------
+        VerifyReport
+            What was checked and the problems found (``report.ok`` when none).
+        """
+        return run(verify_repository(self._assets, all_snapshots=all_snapshots, chunks=chunks))
+
+    def storage_usage(self) -> UsageReport:
+        """Objects and bytes stored, by kind, reachable from branches and tags or not.
+
+        Returns
+        -------
+        UsageReport
+            Per kind: reachable and unreachable objects and bytes.
+        """
+        return run(storage_usage(self._assets))
 
 
 def _reopen(storage: Storage, config: RepoConfig) -> Repository:

@@ -177,7 +177,7 @@ class Session:
             of the chunks written or deleted, per array.
         """
         ws = self._workspace
-        snap = run(ws.assets.get_snapshot(ws.base))
+        snap = run(ws.assets.get_snapshot(ws.base, expired_ok=True))
         with ws.lock:
             meta = {**ws.inh_meta, **ws.cs.meta}
             keys = list(ws.cs.chunks)

@@ -125,7 +125,7 @@ class Workspace(Listing):
     async def _committed_ref(self, key: str) -> ChunkRef | None:
         if (self.cs.cleared or self.inh_cleared) and self.hidden(key):
             return None
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         node, suffix = node_of(key, snap.arrays)
         nm = snap.nodes.get(node)
         if nm is None:
@@ -138,7 +138,7 @@ class Workspace(Listing):
         if doc is _MISSING:
             doc = self.inh_meta.get(key, _MISSING)
         if doc is _MISSING:
-            doc = (await self.assets.get_snapshot(self.base)).meta.get(key)
+            doc = (await self.assets.get_snapshot(self.base, expired_ok=True)).meta.get(key)
         return doc  # type: ignore[no-any-return]
 
     async def get_ref(self, key: str) -> ChunkRef | None:
@@ -323,7 +323,7 @@ class Workspace(Listing):
         path = prefix.strip("/")
         head = f"{path}/" if path else ""
         await self._mark_writer()
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         inherited = await self.inherited_chunks()
         committed = any(
             path == "" or n == path or n.startswith(head) or head.startswith(f"{n}/" if n else "")

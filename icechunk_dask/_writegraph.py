@@ -112,7 +112,7 @@ class WriteContext:
 def box_targets(session: Session, targets: Sequence[TargetSpec]) -> tuple[BoxTarget | None, ...]:
     """The manifest layout the commit will give each target (as ``session`` sees it now)."""
     ws = session._workspace
-    snap = run(ws.assets.get_snapshot(ws.base))
+    snap = run(ws.assets.get_snapshot(ws.base, expired_ok=True))
     meta = {**snap.meta, **ws.inh_meta, **ws.cs.meta}
     view = {k: v for k, v in meta.items() if v is not None}
     cleared = ws.inh_cleared | ws.cs.cleared

@@ -27,6 +27,7 @@ __all__ = [
     "encode_ref_columns",
     "encode_refs",
     "join_keys",
+    "object_ids",
     "ref_columns",
     "same_chunk",
 ]
@@ -231,3 +232,32 @@ def decode_refs(data: bytes) -> tuple[list[str], list[ChunkRef | None]]:
         else:
             refs.append(None)
     return keys, refs
+
+
+def object_ids(data: bytes) -> list[str]:
+    """The chunk-object ids that the references of :func:`encode_refs` output point into.
+
+    Inline chunks and deletions name no object and are left out; an object
+    referenced several times (a pack) appears once per reference. Reads only
+    the id and kind columns, so it costs a fraction of :func:`decode_refs`.
+
+    Raises
+    ------
+    ValueError
+        If the columns are inconsistent (the caller reports the object key).
+    """
+    n, klen, ilen, blen = _COUNTS.unpack_from(data)
+    pos = _COUNTS.size + klen
+    id_blob = bytes(data[pos : pos + ilen])
+    pos += ilen
+    if pos + n + 24 * n + blen != len(data):
+        raise ValueError("chunk reference columns have the wrong size")
+    if n == 0:
+        return []
+    ids = id_blob.decode().split("\0")
+    if len(ids) != n:
+        raise ValueError("chunk reference columns disagree in length")
+    kinds = np.frombuffer(data, dtype=np.uint8, count=n, offset=pos)
+    if not kinds.any():
+        return ids
+    return [i for i, kind in zip(ids, kinds.tolist(), strict=True) if kind == _FILE]

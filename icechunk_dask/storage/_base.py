@@ -248,6 +248,22 @@ class Storage(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot list objects with their times")
         yield ObjectInfo("", 0, datetime.min)  # type: ignore[unreachable]  # an async generator
 
+    async def list_temporary(self) -> AsyncIterator[ObjectInfo]:
+        """Yield the temporary objects that interrupted writes left behind (optional).
+
+        Backends that write through temporary objects (the local filesystem's
+        ``.tmp-*`` files) report them here, so that garbage collection can
+        delete the old ones with :meth:`delete`; a listing never shows them.
+        The default yields nothing.
+
+        Yields
+        ------
+        ObjectInfo
+            Key, size and modification time of one temporary object.
+        """
+        return
+        yield ObjectInfo("", 0, datetime.min)  # type: ignore[unreachable]  # an async generator
+
     @abstractmethod
     async def delete(self, keys: Iterable[str]) -> None:
         """Delete objects; missing keys are ignored.

@@ -13,9 +13,12 @@ import ctypes
 import errno
 import os
 import stat
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +35,31 @@ from icechunk_dask.storage._local_errors import (
 __all__ = ["LocalFileSystemStorage", "local_filesystem_storage"]
 
 _TMP = TMP_PREFIX
+#: Objects per page of a streamed listing (``list_objects``).
+_PAGE = 4096
+#: Keys per thread of a deletion, and threads deleting at most.
+_DELETE_PART, _DELETE_THREADS = 128, 8
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool_after_fork() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _delete_pool() -> ThreadPoolExecutor:
+    """The deletion threads of this process (a forked child starts its own)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_DELETE_THREADS, thread_name_prefix="icechunk_dask-delete")
+        return _POOL
+
+
 T = TypeVar("T")
 
 
@@ -321,17 +349,38 @@ class LocalFileSystemStorage(Storage):
             raise os_error(e, f"list {prefix!r} in {self.url}", base) from e
         return out
 
-    def _list_info_sync(self, prefix: str) -> list[ObjectInfo]:
-        out = []
-        for key in self._list_sync(prefix):
+    def _walk_info_sync(self, prefix: str, temporary: bool) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` with size and time (or the temporary files), one at a time."""
+        head, _, _ = prefix.rpartition("/")
+        if head and not self._can_exist(head):
+            return
+        base = self.root / head if head else self.root
+        stack = [(base, f"{head}/" if head else "")]
+        while stack:
+            folder, rel = stack.pop()
             try:
-                st = os.stat(self.root / key)
-            except FileNotFoundError:  # deleted while listing
-                continue
+                entries = os.scandir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # nothing there, or removed while walking
             except OSError as e:
-                raise self._error(e, "examine", key) from e
-            out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
-        return out
+                raise os_error(e, f"list {prefix!r} in {self.url}", folder) from e
+            with entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append((Path(entry.path), f"{rel}{entry.name}/"))
+                            continue
+                        if entry.name.startswith(_TMP) != temporary:
+                            continue
+                        key = rel + entry.name
+                        if not key.startswith(prefix):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # deleted while listing
+                        continue
+                    except OSError as e:
+                        raise self._error(e, "examine", rel + entry.name) from e
+                    yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def _delete_sync(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -550,8 +599,31 @@ class LocalFileSystemStorage(Storage):
         StorageError
             If a folder or file cannot be examined.
         """
-        for info in await asyncio.to_thread(self._list_info_sync, prefix):
+        async for info in self._stream(self._walk_info_sync(prefix, temporary=False)):
             yield info
+
+    async def list_temporary(self) -> AsyncIterator[ObjectInfo]:
+        """Yield the ``.tmp-*`` files that interrupted writes left behind.
+
+        Yields
+        ------
+        ObjectInfo
+            Key, size and modification time (UTC) of one temporary file.
+
+        Raises
+        ------
+        StorageError
+            If a folder or file cannot be examined.
+        """
+        async for info in self._stream(self._walk_info_sync("", temporary=True)):
+            yield info
+
+    @staticmethod
+    async def _stream(it: Iterator[ObjectInfo]) -> AsyncIterator[ObjectInfo]:
+        """Drive a blocking listing in worker threads, a page at a time (bounded memory)."""
+        while page := await asyncio.to_thread(lambda: list(islice(it, _PAGE))):
+            for info in page:
+                yield info
 
     async def delete(self, keys: Iterable[str]) -> None:
         """Delete objects; missing keys are ignored.
@@ -568,7 +640,13 @@ class LocalFileSystemStorage(Storage):
         StorageError
             If a file cannot be deleted (the ones before it are deleted).
         """
-        await asyncio.to_thread(self._delete_sync, list(keys))
+        # unlink is slow on some filesystems (tens of µs) and releases the GIL: a large
+        # deletion (garbage collection) runs in parallel on threads of its own
+        todo = list(keys)
+        loop = asyncio.get_running_loop()
+        pool = _delete_pool()
+        parts = [todo[i : i + _DELETE_PART] for i in range(0, len(todo), _DELETE_PART)]
+        await asyncio.gather(*(loop.run_in_executor(pool, self._delete_sync, p) for p in parts))
 
     async def exists(self, key: str) -> bool:
         """Return whether a file exists at ``key``.
