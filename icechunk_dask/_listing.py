@@ -131,12 +131,10 @@ class Listing:
                 continue
             if nhead.startswith(head) and nhead != head:
                 child = nhead[len(head) :].split("/", 1)[0]
-                uncertain = (
-                    not nm.exact
-                    or any(k.startswith(nhead) for k in deleted)
-                    or any(p.startswith(nhead) for p in cleared)
+                changed = any(k.startswith(nhead) for k in deleted) or any(
+                    p.startswith(nhead) for p in cleared
                 )
-                if nm.upper_count and not uncertain:
+                if not changed and nm.surely_nonempty:
                     children.add(child)
                     continue
             elif not head.startswith(nhead):
@@ -146,13 +144,13 @@ class Listing:
                 and nm.encoding is not None
                 and nm.encoding[0] == "default"
                 and "" not in nm.boxes
-                and nm.exact
+                and (nm.exact or nm.surely_nonempty)
                 and not any(k.startswith(nhead) for k in deleted)
                 and not any(p.startswith(nhead) for p in cleared)
             ):
-                if nm.upper_count:
+                if nm.surely_nonempty:
                     children.add("c")
-                continue
+                continue  # exact and empty: no chunk
             exact.update(nhead + s for s in await load_node(self.assets, node, nm))
         for key in snap.meta:
             if key.startswith(head):
