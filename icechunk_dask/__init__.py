@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     )
     from icechunk_dask._diff import Diff
     from icechunk_dask._gc import GCSummary
-    from icechunk_dask._repository import Repository, SnapshotInfo
+    from icechunk_dask._history import SnapshotInfo
+    from icechunk_dask._repository import Repository
     from icechunk_dask._session import ForkSession, Session
     from icechunk_dask._store import SessionStore
     from icechunk_dask._usage import UsageReport
@@ -81,7 +82,7 @@ _LAZY = {
     "Repository": "icechunk_dask._repository",
     "Session": "icechunk_dask._session",
     "SessionStore": "icechunk_dask._store",
-    "SnapshotInfo": "icechunk_dask._repository",
+    "SnapshotInfo": "icechunk_dask._history",
     "UsageReport": "icechunk_dask._usage",
     "VerifyReport": "icechunk_dask._verify",
     "VersionSelection": "icechunk_dask._conflicts",

@@ -17,13 +17,16 @@ instead of looping.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._exceptions import CorruptObjectError, ExpiredSnapshotError
 from icechunk_dask._sync import run
 from icechunk_dask.format import Snapshot
 
-__all__ = ["ancestry", "cycle_error", "next_in_history", "walk"]
+__all__ = ["SnapshotInfo", "ancestry", "cycle_error", "next_in_history", "walk"]
 
 
 def cycle_error(snapshot_id: str) -> CorruptObjectError:
@@ -98,3 +101,53 @@ def ancestry(assets: AssetManager, start: str) -> Iterator[Snapshot]:
     while snap is not None:
         yield snap
         snap = run(next_in_history(assets, snap.parent_id, seen))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """What :meth:`Repository.ancestry` yields for each snapshot.
+
+    Also what :meth:`Repository.lookup_snapshot` returns. Each parameter is
+    also a (read-only) attribute of the same name.
+
+    Parameters
+    ----------
+    id : str
+        The snapshot id.
+    parent_id : str or None
+        The previous snapshot (``None`` for the repository's first).
+    written_at : datetime
+        When it was committed (timezone-aware, UTC).
+    message : str
+        The commit message.
+    metadata : dict of str to Any
+        The commit's properties (``commit(message, metadata)``).
+    """
+
+    id: str
+    parent_id: str | None
+    written_at: datetime
+    message: str
+    metadata: dict[str, Any]
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> SnapshotInfo:
+        """Build from a decoded snapshot.
+
+        Parameters
+        ----------
+        snap : icechunk_dask.format.Snapshot
+            A snapshot as the repository's format layer decodes it.
+
+        Returns
+        -------
+        SnapshotInfo
+            Its id, parent, time, message and metadata.
+        """
+        return cls(
+            snap.id,
+            snap.parent_id,
+            datetime.fromisoformat(snap.written_at),
+            snap.message,
+            dict(snap.metadata),
+        )

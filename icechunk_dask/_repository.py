@@ -10,7 +10,6 @@ import asyncio
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,18 +19,16 @@ from icechunk_dask._bootstrap import create_repository, open_repository, reposit
 from icechunk_dask._config import RepositoryConfig
 from icechunk_dask._diff import Diff, diff_snapshots
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError, RecoveryWarning
-from icechunk_dask._expire import expire_snapshots
-from icechunk_dask._gc import GCSummary, garbage_collect
-from icechunk_dask._refs import create_tag, delete_tag, set_branch
+from icechunk_dask._history import SnapshotInfo
+from icechunk_dask._maintenance import MaintenanceMethods
+from icechunk_dask._refs_api import RefMethods
 from icechunk_dask._scheduler import register_pickling_hook
 from icechunk_dask._session import Session
 from icechunk_dask._sync import run
-from icechunk_dask._usage import UsageReport, storage_usage
-from icechunk_dask._verify import VerifyReport, verify_repository
-from icechunk_dask.format import RepoConfig, Snapshot, validate_snapshot_id
+from icechunk_dask.format import RepoConfig, validate_snapshot_id
 from icechunk_dask.storage import Storage
 
-__all__ = ["Repository", "SnapshotInfo"]
+__all__ = ["Repository"]
 
 #: Where a repository lives: a storage, a local path, or a URL (``s3://bucket/prefix``).
 Location = Storage | str | os.PathLike[str]
@@ -40,57 +37,7 @@ Location = Storage | str | os.PathLike[str]
 register_pickling_hook()
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    """What :meth:`Repository.ancestry` yields for each snapshot.
-
-    Also what :meth:`Repository.lookup_snapshot` returns. Each parameter is
-    also a (read-only) attribute of the same name.
-
-    Parameters
-    ----------
-    id : str
-        The snapshot id.
-    parent_id : str or None
-        The previous snapshot (``None`` for the repository's first).
-    written_at : datetime
-        When it was committed (timezone-aware, UTC).
-    message : str
-        The commit message.
-    metadata : dict of str to Any
-        The commit's properties (``commit(message, metadata)``).
-    """
-
-    id: str
-    parent_id: str | None
-    written_at: datetime
-    message: str
-    metadata: dict[str, Any]
-
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> SnapshotInfo:
-        """Build from a decoded snapshot.
-
-        Parameters
-        ----------
-        snap : icechunk_dask.format.Snapshot
-            A snapshot as the repository's format layer decodes it.
-
-        Returns
-        -------
-        SnapshotInfo
-            Its id, parent, time, message and metadata.
-        """
-        return cls(
-            snap.id,
-            snap.parent_id,
-            datetime.fromisoformat(snap.written_at),
-            snap.message,
-            dict(snap.metadata),
-        )
-
-
-class Repository:
+class Repository(RefMethods, MaintenanceMethods):
     """A versioned, transactional Zarr v3 repository.
 
     Create one with :meth:`create`, :meth:`open` or :meth:`open_or_create`;
@@ -302,201 +249,6 @@ class Repository:
         """
         return run(repository_exists(storage))
 
-    # -- branches -------------------------------------------------------------
-
-    def lookup_branch(self, branch: str) -> str:
-        """Return the snapshot id at the tip of ``branch``.
-
-        Parameters
-        ----------
-        branch : str
-            The branch name.
-
-        Returns
-        -------
-        str
-            The snapshot id.
-
-        Raises
-        ------
-        NotFoundError
-            If the branch does not exist.
-        InvalidInputError
-            If ``branch`` is not a valid branch name.
-        """
-        return run(self._assets.lookup_branch(branch))[1]
-
-    def list_branches(self) -> set[str]:
-        """Return the names of all branches.
-
-        Returns
-        -------
-        set of str
-            Branch names.
-        """
-        return run(self._assets.list_branches())
-
-    def create_branch(self, branch: str, snapshot_id: str) -> None:
-        """Create a branch pointing at ``snapshot_id``.
-
-        Parameters
-        ----------
-        branch : str
-            The new branch's name.
-        snapshot_id : str
-            Where it starts.
-
-        Raises
-        ------
-        InvalidInputError
-            If the name is invalid or the branch already exists.
-        NotFoundError
-            If the snapshot does not exist (or ``snapshot_id`` is not a snapshot id).
-        IcechunkDaskError
-            If other writers kept moving the branch through 100 attempts.
-        """
-        validate_snapshot_id(snapshot_id)
-        run(set_branch(self._assets, branch, snapshot_id, create=True))
-
-    def reset_branch(
-        self, branch: str, snapshot_id: str, *, from_snapshot_id: str | None = None
-    ) -> None:
-        """Point an existing branch at ``snapshot_id`` (any snapshot of the repository).
-
-        Parameters
-        ----------
-        branch : str
-            The branch.
-        snapshot_id : str
-            Where it should point.
-        from_snapshot_id : str or None, optional
-            The tip you saw: the branch is moved only if it is still there
-            (checked atomically with the move), so a commit acknowledged
-            meanwhile is never dropped. Without it (the default) the branch
-            moves whatever its tip.
-
-        Raises
-        ------
-        NotFoundError
-            If the branch or the snapshot does not exist (or a snapshot id is
-            malformed).
-        InvalidInputError
-            If ``branch`` is not a valid branch name.
-        ConflictError
-            If the tip is not ``from_snapshot_id`` (kind ``branch-moved``); nothing changed.
-        IcechunkDaskError
-            If other writers kept moving the branch through 100 attempts.
-        """
-        if snapshot_id is None:
-            raise InvalidInputError(
-                f"reset_branch needs a snapshot id to point {branch!r} at, got None; to remove "
-                "the branch use repo.delete_branch(branch)"
-            )
-        validate_snapshot_id(snapshot_id)
-        run(set_branch(self._assets, branch, snapshot_id, create=False, expected=from_snapshot_id))
-
-    def delete_branch(self, branch: str, *, from_snapshot_id: str | None = None) -> None:
-        """Delete a branch (its snapshots stay reachable by id and by tags).
-
-        Parameters
-        ----------
-        branch : str
-            The branch.
-        from_snapshot_id : str or None, optional
-            The tip you saw: the branch is deleted only if it is still there
-            (checked atomically). Default: delete whatever its tip.
-
-        Raises
-        ------
-        InvalidInputError
-            For ``main``, which cannot be deleted, and for invalid names.
-        NotFoundError
-            If the branch does not exist (or ``from_snapshot_id`` is not a snapshot id).
-        ConflictError
-            If the tip is not ``from_snapshot_id`` (kind ``branch-moved``); nothing changed.
-        IcechunkDaskError
-            If other writers kept moving the branch through 100 attempts.
-        """
-        if branch == "main":
-            raise InvalidInputError("the 'main' branch cannot be deleted")
-        run(set_branch(self._assets, branch, None, create=False, expected=from_snapshot_id))
-
-    # -- tags -----------------------------------------------------------------
-
-    def create_tag(self, tag: str, snapshot_id: str) -> None:
-        """Create an immutable tag pointing at ``snapshot_id``.
-
-        Parameters
-        ----------
-        tag : str
-            The tag's name.
-        snapshot_id : str
-            The snapshot it names.
-
-        Raises
-        ------
-        InvalidInputError
-            If the name is invalid or the tag exists (or existed: tags are never reused).
-        NotFoundError
-            If the snapshot does not exist (or ``snapshot_id`` is not a snapshot id).
-        """
-        run(create_tag(self._assets, tag, snapshot_id))
-
-    def lookup_tag(self, tag: str) -> str:
-        """Return the snapshot id a tag points at.
-
-        Parameters
-        ----------
-        tag : str
-            The tag.
-
-        Returns
-        -------
-        str
-            The snapshot id.
-
-        Raises
-        ------
-        NotFoundError
-            If the tag does not exist or was deleted.
-        InvalidInputError
-            If ``tag`` is not a valid tag name.
-        """
-        return run(self._assets.lookup_tag(tag))
-
-    def list_tags(self) -> set[str]:
-        """Return the names of all tags.
-
-        Returns
-        -------
-        set of str
-            Tag names.
-        """
-        return run(self._assets.list_tags())
-
-    def delete_tag(self, tag: str, *, from_snapshot_id: str | None = None) -> None:
-        """Delete a tag. Its name cannot be used again.
-
-        Parameters
-        ----------
-        tag : str
-            The tag.
-        from_snapshot_id : str or None, optional
-            The snapshot you believe the tag names: refuse to delete it
-            otherwise. Default: delete it whatever it names.
-
-        Raises
-        ------
-        NotFoundError
-            If the tag does not exist (or was already deleted).
-        InvalidInputError
-            If ``tag`` is not a valid tag name.
-        ConflictError
-            If the tag names another snapshot than ``from_snapshot_id`` (kind
-            ``branch-moved``); nothing changed.
-        """
-        run(delete_tag(self._assets, tag, expected=from_snapshot_id))
-
     # -- snapshots and diffs ----------------------------------------------------
 
     def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
@@ -676,119 +428,6 @@ class Repository:
         snap = run(self._assets.resolve(branch, tag, snapshot_id))
         run(self._assets.get_snapshot(snap))  # fail early on a missing or damaged snapshot
         return Session(self._assets, snap, branch=branch, read_only=True)
-
-    # -- maintenance ------------------------------------------------------------
-
-    def expire_snapshots(
-        self,
-        older_than: datetime,
-        *,
-        delete_expired_branches: bool = False,
-        delete_expired_tags: bool = False,
-    ) -> set[str]:
-        """Expire the snapshots committed before ``older_than`` (Icechunk's name and semantics).
-
-        Walks the history of every branch and tag. A snapshot committed before
-        ``older_than`` expires unless a branch or tag points at it or it is the
-        repository's first snapshot. An expired snapshot is skipped by every
-        history walk (:meth:`ancestry`: the history continues with its nearest
-        ancestor that is not expired), reading it is an
-        :class:`~icechunk_dask.ExpiredSnapshotError`, and :meth:`garbage_collect`
-        can then delete what only it needed. Sessions already open on it keep
-        working until then. Snapshots are never rewritten: expiry is recorded
-        by a create-only marker per snapshot.
-
-        Parameters
-        ----------
-        older_than : datetime
-            Snapshots committed before this time expire (naive means UTC).
-        delete_expired_branches : bool
-            First delete the branches (except ``main``) whose tip is older than
-            ``older_than`` (each only while it still points there); their
-            snapshots then expire too.
-        delete_expired_tags : bool
-            The same for tags.
-
-        Returns
-        -------
-        set of str
-            The ids of the snapshots this call expired.
-
-        Raises
-        ------
-        InvalidInputError
-            If ``older_than`` is not a datetime.
-        """
-        return run(
-            expire_snapshots(
-                self._assets,
-                older_than,
-                delete_expired_branches=delete_expired_branches,
-                delete_expired_tags=delete_expired_tags,
-            )
-        )
-
-    def garbage_collect(
-        self, delete_object_older_than: datetime, *, dry_run: bool = False
-    ) -> GCSummary:
-        """Delete the objects no branch or tag needs that were written before a cutoff.
-
-        An object is deleted only if it is unreachable from every branch tip
-        and tag (through their histories, expired snapshots excluded) **and**
-        was stored before ``delete_object_older_than``. Writers running
-        meanwhile are safe as long as the cutoff is before they started: a
-        session's chunks and a commit's objects are all newer than that. A
-        chunk object holding several chunks (a pack) is kept whole while any
-        reachable reference points into it. Also deleted: old records of
-        failed or abandoned write jobs, scratch objects, session markers and
-        the temporary files of interrupted writes.
-
-        Parameters
-        ----------
-        delete_object_older_than : datetime
-            The cutoff (naive means UTC; a time in the future counts as now).
-            Choose it before the start of the longest session still running.
-        dry_run : bool
-            Count what would be deleted, delete nothing.
-
-        Returns
-        -------
-        GCSummary
-            Objects and bytes deleted (or that would be), by kind.
-
-        Raises
-        ------
-        CorruptObjectError
-            If a reachable object is missing or damaged: nothing is deleted then.
-        """
-        return run(garbage_collect(self._assets, delete_object_older_than, dry_run=dry_run))
-
-    def verify(self, *, all_snapshots: bool = False, chunks: bool = False) -> VerifyReport:
-        """Check that every object the history needs exists, decodes and is in its place.
-
-        Parameters
-        ----------
-        all_snapshots : bool
-            Check every stored snapshot, not only those reachable from branches and tags.
-        chunks : bool
-            Also read every chunk and check it against its checksum.
-
-        Returns
-        -------
-        VerifyReport
-            What was checked and the problems found (``report.ok`` when none).
-        """
-        return run(verify_repository(self._assets, all_snapshots=all_snapshots, chunks=chunks))
-
-    def storage_usage(self) -> UsageReport:
-        """Objects and bytes stored, by kind, reachable from branches and tags or not.
-
-        Returns
-        -------
-        UsageReport
-            Per kind: reachable and unreachable objects and bytes.
-        """
-        return run(storage_usage(self._assets))
 
 
 def _reopen(storage: Storage, config: RepoConfig) -> Repository:
