@@ -39,7 +39,7 @@ class MaintenanceMethods:
         Walks the history of every branch and tag. A snapshot committed before
         ``older_than`` expires unless a branch or tag points at it or it is the
         repository's first snapshot. An expired snapshot is skipped by every
-        history walk (:meth:`ancestry`: the history continues with its nearest
+        history walk (:meth:`~icechunk_dask.Repository.ancestry`: the history continues with its nearest
         ancestor that is not expired), reading it is an
         :class:`~icechunk_dask.ExpiredSnapshotError`, and :meth:`garbage_collect`
         can then delete what only it needed. Sessions already open on it keep

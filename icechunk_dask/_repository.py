@@ -324,7 +324,7 @@ class Repository(RefMethods, MaintenanceMethods):
     ) -> Iterator[SnapshotInfo]:
         """Yield the snapshots from the given one back to the repository's first.
 
-        Snapshots expired by :meth:`expire_snapshots` are skipped: the history
+        Snapshots expired by :meth:`~icechunk_dask.Repository.expire_snapshots` are skipped: the history
         continues with their nearest ancestor that is not expired (at the
         latest the repository's first snapshot, which never expires).
 

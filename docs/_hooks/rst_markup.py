@@ -41,10 +41,21 @@ def _find(obj: griffe.Object, target: str, loader: griffe.GriffeLoader) -> griff
         try:
             found = loader.modules_collection.get_member(path)
         except (KeyError, ValueError, griffe.AliasResolutionError, griffe.CyclicAliasError):
-            continue
+            found = _inherited(path, loader)
         if found is not None:
             return found
     return None
+
+
+def _inherited(path: str, loader: griffe.GriffeLoader) -> griffe.Object | None:
+    """A method a class inherits (``Repository.garbage_collect`` from its mixin), or None."""
+    owner, _, name = path.rpartition(".")
+    try:
+        cls = loader.modules_collection.get_member(owner)
+        member = cls.all_members.get(name) if cls is not None and cls.is_class else None
+    except (KeyError, ValueError, griffe.AliasResolutionError, griffe.CyclicAliasError):
+        return None
+    return member  # type: ignore[no-any-return]
 
 
 class RstMarkup(griffe.Extension):
