@@ -4,8 +4,11 @@ The names most programs need are here: :class:`Repository` and the storage
 constructors, :class:`Session`, :func:`merge_sessions`, the Dask writers
 :func:`store_sessions` and :func:`to_zarr`, and the error classes.
 
-Importing the package does not import xarray, distributed or ``dask.array``:
-:func:`store_sessions` and :func:`to_zarr` load them on first use.
+Importing the package imports none of zarr, dask, xarray or distributed: each
+name is loaded on first use (``from icechunk_dask import Repository`` loads
+zarr; :func:`store_sessions` and :func:`to_zarr` load ``dask.array`` and
+xarray; ``icechunk_dask.to_zarr`` also registers the ``ds.icechunk_dask``
+accessor).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-import icechunk_dask._scheduler  # noqa: F401 - registers the allow_pickling hook
-from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._config import RepositoryConfig
 from icechunk_dask._exceptions import (
+    Conflict,
     ConflictError,
+    ConflictType,
     CorruptObjectError,
     ErrorKind,
     FormatVersionError,
@@ -32,20 +35,53 @@ from icechunk_dask._exceptions import (
     StorageError,
     UnmergedWritesError,
 )
-from icechunk_dask._repository import Repository, SnapshotInfo
-from icechunk_dask._session import ForkSession, Session, SessionStatus
-from icechunk_dask._store import SessionStore
-from icechunk_dask.distributed import merge_sessions
-from icechunk_dask.storage import in_memory_storage, local_filesystem_storage, s3_storage
 
 if TYPE_CHECKING:
+    from icechunk_dask._changeset import ChangeSet
+    from icechunk_dask._conflicts import (
+        BasicConflictSolver,
+        ConflictDetector,
+        ConflictSolver,
+        VersionSelection,
+    )
+    from icechunk_dask._diff import Diff
+    from icechunk_dask._repository import Repository, SnapshotInfo
+    from icechunk_dask._session import ForkSession, Session
+    from icechunk_dask._store import SessionStore
     from icechunk_dask.dask import store_sessions
+    from icechunk_dask.distributed import merge_sessions
+    from icechunk_dask.storage import (
+        in_memory_storage,
+        local_filesystem_storage,
+        s3_storage,
+        storage_from_url,
+    )
     from icechunk_dask.xarray import to_zarr
 
 __version__ = "0.1.0"
 
-#: Names whose modules import heavy libraries (dask.array, xarray): loaded on first use.
-_LAZY = {"store_sessions": "icechunk_dask.dask", "to_zarr": "icechunk_dask.xarray"}
+#: Public names loaded on first use, so that ``import icechunk_dask`` (and the command line)
+#: stays light: zarr, dask, xarray and distributed are imported only when needed.
+_LAZY = {
+    "BasicConflictSolver": "icechunk_dask._conflicts",
+    "ChangeSet": "icechunk_dask._changeset",
+    "ConflictDetector": "icechunk_dask._conflicts",
+    "ConflictSolver": "icechunk_dask._conflicts",
+    "Diff": "icechunk_dask._diff",
+    "ForkSession": "icechunk_dask._session",
+    "Repository": "icechunk_dask._repository",
+    "Session": "icechunk_dask._session",
+    "SessionStore": "icechunk_dask._store",
+    "SnapshotInfo": "icechunk_dask._repository",
+    "VersionSelection": "icechunk_dask._conflicts",
+    "in_memory_storage": "icechunk_dask.storage",
+    "local_filesystem_storage": "icechunk_dask.storage",
+    "merge_sessions": "icechunk_dask.distributed",
+    "s3_storage": "icechunk_dask.storage",
+    "storage_from_url": "icechunk_dask.storage",
+    "store_sessions": "icechunk_dask.dask",
+    "to_zarr": "icechunk_dask.xarray",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -57,10 +93,20 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
+    "BasicConflictSolver",
     "ChangeSet",
+    "Conflict",
+    "ConflictDetector",
     "ConflictError",
+    "ConflictSolver",
+    "ConflictType",
     "CorruptObjectError",
+    "Diff",
     "ErrorKind",
     "ForkSession",
     "FormatVersionError",
@@ -75,16 +121,17 @@ __all__ = [
     "RepositoryConfig",
     "Session",
     "SessionStateError",
-    "SessionStatus",
     "SessionStore",
     "SnapshotInfo",
     "StorageError",
     "UnmergedWritesError",
+    "VersionSelection",
     "__version__",
     "in_memory_storage",
     "local_filesystem_storage",
     "merge_sessions",
     "s3_storage",
+    "storage_from_url",
     "store_sessions",
     "to_zarr",
 ]

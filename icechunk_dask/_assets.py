@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import uuid
 import weakref
@@ -29,6 +30,7 @@ from icechunk_dask._exceptions import (
     StorageError,
 )
 from icechunk_dask.format import (
+    ID_PATTERN,
     BranchRef,
     ChunkRef,
     RepoConfig,
@@ -42,7 +44,7 @@ from icechunk_dask.format import (
     validate_ref_name,
     validate_snapshot_id,
 )
-from icechunk_dask.storage import Storage
+from icechunk_dask.storage import Storage, storage_from_url
 
 __all__ = ["CONFIG_KEY", "AssetManager", "check_storage"]
 
@@ -78,16 +80,19 @@ class _LRU:
 
 
 def check_storage(storage: object) -> Storage:
-    """Return ``storage`` if it is a usable :class:`Storage` here, else raise.
+    """Return the usable :class:`Storage` that ``storage`` is or names (a path or a URL).
 
     Raises
     ------
     InvalidInputError
-        If ``storage`` is not a storage, or cannot be used in this process.
+        If ``storage`` is neither a storage nor a location, or cannot be used here.
     """
+    if isinstance(storage, str | os.PathLike):
+        storage = storage_from_url(storage)
     if not isinstance(storage, Storage):
         raise InvalidInputError(
-            f"expected a storage such as local_filesystem_storage(path), got {storage!r}"
+            "expected a storage such as local_filesystem_storage(path), a path or a URL "
+            f"(s3://bucket/prefix), got {storage!r}"
         )
     storage.check_usable()
     return storage
@@ -258,9 +263,15 @@ class AssetManager:
         validate_ref_name(branch, "branch")
         seq, ref = await self.branch_tip(branch)
         if ref is None or ref.deleted or ref.snapshot_id is None:
+            hint = ""
+            if ID_PATTERN.match(branch):
+                hint = (
+                    f"; {branch!r} looks like a snapshot id: pass it as snapshot_id= "
+                    f"(repo.readonly_session(snapshot_id={branch!r}))"
+                )
             raise NotFoundError(
                 f"branch {branch!r} does not exist; existing branches: "
-                f"{sorted(await self.list_branches())}"
+                f"{sorted(await self.list_branches())}{hint}"
             )
         return seq, ref.snapshot_id
 

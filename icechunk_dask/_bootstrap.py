@@ -7,6 +7,7 @@ does.
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from icechunk_dask._assets import CONFIG_KEY, AssetManager, check_storage
@@ -27,7 +28,7 @@ __all__ = ["create_repository", "open_repository", "repository_exists"]
 
 
 async def create_repository(
-    storage: Storage, config: RepositoryConfig | None = None
+    location: Storage | str | os.PathLike[str], config: RepositoryConfig | None = None
 ) -> AssetManager:
     """Create a new repository with an empty ``main`` branch.
 
@@ -36,7 +37,7 @@ async def create_repository(
     InvalidInputError
         If a repository already exists there, or the location holds other data.
     """
-    check_storage(storage)
+    storage = check_storage(location)
     if await storage.exists(CONFIG_KEY):
         raise InvalidInputError(
             f"a repository already exists at {storage.url}; use Repository.open "
@@ -76,7 +77,7 @@ async def create_repository(
     return AssetManager(storage, stored)
 
 
-async def open_repository(storage: Storage) -> AssetManager:
+async def open_repository(location: Storage | str | os.PathLike[str]) -> AssetManager:
     """Open an existing repository.
 
     Raises
@@ -86,14 +87,11 @@ async def open_repository(storage: Storage) -> AssetManager:
     FormatVersionError
         If the repository was written by a newer icechunk_dask.
     """
-    check_storage(storage)
+    storage = check_storage(location)
     try:
         data = await storage.get(CONFIG_KEY)
     except NotFoundError:
-        raise NotFoundError(
-            f"no repository at {storage.url}; create one with Repository.create "
-            "(or Repository.open_or_create)"
-        ) from None
+        raise NotFoundError(f"no repository at {storage.url}; {await _what_is(storage)}") from None
     config = RepoConfig.decode(data, CONFIG_KEY)
     if config.format_version > FORMAT_VERSION:
         raise FormatVersionError(
@@ -104,7 +102,20 @@ async def open_repository(storage: Storage) -> AssetManager:
     return AssetManager(storage, config)
 
 
-async def repository_exists(storage: Storage) -> bool:
-    """Whether a repository exists at ``storage``."""
-    check_storage(storage)
+async def _what_is(storage: Storage) -> str:
+    """What is there instead of a repository, and what to do (for error messages)."""
+    if any([await storage.exists(k) for k in ("zarr.json", ".zgroup", ".zarray")]):
+        return (
+            "it holds a plain Zarr store, not a repository. Open it with zarr or xarray "
+            "directly, or import it: create a repository elsewhere and copy the data in "
+            "(ds = xr.open_zarr(path); to_zarr(ds, repo.writable_session('main'), mode='w'))"
+        )
+    if await storage.exists("repo") or await storage.exists("config.yaml"):
+        return "it looks like an Icechunk repository: open it with the icechunk package"
+    return "create one with Repository.create (or Repository.open_or_create)"
+
+
+async def repository_exists(location: Storage | str | os.PathLike[str]) -> bool:
+    """Whether a repository exists at ``location``."""
+    storage = check_storage(location)
     return await storage.exists(CONFIG_KEY)

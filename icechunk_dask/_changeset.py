@@ -16,7 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from icechunk_dask._exceptions import ConflictError, ErrorKind, InvalidInputError
+from icechunk_dask._exceptions import (
+    Conflict,
+    ConflictError,
+    ConflictType,
+    ErrorKind,
+    InvalidInputError,
+)
 from icechunk_dask.format import (
     ChunkRef,
     ObjectKind,
@@ -178,7 +184,7 @@ class ChangeSet:
             metadata documents to the same key.
         """
         self.check_compatible(other)
-        conflicts: list[tuple[str, str]] = []
+        conflicts: list[Conflict] = []
         meta_updates: dict[str, bytes | None] = {}
         for key, new in other.meta.items():
             if key in self.meta:
@@ -188,7 +194,14 @@ class ChangeSet:
                 if key in other.prev_meta and other.prev_meta[key] == cur:
                     meta_updates[key] = new
                     continue
-                conflicts.append((key, "metadata written differently by two sessions"))
+                conflicts.append(
+                    Conflict(
+                        ConflictType.ZARR_METADATA_DOUBLE_UPDATE,
+                        "/" + key.rpartition("/")[0],
+                        keys=(key,),
+                        description="metadata written differently by two sessions",
+                    )
+                )
             else:
                 meta_updates[key] = new
         chunk_updates: dict[str, ChunkRef | None] = {}
@@ -202,9 +215,16 @@ class ChangeSet:
                 if key in theirs_prev and same_chunk(theirs_prev[key], cur):
                     chunk_updates[key] = ref
                 else:
-                    conflicts.append((key, "chunk written with different bytes by two sessions"))
+                    conflicts.append(
+                        Conflict(
+                            ConflictType.CHUNK_DOUBLE_UPDATE,
+                            "/" + key,
+                            keys=(key,),
+                            description="chunk written with different bytes by two sessions",
+                        )
+                    )
         if conflicts:
-            shown = ", ".join(f"{k!r} ({why})" for k, why in conflicts[:10])
+            shown = ", ".join(f"{c.keys[0]!r} ({c.description})" for c in conflicts[:10])
             more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
             raise ConflictError(
                 f"cannot merge: {len(conflicts)} key(s) were changed differently by the merged "

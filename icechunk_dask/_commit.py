@@ -3,9 +3,11 @@
 A commit writes its manifests, transaction log and snapshot under fresh ids,
 makes them durable, then appends one entry to the branch's create-only log.
 Losing that race means another commit landed: the transaction logs of the
-commits in between are checked against this change set; if they touched
-none of its keys the commit is rebuilt on the new tip and retried with
-jittered exponential backoff, else :class:`RebaseFailedError` names the keys.
+commits in between are compared with this change set
+(:mod:`icechunk_dask._rebase`) and the conflict solver decides (by default:
+rebase only disjoint changes); the commit is rebuilt on the new tip and
+retried with jittered exponential backoff, or :class:`RebaseFailedError`
+lists the conflicts.
 """
 
 from __future__ import annotations
@@ -17,25 +19,24 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from icechunk_dask._compat.zarr import parse_array_metadata
+from icechunk_dask._conflicts import ConflictSolver
 from icechunk_dask._exceptions import (
     ConflictError,
-    CorruptObjectError,
     ErrorKind,
     InvalidInputError,
     NotFoundError,
-    RebaseFailedError,
     UnmergedWritesError,
 )
-from icechunk_dask._flush import group_by_node, write_snapshot
+from icechunk_dask._flush import write_snapshot
 from icechunk_dask._fork import UNMERGED_MESSAGE, clear_markers, unmerged_writers
+from icechunk_dask._rebase import find_conflicts
 from icechunk_dask.format import now_iso
-from icechunk_dask.format._locate import array_paths
 
 if TYPE_CHECKING:
     from icechunk_dask._assets import AssetManager
     from icechunk_dask._changeset import ChangeSet
 
-__all__ = ["check_rebase", "commit_changes", "validate_metadata"]
+__all__ = ["commit_changes", "validate_metadata"]
 
 
 def validate_metadata(key: str, doc: bytes) -> None:
@@ -89,6 +90,7 @@ async def commit_changes(
     message: str,
     metadata: dict[str, Any],
     tries: int,
+    solver: ConflictSolver,
 ) -> str:
     """Publish ``cs`` (made on ``base``) as a new snapshot at the tip of ``branch``.
 
@@ -130,7 +132,8 @@ async def commit_changes(
                     "new tip when the changes do not conflict)",
                     kind=ErrorKind.COMMIT_CONFLICT,
                 )
-            await check_rebase(assets, branch, cs, checked, tip)
+            conflicts = await find_conflicts(assets, branch, cs, checked, tip)
+            cs = solver.solve(conflicts, cs, branch)
             checked = tip
             rebases += 1
         parent = await assets.get_snapshot(tip)
@@ -142,79 +145,3 @@ async def commit_changes(
             return snap.id
         await asyncio.sleep(min(1.0, 0.005 * 2 ** min(attempt, 8)) * random.random())
         attempt += 1
-
-
-async def check_rebase(
-    assets: AssetManager, branch: str, cs: ChangeSet, since: str, tip: str
-) -> None:
-    """Raise :class:`RebaseFailedError` if commits from ``since`` to ``tip`` touched ``cs``'s keys."""
-    # Walk the chain first: after a reset the base is not an ancestor of the tip, and the
-    # walk ends at the root snapshot, which has no transaction log.
-    between: list[str] = []
-    current: str | None = tip
-    while current != since:
-        if current in between:
-            raise CorruptObjectError(
-                f"the history of branch {branch!r} has a cycle at snapshot {current}: the "
-                "repository is damaged (run icechunk-dask verify)",
-                key=f"snapshots/{current}",
-            )
-        if current is None:
-            raise RebaseFailedError(
-                f"branch {branch!r} was reset to a history that does not contain this "
-                f"session's base snapshot {since}; nothing was committed. Start a new "
-                "session and redo the writes",
-                conflicts=[("", "branch reset")],
-            )
-        between.append(current)
-        current = (await assets.get_snapshot(current)).parent_id
-    logs = [await assets.get_transaction_log(snapshot_id) for snapshot_id in between]
-    tip_snap = await assets.get_snapshot(tip)
-    arrays = tip_snap.arrays | array_paths(cs.meta)
-    our_nodes = set(group_by_node(cs.chunks, arrays))
-    our_meta_nodes = {k.rpartition("/")[0] for k in cs.meta}
-    conflicts: list[tuple[str, str]] = []
-    for log in logs:
-        by = f"commit {log.snapshot_id}"
-        conflicts.extend(
-            (key, f"metadata also changed by {by}")
-            for key in cs.meta.keys() & log.meta_keys
-            if tip_snap.meta.get(key) != cs.meta[key]
-        )
-        conflicts.extend(
-            (key, f"chunk also written by {by}") for key in cs.chunks.keys() & log.chunk_keys
-        )
-        their_meta_nodes = {k.rpartition("/")[0] for k in log.meta_keys}
-        conflicts.extend(
-            (node, f"array metadata changed by {by}") for node in our_nodes & their_meta_nodes
-        )
-        their_nodes = set(group_by_node(dict.fromkeys(log.chunk_keys), arrays))
-        conflicts.extend(
-            (node, f"chunks written by {by} under changed metadata")
-            for node in (our_meta_nodes & their_nodes) - our_nodes
-        )
-        ours = [*cs.chunks, *cs.meta]
-        conflicts.extend(
-            (prefix or "/", f"deleted by {by} while this session changed it")
-            for prefix in log.cleared
-            if any(_covers(prefix, k) for k in ours)
-        )
-        theirs = [*log.chunk_keys, *log.meta_keys]
-        conflicts.extend(
-            (prefix or "/", f"changed by {by} while this session deleted it")
-            for prefix in cs.cleared
-            if any(_covers(prefix, k) for k in theirs)
-        )
-    if conflicts:
-        shown = "; ".join(f"{k!r}: {why}" for k, why in conflicts[:10])
-        more = f" (and {len(conflicts) - 10} more)" if len(conflicts) > 10 else ""
-        raise RebaseFailedError(
-            f"cannot commit to {branch!r}: commits that landed since this session "
-            f"started changed the same data: {shown}{more}. Nothing was committed; start a "
-            "new session on the branch tip and redo the conflicting writes",
-            conflicts=conflicts,
-        )
-
-
-def _covers(prefix: str, key: str) -> bool:
-    return prefix == "" or key.startswith(prefix + "/")

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ import xarray as xr
 from icechunk_dask._exceptions import InvalidInputError
 from icechunk_dask._inspect import snapshot_summary
 from icechunk_dask._repository import Repository
-from icechunk_dask.storage import local_filesystem_storage
+from icechunk_dask.storage import Storage, local_filesystem_storage
 
 __all__ = ["DemoOptions", "DemoResult", "Layout", "build_dataset", "plan_layout", "run_demo"]
 
@@ -182,7 +181,10 @@ def build_dataset(layout: Layout, t_offset: int = 0) -> xr.Dataset:
 class DemoOptions:
     """What ``icechunk-dask demo`` was asked to do."""
 
-    path: Path = Path("demo-repo")
+    storage: Storage | None = None
+    """Where the repository lives (default: the local directory ``location``)."""
+    location: str = "demo-repo"
+    """How the user named it (a directory or a URL), for messages."""
     size_mb: float = 300.0
     chunk_mb: float = 2.0
     workers: int | None = None
@@ -236,7 +238,7 @@ class DemoResult:
 
 def _existing_layout(repo: Repository) -> tuple[int, Layout] | None:
     """``(time steps, layout)`` of the demo data on ``main``; ``None`` if the branch is empty."""
-    summary = snapshot_summary(repo, repo.lookup_branch("main"))
+    summary = snapshot_summary(repo._assets, repo.lookup_branch("main"))
     arrays = {a.path: a for a in summary.arrays}
     if not arrays:
         return None
@@ -244,7 +246,7 @@ def _existing_layout(repo: Repository) -> tuple[int, Layout] | None:
     if missing or arrays[VARIABLES[0]].dimension_names != ("time", "lat", "lon"):
         raise InvalidInputError(
             f"the repository at {repo.storage.url} holds other data (arrays: "
-            f"{sorted(arrays)}), not the demo dataset; give the demo another --path"
+            f"{sorted(arrays)}), not the demo dataset; give the demo another --repo"
         )
     first = arrays[VARIABLES[0]]
     ct, cy, cx = first.chunk_shape
@@ -252,7 +254,7 @@ def _existing_layout(repo: Repository) -> tuple[int, Layout] | None:
         raise InvalidInputError(
             f"the demo data at {repo.storage.url} has {first.shape[0]} time steps, not a "
             f"multiple of its time chunk ({ct}), so a new block would share a chunk with the "
-            "last one; give the demo another --path"
+            "last one; give the demo another --repo"
         )
     ntime, nlat, nlon = first.shape
     return ntime, Layout(ntime, nlat, nlon, (ct, cy, cx))
@@ -311,8 +313,9 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoResu
     if not opts.size_mb > 0 or not opts.chunk_mb > 0:
         raise InvalidInputError("--size-mb and --chunk-mb must be positive")
     workers, threads, memory = _cluster_size(opts)
-    path = opts.path.expanduser()
-    repo = Repository.open_or_create(local_filesystem_storage(path))
+    path = opts.location
+    storage = opts.storage if opts.storage is not None else local_filesystem_storage(path)
+    repo = Repository.open_or_create(storage)
     existing = _existing_layout(repo)
     if existing is None:
         offset, layout, mode = 0, plan_layout(opts.size_mb, opts.chunk_mb), "create"
@@ -469,6 +472,8 @@ def format_result(result: DemoResult) -> str:
 def _quote(path: str) -> str:
     import shlex
 
+    if "://" in path:
+        return shlex.quote(path)
     try:
         rel = os.path.relpath(path)
     except ValueError:

@@ -22,11 +22,14 @@ Messages say what went wrong and what to do next.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
     "READ_ONLY_MESSAGE",
+    "Conflict",
     "ConflictError",
+    "ConflictType",
     "CorruptObjectError",
     "ErrorKind",
     "FormatVersionError",
@@ -108,13 +111,62 @@ def _rebuild_error(
     return err
 
 
+class ConflictType(StrEnum):
+    """What kind of collision a :class:`Conflict` is (Icechunk's names, as strings)."""
+
+    CHUNK_DOUBLE_UPDATE = "ChunkDoubleUpdate"
+    """Both sides wrote (or deleted) the same chunk."""
+    ZARR_METADATA_DOUBLE_UPDATE = "ZarrMetadataDoubleUpdate"
+    """Both sides changed the same metadata document differently."""
+    CHUNKS_UPDATED_IN_UPDATED_ARRAY = "ChunksUpdatedInUpdatedArray"
+    """One side wrote chunks of an array whose metadata the other side changed."""
+    CHUNKS_UPDATED_IN_DELETED_ARRAY = "ChunksUpdatedInDeletedArray"
+    """One side changed what the other side deleted (``delete_dir``, ``mode="w"``)."""
+    DELETE_OF_UPDATED_ARRAY = "DeleteOfUpdatedArray"
+    """This side deleted (``delete_dir``) what the other side changed."""
+    BRANCH_RESET = "BranchReset"
+    """The branch was reset to a history without this session's base snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """One collision between changes (Icechunk's ``Conflict``).
+
+    Attributes
+    ----------
+    conflict_type : ConflictType
+        What kind of collision.
+    path : str
+        The array, group or key concerned (absolute: ``"/g/a"``).
+    conflicted_chunks : tuple of tuple of int or None
+        For chunk collisions, the coordinates of the chunks, when known.
+    keys : tuple of str
+        The store keys concerned.
+    description : str
+        What happened, for people.
+    """
+
+    conflict_type: ConflictType
+    path: str
+    conflicted_chunks: tuple[tuple[int, ...], ...] | None = None
+    keys: tuple[str, ...] = ()
+    description: str = ""
+
+    def __str__(self) -> str:
+        keys = ""
+        if self.keys:
+            shown = ", ".join(repr(k) for k in self.keys[:3])
+            keys = f" ({shown}{', ...' if len(self.keys) > 3 else ''})"
+        return f"{self.path!r}: {self.description or self.conflict_type}{keys}"
+
+
 class ConflictError(IcechunkDaskError):
     """Changes collided with changes made elsewhere.
 
     Attributes
     ----------
-    conflicts
-        ``(path, detail)`` pairs: the array or key that collided and how.
+    conflicts : list of Conflict
+        What collided and how.
     """
 
     default_kind = ErrorKind.COMMIT_CONFLICT
@@ -123,11 +175,11 @@ class ConflictError(IcechunkDaskError):
         self,
         message: str,
         *,
-        conflicts: list[tuple[str, str]] | None = None,
+        conflicts: list[Conflict] | None = None,
         kind: ErrorKind | None = None,
     ) -> None:
         super().__init__(message, kind=kind)
-        self.conflicts: list[tuple[str, str]] = list(conflicts or [])
+        self.conflicts: list[Conflict] = list(conflicts or [])
 
 
 class RebaseFailedError(ConflictError):

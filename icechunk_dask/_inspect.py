@@ -1,36 +1,33 @@
-"""Read-only inspection of a repository: resolve references, summarise and diff snapshots.
+"""Read-only inspection of a repository: resolve references, summarise snapshots.
 
-These helpers back the ``icechunk-dask show`` and ``diff`` commands. They
-read snapshots and manifests only; nothing here writes. Chunk changes are
-found by comparing manifests, so a diff is exact between *any* two snapshots
-(also across branches or a reset), and costs what differs: manifest shards
-that two snapshots share are recognised by id and never read.
+These helpers back the ``icechunk-dask`` commands (diffs are
+:mod:`icechunk_dask._diff`). They work on the asset layer only, so the
+command line starts without importing zarr, and nothing here writes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from icechunk_dask._exceptions import InvalidInputError, NotFoundError
-from icechunk_dask._manifests import load_box, load_node
-from icechunk_dask._repository import Repository
+from icechunk_dask._assets import AssetManager
+from icechunk_dask._exceptions import CorruptObjectError, InvalidInputError, NotFoundError
+from icechunk_dask._manifests import load_node
 from icechunk_dask._sync import run
-from icechunk_dask.format import ID_PATTERN, ChunkRef, NodeManifests, Snapshot, same_chunk
+from icechunk_dask.format import ID_PATTERN, NodeManifests, Snapshot
 
 __all__ = [
     "ArraySummary",
-    "ChunkChanges",
-    "SnapshotDiff",
     "SnapshotSummary",
-    "diff_snapshots",
+    "ancestry",
+    "labels",
     "resolve_ref",
     "snapshot_summary",
 ]
@@ -41,7 +38,7 @@ _ANCESTOR = re.compile(r"^(?P<base>.+?)~(?P<n>\d*)$")
 # -- references ------------------------------------------------------------------------------
 
 
-def resolve_ref(repo: Repository, ref: str) -> str:
+def resolve_ref(repo: AssetManager, ref: str) -> str:
     """Turn a branch name, tag name or snapshot id (optionally ``~N``) into a snapshot id.
 
     Parameters
@@ -72,7 +69,7 @@ def resolve_ref(repo: Repository, ref: str) -> str:
         base, steps = m["base"], int(m["n"] or 1)
     snapshot_id = _resolve_base(repo, base)
     for i in range(steps):
-        parent = run(repo._assets.get_snapshot(snapshot_id)).parent_id
+        parent = run(repo.get_snapshot(snapshot_id)).parent_id
         if parent is None:
             raise NotFoundError(
                 f"{ref!r} goes back {steps} commits, but the history of {base!r} has only "
@@ -82,21 +79,48 @@ def resolve_ref(repo: Repository, ref: str) -> str:
     return snapshot_id
 
 
-def _resolve_base(repo: Repository, name: str) -> str:
-    if name in repo.list_branches():
-        return repo.lookup_branch(name)
-    if name in repo.list_tags():
-        return repo.lookup_tag(name)
+def ancestry(repo: AssetManager, snapshot_id: str) -> Iterator[Snapshot]:
+    """The snapshot and its ancestors, newest first (a cycle is damage, reported)."""
+    seen: set[str] = set()
+    current: str | None = snapshot_id
+    while current is not None:
+        if current in seen:
+            raise CorruptObjectError(
+                f"the history has a cycle at snapshot {current}: the repository is damaged",
+                key=f"snapshots/{current}",
+            )
+        seen.add(current)
+        snap = run(repo.get_snapshot(current))
+        yield snap
+        current = snap.parent_id
+
+
+def labels(repo: AssetManager) -> dict[str, list[str]]:
+    """Branch and tag names by the snapshot they point at (git's "decorations")."""
+    out: dict[str, list[str]] = {}
+    for b in sorted(run(repo.list_branches())):
+        out.setdefault(run(repo.lookup_branch(b))[1], []).append(b)
+    for t in sorted(run(repo.list_tags())):
+        out.setdefault(run(repo.lookup_tag(t)), []).append(f"tag: {t}")
+    return out
+
+
+def _resolve_base(repo: AssetManager, name: str) -> str:
+    branches, tags = run(repo.list_branches()), run(repo.list_tags())
+    if name in branches:
+        return run(repo.lookup_branch(name))[1]
+    if name in tags:
+        return run(repo.lookup_tag(name))
     if ID_PATTERN.match(name):
         try:
-            run(repo._assets.get_snapshot(name))
+            run(repo.get_snapshot(name))
         except NotFoundError:
             pass
         else:
             return name
     raise NotFoundError(
         f"{name!r} is not a branch, tag or snapshot id of this repository; branches: "
-        f"{sorted(repo.list_branches())}, tags: {sorted(repo.list_tags())}"
+        f"{sorted(branches)}, tags: {sorted(tags)}"
     )
 
 
@@ -218,7 +242,16 @@ def _array_summary(path: str, doc: dict[str, Any], stored: int) -> ArraySummary:
     )
 
 
-def snapshot_summary(repo: Repository, snapshot_id: str) -> SnapshotSummary:
+async def _stored_chunks(repo: AssetManager, node: str, nm: NodeManifests | None) -> int:
+    """Exactly how many references a node holds (manifests read only when layers hide some)."""
+    if nm is None:
+        return 0
+    if nm.exact:
+        return nm.upper_count
+    return len(await load_node(repo, node, nm))
+
+
+def snapshot_summary(repo: AssetManager, snapshot_id: str) -> SnapshotSummary:
     """Summarise one snapshot: commit information, groups, arrays and their chunk counts.
 
     Parameters
@@ -238,7 +271,7 @@ def snapshot_summary(repo: Repository, snapshot_id: str) -> SnapshotSummary:
     NotFoundError
         If the snapshot does not exist.
     """
-    snap = run(repo._assets.get_snapshot(snapshot_id))
+    snap = run(repo.get_snapshot(snapshot_id))
     groups: list[str] = []
     arrays: list[ArraySummary] = []
     for node, doc in sorted(_node_docs(snap).items()):
@@ -255,177 +288,4 @@ def snapshot_summary(repo: Repository, snapshot_id: str) -> SnapshotSummary:
         metadata=dict(snap.metadata),
         groups=tuple(groups),
         arrays=tuple(arrays),
-    )
-
-
-# -- diffs -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkChanges:
-    """How the stored chunks of one array differ between two snapshots."""
-
-    added: int = 0
-    modified: int = 0
-    removed: int = 0
-
-    @property
-    def total(self) -> int:
-        """All changed chunks."""
-        return self.added + self.modified + self.removed
-
-    def to_dict(self) -> dict[str, int]:
-        """A JSON-serialisable form."""
-        return {"added": self.added, "modified": self.modified, "removed": self.removed}
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotDiff:
-    """What changed from snapshot ``from_id`` to snapshot ``to_id``."""
-
-    from_id: str
-    to_id: str
-    new_groups: tuple[str, ...] = ()
-    deleted_groups: tuple[str, ...] = ()
-    updated_groups: tuple[str, ...] = ()
-    """Groups whose metadata (attributes) changed."""
-    new_arrays: tuple[str, ...] = ()
-    deleted_arrays: tuple[str, ...] = ()
-    updated_arrays: tuple[str, ...] = ()
-    """Arrays whose metadata (shape, attributes, codecs, ...) changed."""
-    chunks: dict[str, ChunkChanges] = field(default_factory=dict)
-    """Changed chunks per array path (arrays without chunk changes are left out)."""
-
-    def is_empty(self) -> bool:
-        """Whether the two snapshots hold the same data."""
-        return not any(
-            (
-                self.new_groups,
-                self.deleted_groups,
-                self.updated_groups,
-                self.new_arrays,
-                self.deleted_arrays,
-                self.updated_arrays,
-                self.chunks,
-            )
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable form."""
-        return {
-            "from": self.from_id,
-            "to": self.to_id,
-            "new_groups": list(self.new_groups),
-            "deleted_groups": list(self.deleted_groups),
-            "updated_groups": list(self.updated_groups),
-            "new_arrays": list(self.new_arrays),
-            "deleted_arrays": list(self.deleted_arrays),
-            "updated_arrays": list(self.updated_arrays),
-            "chunks": {path: c.to_dict() for path, c in sorted(self.chunks.items())},
-        }
-
-
-def _node_meta(snap: Snapshot) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    for key, doc in snap.meta.items():
-        out.setdefault(key.rpartition("/")[0], {})[key] = doc
-    return out
-
-
-async def _stored_chunks(repo: Repository, node: str, nm: NodeManifests | None) -> int:
-    """Exactly how many references a node holds (manifests read only when layers hide some)."""
-    if nm is None:
-        return 0
-    if nm.exact:
-        return nm.upper_count
-    return len(await load_node(repo._assets, node, nm))
-
-
-async def _chunk_changes(
-    repo: Repository, node: str, old: NodeManifests | None, new: NodeManifests | None
-) -> ChunkChanges:
-    assets = repo._assets
-    if old == new:
-        return ChunkChanges()
-    if old is not None and new is not None and not old.legacy and not new.legacy:
-        # only the boxes whose layers differ need reading
-        boxes = [
-            b for b in old.boxes.keys() | new.boxes.keys() if old.boxes.get(b) != new.boxes.get(b)
-        ]
-        befores = await asyncio.gather(
-            *(load_box(assets, node, b, old.boxes.get(b, ())) for b in boxes)
-        )
-        afters = await asyncio.gather(
-            *(load_box(assets, node, b, new.boxes.get(b, ())) for b in boxes)
-        )
-        before: dict[str, ChunkRef] = {k: v for part in befores for k, v in part.items()}
-        after: dict[str, ChunkRef] = {k: v for part in afters for k, v in part.items()}
-    else:
-        empty = NodeManifests()
-        before, after = await asyncio.gather(
-            load_node(assets, node, old or empty), load_node(assets, node, new or empty)
-        )
-    added = sum(1 for k in after if k not in before)
-    removed = sum(1 for k in before if k not in after)
-    modified = sum(1 for k, ref in after.items() if k in before and not same_chunk(before[k], ref))
-    return ChunkChanges(added, modified, removed)
-
-
-def diff_snapshots(repo: Repository, from_id: str, to_id: str) -> SnapshotDiff:
-    """Compare two snapshots of a repository.
-
-    Chunks count as modified when their bytes differ (compared by length and
-    checksum), so rewriting a chunk with identical bytes is not a change.
-
-    Parameters
-    ----------
-    repo
-        The repository.
-    from_id, to_id
-        The snapshots to compare (any two; they need not be related).
-
-    Returns
-    -------
-    SnapshotDiff
-        Groups and arrays added, deleted or with changed metadata, and chunk
-        changes per array.
-
-    Raises
-    ------
-    NotFoundError
-        If a snapshot does not exist.
-    """
-    return run(_diff(repo, from_id, to_id))
-
-
-async def _diff(repo: Repository, from_id: str, to_id: str) -> SnapshotDiff:
-    old, new = await asyncio.gather(
-        repo._assets.get_snapshot(from_id), repo._assets.get_snapshot(to_id)
-    )
-    kinds = {n: d.get("node_type") for n, d in {**_node_docs(old), **_node_docs(new)}.items()}
-    old_meta, new_meta = _node_meta(old), _node_meta(new)
-    groups: dict[str, list[str]] = {"new": [], "deleted": [], "updated": []}
-    arrays: dict[str, list[str]] = {"new": [], "deleted": [], "updated": []}
-    for node in sorted(old_meta.keys() | new_meta.keys()):
-        target = arrays if kinds.get(node) == "array" else groups
-        if node not in old_meta:
-            target["new"].append(node)
-        elif node not in new_meta:
-            target["deleted"].append(node)
-        elif old_meta[node] != new_meta[node]:
-            target["updated"].append(node)
-    names = sorted(old.nodes.keys() | new.nodes.keys())
-    changes = await asyncio.gather(
-        *(_chunk_changes(repo, n, old.nodes.get(n), new.nodes.get(n)) for n in names)
-    )
-    return SnapshotDiff(
-        from_id=from_id,
-        to_id=to_id,
-        new_groups=tuple(groups["new"]),
-        deleted_groups=tuple(groups["deleted"]),
-        updated_groups=tuple(groups["updated"]),
-        new_arrays=tuple(arrays["new"]),
-        deleted_arrays=tuple(arrays["deleted"]),
-        updated_arrays=tuple(arrays["updated"]),
-        chunks={n: c for n, c in zip(names, changes, strict=True) if c.total},
     )

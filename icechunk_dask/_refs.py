@@ -64,7 +64,7 @@ async def set_branch(
     ConflictError
         If the tip is not ``expected`` (kind ``branch-moved``).
     """
-    validate_ref_name(branch, "branch")
+    validate_ref_name(branch, "branch", assets.storage.max_name_bytes)
     if snapshot_id is not None:
         await assets.get_snapshot(validate_snapshot_id(snapshot_id))
     if expected is not None:
@@ -102,7 +102,7 @@ async def create_tag(assets: AssetManager, tag: str, snapshot_id: str) -> None:
     NotFoundError
         If the snapshot does not exist.
     """
-    validate_ref_name(tag, "tag")
+    validate_ref_name(tag, "tag", assets.storage.max_name_bytes)
     await assets.get_snapshot(validate_snapshot_id(snapshot_id))
     storage = assets.storage
     if await storage.exists(tag_key(tag, deleted=True)):

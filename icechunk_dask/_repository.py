@@ -6,22 +6,32 @@ the repository's objects; refs are moved by :mod:`icechunk_dask._refs`.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from icechunk_dask._assets import AssetManager, shared_assets
 from icechunk_dask._bootstrap import create_repository, open_repository, repository_exists
 from icechunk_dask._config import RepositoryConfig
-from icechunk_dask._exceptions import InvalidInputError
+from icechunk_dask._diff import Diff, diff_snapshots
+from icechunk_dask._exceptions import CorruptObjectError, InvalidInputError, NotFoundError
 from icechunk_dask._refs import create_tag, delete_tag, set_branch
+from icechunk_dask._scheduler import register_pickling_hook
 from icechunk_dask._session import Session
 from icechunk_dask._sync import run
-from icechunk_dask.format import RepoConfig, Snapshot
+from icechunk_dask.format import RepoConfig, Snapshot, validate_snapshot_id
 from icechunk_dask.storage import Storage
 
 __all__ = ["Repository", "SnapshotInfo"]
+
+#: Where a repository lives: a storage, a local path, or a URL (``s3://bucket/prefix``).
+Location = Storage | str | os.PathLike[str]
+
+# sessions handed out by a Repository can be sent to a cluster inside allow_pickling()
+register_pickling_hook()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +105,15 @@ class Repository:
     # -- creation -------------------------------------------------------------
 
     @classmethod
-    def create(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
+    def create(cls, storage: Location, config: RepositoryConfig | None = None) -> Repository:
         """Create a new repository with an empty ``main`` branch.
 
         Parameters
         ----------
-        storage : Storage
-            Where the repository lives (for example ``local_filesystem_storage(path)``).
+        storage : Storage, str or os.PathLike
+            Where the repository lives: a storage (``local_filesystem_storage(path)``,
+            ``s3_storage(...)``), a path, or a URL (``"s3://bucket/prefix"``, see
+            :func:`~icechunk_dask.storage.storage_from_url`).
         config : RepositoryConfig or None
             Settings fixed for the repository's life (default: ``RepositoryConfig()``).
 
@@ -118,13 +130,13 @@ class Repository:
         return cls(run(create_repository(storage, config)))
 
     @classmethod
-    def open(cls, storage: Storage) -> Repository:
+    def open(cls, storage: Location) -> Repository:
         """Open an existing repository.
 
         Parameters
         ----------
-        storage : Storage
-            Where the repository lives.
+        storage : Storage, str or os.PathLike
+            Where the repository lives: a storage, a path or a URL.
 
         Returns
         -------
@@ -146,8 +158,8 @@ class Repository:
 
         Parameters
         ----------
-        storage : Storage
-            Where the repository lives.
+        storage : Storage, str or os.PathLike
+            Where the repository lives: a storage, a path or a URL.
         config : RepositoryConfig or None
             Settings for a new repository (an existing one keeps its own).
 
@@ -166,13 +178,13 @@ class Repository:
             raise
 
     @staticmethod
-    def exists(storage: Storage) -> bool:
+    def exists(storage: Location) -> bool:
         """Whether a repository exists at ``storage``.
 
         Parameters
         ----------
-        storage : Storage
-            The location to look at.
+        storage : Storage, str or os.PathLike
+            The location to look at: a storage, a path or a URL.
 
         Returns
         -------
@@ -230,9 +242,12 @@ class Repository:
         NotFoundError
             If the snapshot does not exist.
         """
+        validate_snapshot_id(snapshot_id)
         run(set_branch(self._assets, branch, snapshot_id, create=True))
 
-    def reset_branch(self, branch: str, snapshot_id: str) -> None:
+    def reset_branch(
+        self, branch: str, snapshot_id: str, *, from_snapshot_id: str | None = None
+    ) -> None:
         """Point an existing branch at ``snapshot_id`` (any snapshot of the repository).
 
         Parameters
@@ -241,21 +256,31 @@ class Repository:
             The branch.
         snapshot_id : str
             Where it should point.
+        from_snapshot_id : str or None
+            The tip you saw: the branch is moved only if it is still there
+            (checked atomically with the move), so a commit acknowledged
+            meanwhile is never dropped. Without it the branch moves whatever
+            its tip.
 
         Raises
         ------
         NotFoundError
             If the branch or the snapshot does not exist.
+        ConflictError
+            If the tip is not ``from_snapshot_id`` (kind ``branch-moved``); nothing changed.
         """
-        run(set_branch(self._assets, branch, snapshot_id, create=False))
+        validate_snapshot_id(snapshot_id)  # None here would delete the branch
+        run(set_branch(self._assets, branch, snapshot_id, create=False, expected=from_snapshot_id))
 
-    def delete_branch(self, branch: str) -> None:
+    def delete_branch(self, branch: str, *, from_snapshot_id: str | None = None) -> None:
         """Delete a branch (its snapshots stay reachable by id and by tags).
 
         Parameters
         ----------
         branch : str
             The branch.
+        from_snapshot_id : str or None
+            The tip you saw: the branch is deleted only if it is still there.
 
         Raises
         ------
@@ -263,10 +288,12 @@ class Repository:
             For ``main``, which cannot be deleted.
         NotFoundError
             If the branch does not exist.
+        ConflictError
+            If the tip is not ``from_snapshot_id`` (kind ``branch-moved``); nothing changed.
         """
         if branch == "main":
             raise InvalidInputError("the 'main' branch cannot be deleted")
-        run(set_branch(self._assets, branch, None, create=False))
+        run(set_branch(self._assets, branch, None, create=False, expected=from_snapshot_id))
 
     # -- tags -----------------------------------------------------------------
 
@@ -319,20 +346,88 @@ class Repository:
         """
         return run(self._assets.list_tags())
 
-    def delete_tag(self, tag: str) -> None:
+    def delete_tag(self, tag: str, *, from_snapshot_id: str | None = None) -> None:
         """Delete a tag. Its name cannot be used again.
 
         Parameters
         ----------
         tag : str
             The tag.
+        from_snapshot_id : str or None
+            The snapshot you believe the tag names: refuse to delete it otherwise.
 
         Raises
         ------
         NotFoundError
             If the tag does not exist.
+        ConflictError
+            If the tag names another snapshot than ``from_snapshot_id``.
         """
-        run(delete_tag(self._assets, tag))
+        run(delete_tag(self._assets, tag, expected=from_snapshot_id))
+
+    # -- snapshots and diffs ----------------------------------------------------
+
+    def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        """Return the commit information of a snapshot.
+
+        Parameters
+        ----------
+        snapshot_id : str
+            The snapshot.
+
+        Returns
+        -------
+        SnapshotInfo
+            Id, parent, time, message and metadata.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no such snapshot.
+        """
+        snap = run(self._assets.get_snapshot(validate_snapshot_id(snapshot_id)))
+        return SnapshotInfo.from_snapshot(snap)
+
+    def diff(
+        self,
+        *,
+        from_branch: str | None = None,
+        from_tag: str | None = None,
+        from_snapshot_id: str | None = None,
+        to_branch: str | None = None,
+        to_tag: str | None = None,
+        to_snapshot_id: str | None = None,
+    ) -> Diff:
+        """What changed between two versions (any two: they need not be related).
+
+        Parameters
+        ----------
+        from_branch, from_tag, from_snapshot_id : str or None
+            Exactly one: the version to compare from.
+        to_branch, to_tag, to_snapshot_id : str or None
+            Exactly one: the version to compare to.
+
+        Returns
+        -------
+        Diff
+            Groups and arrays created, deleted or updated, and chunks written.
+
+        Raises
+        ------
+        InvalidInputError
+            If not exactly one of each triple is given.
+        NotFoundError
+            If a version does not exist.
+        """
+        assets = self._assets
+
+        async def go() -> Diff:
+            a = await assets.resolve(from_branch, from_tag, from_snapshot_id)
+            b = await assets.resolve(to_branch, to_tag, to_snapshot_id)
+            old, new = await asyncio.gather(assets.get_snapshot(a), assets.get_snapshot(b))
+            return await diff_snapshots(assets, old, new)
+
+        return run(go())
 
     # -- history --------------------------------------------------------------
 
@@ -361,7 +456,15 @@ class Repository:
             If the starting point does not exist.
         """
         current: str | None = run(self._assets.resolve(branch, tag, snapshot_id))
+        seen: set[str] = set()
         while current is not None:
+            if current in seen:
+                raise CorruptObjectError(
+                    f"the history has a cycle at snapshot {current}: the repository is damaged "
+                    "(run icechunk-dask verify)",
+                    key=f"snapshots/{current}",
+                )
+            seen.add(current)
             snap = run(self._assets.get_snapshot(current))
             yield SnapshotInfo.from_snapshot(snap)
             current = snap.parent_id
@@ -396,17 +499,21 @@ class Repository:
         *,
         tag: str | None = None,
         snapshot_id: str | None = None,
+        as_of: datetime | None = None,
     ) -> Session:
         """Start a read-only session at a branch tip, a tag or a snapshot.
 
         Parameters
         ----------
         branch : str or None
-            A branch (its tip).
+            A branch (its tip, or with ``as_of`` its state at that time).
         tag : str or None
             A tag.
         snapshot_id : str or None
             A snapshot.
+        as_of : datetime or None
+            With ``branch``: the newest snapshot of the branch's history
+            committed at or before this time (timezone-aware; naive means UTC).
 
         Returns
         -------
@@ -416,8 +523,19 @@ class Repository:
         Raises
         ------
         NotFoundError
-            If the branch, tag or snapshot does not exist.
+            If the branch, tag or snapshot does not exist, or the branch has no
+            snapshot as old as ``as_of``.
+        InvalidInputError
+            If ``as_of`` is given without ``branch``.
         """
+        if as_of is not None:
+            if branch is None or tag is not None or snapshot_id is not None:
+                raise InvalidInputError("as_of= needs branch= (and no tag= or snapshot_id=)")
+            when = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+            found = next((i for i in self.ancestry(branch=branch) if i.written_at <= when), None)
+            if found is None:
+                raise NotFoundError(f"branch {branch!r} has no snapshot as old as {as_of}")
+            return self.readonly_session(snapshot_id=found.id)
         snap = run(self._assets.resolve(branch, tag, snapshot_id))
         run(self._assets.get_snapshot(snap))  # fail early on a missing or damaged snapshot
         return Session(self._assets, snap, branch=branch, read_only=True)

@@ -34,7 +34,7 @@ from icechunk_dask._compat.dask import convert_legacy_graph
 from icechunk_dask._session import ALLOW_PICKLING_HOOKS, Session
 from icechunk_dask._sync import run
 
-__all__ = ["SPLIT_EVERY", "PicklingScheduler", "inner_scheduler"]
+__all__ = ["SPLIT_EVERY", "PicklingScheduler", "inner_scheduler", "register_pickling_hook"]
 
 #: Default fan-in of the tree reductions that merge change records.
 SPLIT_EVERY = 16
@@ -133,5 +133,10 @@ def _scheduler_hook(session: Session) -> Iterator[None]:
         _uninstall()
 
 
-if _scheduler_hook not in ALLOW_PICKLING_HOOKS:
-    ALLOW_PICKLING_HOOKS.append(_scheduler_hook)
+def register_pickling_hook() -> None:
+    """Make ``allow_pickling`` install the wrapper (idempotent)."""
+    if _scheduler_hook not in ALLOW_PICKLING_HOOKS:
+        ALLOW_PICKLING_HOOKS.append(_scheduler_hook)
+
+
+register_pickling_hook()

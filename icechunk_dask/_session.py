@@ -21,6 +21,8 @@ from typing import Any
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._commit import commit_changes, validate_metadata
+from icechunk_dask._conflicts import ConflictDetector, ConflictSolver
+from icechunk_dask._diff import Diff, session_diff
 from icechunk_dask._exceptions import (
     InvalidInputError,
     NoChangesToCommitError,
@@ -39,13 +41,12 @@ from icechunk_dask._fork import (
     unmerged_writers,
 )
 from icechunk_dask._jobs import delete_jobs, load_result
-from icechunk_dask._status import SessionStatus, compute_status
 from icechunk_dask._store import SessionStore
 from icechunk_dask._sync import run
 from icechunk_dask._workspace import Workspace
 from icechunk_dask.format import new_id
 
-__all__ = ["ALLOW_PICKLING_HOOKS", "ForkSession", "Session", "SessionStatus"]
+__all__ = ["ALLOW_PICKLING_HOOKS", "ForkSession", "Session"]
 
 #: Context-manager factories entered (outermost level only) by ``Session.allow_pickling``.
 #: ``icechunk_dask.dask`` registers one that makes plain ``ds.to_zarr(session.store)``
@@ -134,20 +135,21 @@ class Session:
 
     # -- status ---------------------------------------------------------------
 
-    def status(self) -> SessionStatus:
-        """Summarise this session's changes (including what a fork inherited).
+    def status(self) -> Diff:
+        """What this session changed (metadata inherited by a fork included).
 
         Returns
         -------
-        SessionStatus
-            New, updated and deleted groups and arrays, and chunk counts per array.
+        Diff
+            Groups and arrays created, deleted or updated, and the coordinates
+            of the chunks written or deleted, per array.
         """
         ws = self._workspace
         snap = run(ws.assets.get_snapshot(ws.base))
         with ws.lock:
             meta = {**ws.inh_meta, **ws.cs.meta}
-            chunks = dict(ws.cs.chunks)
-        return compute_status(snap.meta, meta, chunks)
+            keys = list(ws.cs.chunks)
+        return session_diff(snap, meta, keys)
 
     def discard_changes(self) -> None:
         """Drop every uncommitted change of this session (and forget its lazy writes).
@@ -386,14 +388,16 @@ class Session:
         message: str,
         metadata: dict[str, Any] | None = None,
         *,
+        allow_empty: bool = False,
+        rebase_with: ConflictSolver | None = None,
         rebase_tries: int = 1000,
     ) -> str:
         """Commit every change of this session atomically to its branch.
 
         If the branch moved since the session started, the changes are
-        rebased onto the new tip when they do not touch the same keys (with a
-        jittered exponential backoff between attempts). After a commit the
-        session is read-only at the new snapshot.
+        rebased onto the new tip as ``rebase_with`` decides (by default, when
+        they do not collide), with a jittered exponential backoff between
+        attempts. After a commit the session is read-only at the new snapshot.
 
         Parameters
         ----------
@@ -401,8 +405,14 @@ class Session:
             Commit message.
         metadata : dict or None
             JSON-serialisable properties stored with the snapshot.
+        allow_empty : bool
+            Commit even if nothing changed (a snapshot equal to its parent).
+        rebase_with : ConflictSolver or None
+            How to rebase onto commits that landed first: ``ConflictDetector()``
+            (the default: only disjoint changes) or ``BasicConflictSolver(...)``
+            (also settles chunk collisions).
         rebase_tries : int
-            How many times to retry when other commits land first.
+            How many rebases to try when other commits land first (0: never rebase).
 
         Returns
         -------
@@ -423,6 +433,11 @@ class Session:
             If a metadata document is not valid Zarr v3, or ``metadata`` is not JSON.
         """
         ws = self._workspace
+        if ws.committed:
+            raise SessionStateError(
+                f"this session was already committed (as snapshot {ws.base}); a session "
+                "commits once. Open a new one with repo.writable_session(branch) to commit more"
+            )
         ws.check_writable()
         if self.is_fork:
             raise SessionStateError(
@@ -447,11 +462,18 @@ class Session:
         forks = self._family.unmerged(cs.writers)
         if forks:
             raise UnmergedWritesError(f"{len(forks)} {UNMERGED_FORK_MESSAGE}")
-        if not cs:
+        if not cs and not allow_empty:
             if run(unmerged_writers(ws.assets, ws.session_id, cs)):
                 raise UnmergedWritesError(f"some {UNMERGED_MESSAGE}")
             raise NoChangesToCommitError(
-                "there are no changes to commit; write data through session.store first"
+                "there are no changes to commit; write data through session.store first "
+                "(or pass allow_empty=True to record a commit anyway)"
+            )
+        solver = rebase_with if rebase_with is not None else ConflictDetector()
+        if not isinstance(solver, ConflictSolver):
+            raise InvalidInputError(
+                "rebase_with must be a conflict solver such as ConflictDetector() or "
+                f"BasicConflictSolver(...), got {rebase_with!r}"
             )
         for key, doc in cs.meta.items():
             if doc is not None:
@@ -467,6 +489,7 @@ class Session:
                 message,
                 meta_json,
                 rebase_tries,
+                solver,
             )
         )
         with ws.lock:

@@ -194,15 +194,15 @@ class SessionStore(Store):
         prototype: BufferPrototype | None = None,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
-        """Synchronous :meth:`get`."""
+        """Synchronous ``get``."""
         return sync(self.get(key, prototype or default_buffer_prototype(), byte_range))
 
     def set_sync(self, key: str, value: Buffer) -> None:
-        """Synchronous :meth:`set`."""
+        """Synchronous ``set``."""
         sync(self.set(key, value))
 
     def delete_sync(self, key: str) -> None:
-        """Synchronous :meth:`delete`."""
+        """Synchronous ``delete``."""
         sync(self.delete(key))
 
     # -- listing --------------------------------------------------------------

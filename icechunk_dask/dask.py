@@ -5,18 +5,18 @@ which every task computes a box of blocks, writes whole Zarr chunks (or
 shards) through its own fork of the session and returns that fork's compact
 change record; a tree reduction (fan-in ``split_every``) merges the records
 of all target arrays, and only the root reaches the client. The assignment of
-blocks to tasks is a pure plan (:mod:`icechunk_dask._plan`), checked before
+blocks to tasks is a pure plan (``icechunk_dask._plan``), checked before
 anything is written.
 
 With ``compute=False`` the result is also stored in the repository by the
 graph's last task, and the session remembers the job: ``dask.compute(lazy)``
 followed by ``session.commit()`` commits the data (see
-:mod:`icechunk_dask._jobs`). With ``resume=<name>`` every task's record is
+``icechunk_dask._jobs``). With ``resume=<name>`` every task's record is
 stored too, and running the same write again recomputes only the tasks
 without one.
 
 Importing this module also makes plain ``ds.to_zarr(session.store)`` safe on
-a cluster inside ``session.allow_pickling()`` (:mod:`icechunk_dask._scheduler`).
+a cluster inside ``session.allow_pickling()`` (``icechunk_dask._scheduler``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
+import dask
 import dask.array as da
 import zarr
 from dask.base import compute, get_scheduler
@@ -42,7 +43,7 @@ from icechunk_dask._sync import run
 from icechunk_dask._writegraph import TargetSpec, WriteContext, build_write_graph
 from icechunk_dask.format import new_id
 
-__all__ = ["store_sessions"]
+__all__ = ["store_dask", "store_sessions"]
 
 _STORE_FIXES = ("pass align_chunks=True to write the blocks that share a chunk from one task.",)
 
@@ -182,6 +183,61 @@ def store_sessions(
         compute=compute,
         progress=progress,
     )
+
+
+def store_dask(
+    *,
+    sources: list[da.Array],
+    targets: list[zarr.Array[Any]],
+    regions: list[tuple[slice, ...]] | None = None,
+    split_every: int | None = None,
+    **store_kwargs: Any,
+) -> Session:
+    """Icechunk's ``icechunk.dask.store_dask``, for code migrating unchanged.
+
+    Writes ``sources`` into ``targets`` (opened on a fork's store, as with
+    Icechunk) with :func:`store_sessions` and returns that fork, holding the
+    writes; merge it into its parent (``session.merge(fork)``) and commit.
+
+    Parameters
+    ----------
+    sources : list of dask.array.Array
+        The arrays to write.
+    targets : list of zarr.Array
+        Zarr arrays opened on one session's store (usually ``session.fork().store``).
+    regions : list of tuple of slice or None
+        Where each source goes in its target.
+    split_every : int or None
+        Fan-in of the merge tree.
+    **store_kwargs
+        Only ``scheduler=`` is accepted (the Dask scheduler to compute with).
+
+    Returns
+    -------
+    Session
+        The session the targets are opened on, now holding the writes.
+
+    Raises
+    ------
+    InvalidInputError
+        For another keyword, or targets on different sessions.
+    """
+    unsupported = sorted(set(store_kwargs) - {"scheduler"})
+    if unsupported:
+        raise InvalidInputError(
+            f"store_dask does not take {unsupported}; it always computes, without locks "
+            "(use store_sessions(..., compute=False) for a lazy write)"
+        )
+    tgts = list(targets)
+    if not tgts:
+        raise InvalidInputError("store_dask needs at least one target")
+    store = tgts[0].store
+    if not isinstance(store, SessionStore):
+        raise TypeError("targets must be zarr arrays opened on a session's store (fork.store)")
+    session: Session = store.session
+    with dask.config.set(store_kwargs):
+        store_sessions(sources, tgts, session, regions=regions, split_every=split_every)
+    return session
 
 
 def launch(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+import dask
 import xarray as xr
 import zarr
 from dask.base import is_dask_collection
@@ -27,13 +28,14 @@ from icechunk_dask._compat.xarray import (
     dump_to_store,
     validate_dataset_names,
 )
+from icechunk_dask._exceptions import InvalidInputError
 from icechunk_dask._session import Session
 from icechunk_dask.dask import check_writable_session, launch, prepare_write
 
 if TYPE_CHECKING:
     from dask.delayed import Delayed
 
-__all__ = ["IcechunkDaskAccessor", "to_zarr"]
+__all__ = ["IcechunkDaskAccessor", "to_icechunk", "to_zarr"]
 
 ZarrWriteModes = Literal["w", "w-", "a", "a-", "r+"]
 Region = Mapping[str, slice | Literal["auto"]] | Literal["auto"] | None
@@ -251,6 +253,61 @@ def to_zarr(
         compute=compute,
         progress=progress,
     )
+
+
+def to_icechunk(
+    obj: xr.Dataset | xr.DataArray,
+    session: Session,
+    *,
+    group: str | None = None,
+    mode: ZarrWriteModes | None = None,
+    safe_chunks: bool = True,
+    align_chunks: bool = False,
+    append_dim: Hashable | None = None,
+    region: Region = None,
+    encoding: Mapping[Any, Any] | None = None,
+    chunkmanager_store_kwargs: Mapping[str, Any] | None = None,
+    split_every: int | None = None,
+) -> None:
+    """Icechunk's ``icechunk.xarray.to_icechunk``, for code migrating unchanged.
+
+    The same as :func:`to_zarr` with ``compute=True``.
+
+    Parameters
+    ----------
+    obj : xarray.Dataset or xarray.DataArray
+        What to write.
+    session : Session
+        A writable session (it receives every change; commit it afterwards).
+    group, mode, safe_chunks, align_chunks, append_dim, region, encoding, split_every
+        As in :func:`to_zarr`.
+    chunkmanager_store_kwargs : mapping or None
+        Only ``scheduler=`` is accepted (the Dask scheduler to compute with).
+
+    Raises
+    ------
+    InvalidInputError
+        For another ``chunkmanager_store_kwargs`` key; otherwise as :func:`to_zarr`.
+    """
+    kwargs = dict(chunkmanager_store_kwargs or {})
+    unsupported = sorted(set(kwargs) - {"scheduler"})
+    if unsupported:
+        raise InvalidInputError(
+            f"to_icechunk does not take chunkmanager_store_kwargs {unsupported}"
+        )
+    with dask.config.set(kwargs):
+        to_zarr(
+            obj,
+            session,
+            group=group,
+            mode=mode,
+            safe_chunks=safe_chunks,
+            align_chunks=align_chunks,
+            append_dim=append_dim,
+            region=region,
+            encoding=encoding,
+            split_every=split_every,
+        )
 
 
 def _to_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:

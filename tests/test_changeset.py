@@ -112,7 +112,7 @@ def test_different_values_conflict_and_change_nothing(side: str) -> None:
     with pytest.raises(ConflictError) as e:
         mine.update(theirs)
     assert e.value.kind == "merge-conflict"
-    assert e.value.conflicts == [(key, why)]
+    assert [(c.keys, c.description) for c in e.value.conflicts] == [((key,), why)]
     assert str(e.value) == (
         f"cannot merge: 1 key(s) were changed differently by the merged sessions: "
         f"{key!r} ({why}). Each chunk must be written by exactly one task; give every task "

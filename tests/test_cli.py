@@ -165,34 +165,34 @@ def test_show_accepts_a_snapshot_id(repo_path: Path, capsys: pytest.CaptureFixtu
 
 def test_diff_of_an_append(repo_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = run_json(capsys, "diff", str(repo_path), "v1", "main")
-    assert d["updated_arrays"] == ["temp", "time"]
+    assert d["updated_arrays"] == ["/temp", "/time"]
     assert d["new_arrays"] == d["deleted_arrays"] == []
-    assert d["chunks"]["temp"] == {"added": 4, "modified": 0, "removed": 0}
-    assert d["chunks"]["time"] == {"added": 1, "modified": 0, "removed": 0}
+    assert d["updated_chunks"]["/temp"] == [[4, 0, 0], [4, 0, 1], [5, 0, 0], [5, 0, 1]]
+    assert d["updated_chunks"]["/time"] == [[1]]
 
     code, out, _ = run_cli(capsys, "diff", str(repo_path), "v1", "main")
     assert code == 0
-    assert "temp: shape (4, 4, 6) -> (6, 4, 6)" in out
-    assert "+4 added" in out
+    assert "/temp: shape (4, 4, 6) -> (6, 4, 6)" in out
+    assert "/temp  4 chunks" in out
 
 
 def test_diff_across_branches_and_from_the_empty_root(
     repo_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     d = run_json(capsys, "diff", str(repo_path), "main", "experiment")
-    assert d["chunks"]["temp"] == {"added": 0, "modified": 8, "removed": 4}
+    assert len(d["updated_chunks"]["/temp"]) == 12  # 8 modified, 4 removed
     root = run_json(capsys, "log", str(repo_path))[-1]["id"]
     d = run_json(capsys, "diff", str(repo_path), root, "v1")
-    assert d["new_groups"] == [""]
-    assert d["new_arrays"] == ["temp", "time", "x", "y"]
-    assert d["chunks"]["temp"]["added"] == 8
+    assert d["new_groups"] == ["/"]
+    assert d["new_arrays"] == ["/temp", "/time", "/x", "/y"]
+    assert len(d["updated_chunks"]["/temp"]) == 8
 
 
 def test_diff_of_a_snapshot_with_itself(
     repo_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     d = run_json(capsys, "diff", str(repo_path), "v1", "experiment~1")
-    assert d["chunks"] == {} and d["updated_arrays"] == []
+    assert d["updated_chunks"] == {} and d["updated_arrays"] == []
     code, out, _ = run_cli(capsys, "diff", str(repo_path), "v1", "experiment~1")
     assert code == 0 and out.splitlines()[-1] == "no changes"
 
@@ -202,8 +202,8 @@ def test_diff_of_a_snapshot_with_itself(
 
 def test_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "log", str(tmp_path / "nope"), "--json")
-    assert (code, out) == (1, "")
-    assert "no such directory" in err
+    assert code == 1 and err == ""  # with --json the error is a JSON document too
+    assert "no such directory" in json.loads(out)["error"]["message"]
     assert not (tmp_path / "nope").exists()  # inspecting never creates anything
 
 
@@ -330,3 +330,45 @@ def test_demo_rejects_bad_options_before_touching_the_path(
     code, _, err = run_cli(capsys, "demo", "--path", str(tmp_path / "d"), *bad)
     assert code == 1 and "(invalid-input)" in err
     assert not (tmp_path / "d").exists()
+
+
+# -- branch and tag management -------------------------------------------------------------------
+
+
+def test_branch_and_tag_create_reset_delete_with_guards(
+    repo_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(repo_path)
+    log = run_json(capsys, "log", path)
+    tip, older = log[0]["id"], log[1]["id"]
+    made = run_json(capsys, "branch", "create", path, "fix", "main~1")
+    assert made == {"branch": "fix", "snapshot_id": older}
+    code, out, _ = run_cli(capsys, "branch", "reset", path, "fix", "main", "--from", tip, "--json")
+    assert code == 1 and json.loads(out)["error"]["kind"] == "branch-moved"  # fix is at older
+    assert (
+        run_json(capsys, "branch", "reset", path, "fix", "main", "--from", older)["snapshot_id"]
+        == tip
+    )
+    code, _, err = run_cli(capsys, "branch", "delete", path, "fix", "--from", older)
+    assert code == 1 and "(branch-moved)" in err
+    assert run_json(capsys, "branch", "delete", path, "fix", "--from", tip) == {
+        "deleted_branch": "fix"
+    }
+    assert "fix" not in {b["name"] for b in run_json(capsys, "branches", path)}
+    assert run_json(capsys, "tag", "create", path, "release", "main~1") == {
+        "tag": "release",
+        "snapshot_id": older,
+    }
+    code, _, err = run_cli(capsys, "tag", "create", path, "release")
+    assert code == 1 and "already exists" in err
+    run_json(capsys, "tag", "delete", path, "release", "--from", older)
+    code, _, err = run_cli(capsys, "branch", "delete", path, "main")
+    assert code == 1 and "cannot be deleted" in err
+
+
+def test_usage_errors_exit_2_and_help_needs_no_repository(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_cli(capsys, "branch")[0] == 2
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "LOCATION" in out

@@ -108,7 +108,7 @@ def test_compute_true_merges_into_the_session(tmp_path: Path, scheduler: str) ->
         da.arange(30, chunks=10, dtype="i4"), zarr.open_array(session.store, path="a"), session
     )
     assert result is None
-    assert session.status().updated_chunks == {"a": 3}
+    assert {p: len(c) for p, c in session.status().updated_chunks.items()} == {"/a": 3}
     session.commit("compute=True")
     np.testing.assert_array_equal(
         read_array(repo.readonly_session(branch="main"), "a"), np.arange(30)
@@ -200,7 +200,7 @@ def test_overlapping_writes_to_one_array_are_refused(tmp_path: Path) -> None:
     store_sessions(
         sources[:1] * 2, [target, target], session, regions=[(slice(0, 15),), (slice(20, 35),)]
     )
-    assert session.status().updated_chunks == {"a": 4}
+    assert {p: len(c) for p, c in session.status().updated_chunks.items()} == {"/a": 4}
 
 
 def test_duplicated_execution_is_harmless(tmp_path: Path) -> None:

@@ -34,26 +34,26 @@ def _envelope(kind: int, flags: int, head: bytes, body: bytes, version: int = 1)
     return prefix + crc.to_bytes(4, "little") + head + body
 
 
-# -- the stored bytes are pinned: a change of the format must be deliberate -------------------
+# -- the stored bytes are pinned: a change of the format must be deliberate (format 2) ---------
 
 GOLDEN = {
     # compact JSON with sorted keys, no body (the default), nothing to compress
     "header only": (
         lambda: encode_object(ObjectKind.TAG_REF, HEADER),
         72,
-        "1034d30fdb6fc46175232e98ef7c6df1a661cfc1f0a98b88fa13d276f800fb36",
+        "17edc0cec5d9d06ac401625c4f7212bb0f905764ae84dd8bb7fbe58567e6e8a9",
     ),
     # the body compressed by default, with zlib level 1 (flag bit 0)
     "compressed": (
         lambda: encode_object(ObjectKind.MANIFEST, HEADER, BODY),
         463,
-        "d39d4d79030371fa64e614b15113a6ce15495309068739d3ca23f15d41cd35fd",
+        "43fd64bc48cc382fa266db51e869b0a96f234714493e1eae8bcd422e08e87de2",
     ),
     # compress=False stores the body as it is
     "raw": (
         lambda: encode_object(ObjectKind.SNAPSHOT, HEADER, b"raw body", compress=False),
         80,
-        "dd709b4d99a480169e90c80301269faa0ea9b1c31eba873c103133ba72986ab9",
+        "56725cb2705e3365562baa9307dda693f040d5b834273591decc97458c974cba",
     ),
 }
 
@@ -69,7 +69,7 @@ def test_encoding_layout_and_round_trip() -> None:
     data = encode_object(ObjectKind.MANIFEST, HEADER, BODY)
     magic, version, kind, flags, head_len, body_len, _ = PREFIX.unpack_from(data)
     head = b'{"alpha":{"a":true,"b":null},"zeta":[1,2.5,"x"]}'
-    assert (magic, version, kind, flags, head_len) == (b"ICDK", 1, 3, 1, len(head))
+    assert (magic, version, kind, flags, head_len) == (b"ICDK", 2, 3, 1, len(head))
     assert data[PREFIX.size : PREFIX.size + head_len] == head
     assert zlib.decompress(data[PREFIX.size + head_len :], wbits=15) == BODY
     assert body_len == len(data) - PREFIX.size - head_len

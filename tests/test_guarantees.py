@@ -31,9 +31,11 @@ from zarr.core.sync import sync
 
 from icechunk_dask import (
     ConflictError,
+    ConflictType,
     RebaseFailedError,
     Repository,
     Session,
+    UnmergedWritesError,
     local_filesystem_storage,
 )
 from icechunk_dask.distributed import merge_sessions
@@ -170,10 +172,14 @@ def test_forks_writing_different_bytes_of_equal_length_conflict(
     session.merge(first)
     with pytest.raises(ConflictError) as e:
         session.merge(second)
-    assert any(key == "a/c/1" for key, _ in e.value.conflicts), e.value.conflicts
+    assert any("a/c/1" in c.keys for c in e.value.conflicts), e.value.conflicts
     with pytest.raises(ConflictError):  # in one call, in either order
         merge_sessions(repo.writable_session("main"), second, first)
-    # the failed merge changed nothing: first's bytes are what commits
+    # the failed merge changed nothing: first's bytes are what commits, once the conflicting
+    # fork's writes are dropped deliberately (an unmerged fork that wrote blocks commit)
+    with pytest.raises(UnmergedWritesError):
+        session.commit("second was never merged")
+    second.discard_changes()
     session.commit("first wins")
     expected = np.arange(8 * chunk)
     expected[region] = 100
@@ -194,9 +200,11 @@ def test_commits_of_different_bytes_of_equal_length_conflict(tmp_path: Path, lay
     one.commit("one")
     with pytest.raises(RebaseFailedError) as e:
         two.commit("two")
-    assert ("a/c/1", f"chunk also written by commit {repo.lookup_branch('main')}") in (
-        e.value.conflicts
-    )
+    tip = repo.lookup_branch("main")
+    assert [(c.conflict_type, c.path, c.keys, c.conflicted_chunks) for c in e.value.conflicts] == [
+        (ConflictType.CHUNK_DOUBLE_UPDATE, "/a", ("a/c/1",), ((1,),))
+    ]
+    assert tip in e.value.conflicts[0].description
     other.commit("other: disjoint, rebased")
     expected = np.arange(8 * chunk)
     expected[region] = 100

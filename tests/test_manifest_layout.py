@@ -266,7 +266,7 @@ def test_arrays_named_c_own_their_chunks(name: str) -> None:
     arr = zarr.create_array(s.store, name=name, shape=(4,), chunks=(2,), dtype="i4")
     arr[:] = 1
     status = s.status()
-    assert status.updated_chunks == {name: 2}
+    assert status.updated_chunks == {"/" + name: [(0,), (1,)]}
     s.commit("create")
     # another session changes the root attributes while this one writes the array
     s1 = repo.writable_session("main")

@@ -16,7 +16,12 @@ __all__ = ["validate_ref_name", "validate_snapshot_id"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 
-def validate_ref_name(name: object, what: str) -> str:
+#: Bytes that the key layout adds to a name in its longest path component:
+#: ``branch.<name>`` and ``tag.<name>.deleted.json`` (a tag's tombstone).
+_OVERHEAD = {"branch": len("branch."), "tag": len("tag.") + len(".deleted.json")}
+
+
+def validate_ref_name(name: object, what: str, max_name_bytes: int | None = None) -> str:
     """Return ``name`` if it is a valid branch or tag name, else raise.
 
     Parameters
@@ -24,7 +29,10 @@ def validate_ref_name(name: object, what: str) -> str:
     name : object
         The proposed name.
     what : str
-        ``"branch"`` or ``"tag"`` (for the message, and the tag-only rules).
+        ``"branch"``, ``"tag"`` or ``"job"`` (for the message, and the tag-only rules).
+    max_name_bytes : int or None
+        The longest path component the storage can hold (local filesystems:
+        255 bytes); names that would not fit in their keys are refused.
 
     Returns
     -------
@@ -47,6 +55,15 @@ def validate_ref_name(name: object, what: str) -> str:
             f"invalid tag name {name!r}: names ending in '.deleted' are reserved; choose "
             "another name"
         )
+    if max_name_bytes is not None:
+        limit = max_name_bytes - _OVERHEAD.get(what, 0)
+        if len(name.encode()) > limit:
+            raise InvalidInputError(
+                f"{what} name {name[:40]!r}... is {len(name.encode())} bytes long, but this "
+                f"storage holds {what} names of at most {limit} bytes (its file names are "
+                f"limited to {max_name_bytes} bytes, including what the repository adds); "
+                "choose a shorter name"
+            )
     return name
 
 

@@ -1,7 +1,7 @@
 """Local-filesystem storage: atomic writes, create-only refs, one durability barrier.
 
 Every ``OSError`` from the filesystem leaves this module as the library's typed
-error naming the path and what to do (:func:`_os_error`); a write that fails
+error naming the path and what to do (``_os_error``); a write that fails
 removes its temporary file, whatever the failure.
 """
 
@@ -108,12 +108,12 @@ class LocalFileSystemStorage(Storage):
     hard-linked (``put_if_absent``: exactly one concurrent creator wins), so a
     reader never sees a partial object; a write that fails (a full disk, a
     missing permission, ...) removes its temporary file. Create-only writes are
-    fsynced with their directory; :meth:`durability_barrier` flushes the
+    fsynced with their directory; ``durability_barrier`` flushes the
     filesystem once before a commit publishes its ref. Safe for concurrent
     committers on one host.
 
     Every operating-system error becomes a :class:`StorageError` naming the path
-    and what to do; a key with a path component longer than :attr:`max_name_bytes`
+    and what to do; a key with a path component longer than ``max_name_bytes``
     (255 bytes of UTF-8, the limit of Linux filesystems) cannot be written
     (:class:`InvalidInputError`, before anything touches the disk) and is never
     found by reads.

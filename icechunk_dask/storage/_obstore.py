@@ -112,7 +112,7 @@ def detail(exc: BaseException) -> str:
 class ObstoreStorage(Storage):
     """Objects in a bucket or container of an object store, through obstore.
 
-    Subclasses name the location (:attr:`url`, :meth:`_location`) and build the
+    Subclasses name the location (``url``, ``_location``) and build the
     client (:meth:`_build_client`). The storage pickles as its settings; the
     obstore client, the concurrency limiter and their locks are rebuilt lazily
     in each process that uses them.

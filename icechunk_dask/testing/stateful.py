@@ -53,6 +53,7 @@ from icechunk_dask import (
     ReadOnlyError,
     Repository,
     Session,
+    SessionStateError,
     UnmergedWritesError,
     in_memory_storage,
     local_filesystem_storage,
@@ -449,7 +450,7 @@ class VersionControlStateMachine(RepositoryMachine):
         note(f"committed {snapshot_id}")
         self.model.commit(self.work, snapshot_id, message)
         assert self.session.read_only
-        _expect(ReadOnlyError, self.session.commit, "again")
+        _expect(SessionStateError, self.session.commit, "again")
         assert self.work.branch is not None
         self._checkout(self.work.branch)
         return snapshot_id
