@@ -33,12 +33,14 @@ from icechunk_dask.format import (
     ID_PATTERN,
     BranchRef,
     ChunkRef,
+    ExpiryMarker,
     RepoConfig,
     Snapshot,
     TagRef,
     TransactionLog,
     branch_ref_key,
     decode_manifest,
+    expiry_key,
     now_iso,
     tag_key,
     validate_ref_name,
@@ -77,6 +79,12 @@ class _LRU:
             while self._weight > self.capacity and len(self._items) > 1:
                 _, (_, w) = self._items.popitem(last=False)
                 self._weight -= w
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            item = self._items.pop(key, None)
+            if item is not None:
+                self._weight -= item[1]
 
 
 def check_storage(storage: object) -> Storage:
@@ -120,6 +128,10 @@ class AssetManager:
         #: chunk objects whose whole bytes passed their checksum: partial reads of them
         #: (inner chunks of a shard) need no whole read to be trusted
         self.verified_chunks = _LRU(200_000)
+        #: the block checksums of blocked chunk objects (weighted by bytes)
+        self.trailers = _LRU(64 << 20)
+        #: expiry markers read (immutable: a snapshot once expired stays expired)
+        self._expiry = _LRU(100_000)
 
     def __repr__(self) -> str:
         return f"<AssetManager {self.storage.url} id={self.config.repo_id}>"
@@ -134,29 +146,84 @@ class AssetManager:
 
     # -- immutable objects ----------------------------------------------------
 
-    async def get_snapshot(self, snapshot_id: str) -> Snapshot:
+    async def get_snapshot(self, snapshot_id: str, *, expired_ok: bool = False) -> Snapshot:
         """Fetch (and cache) a snapshot.
+
+        Parameters
+        ----------
+        snapshot_id : str
+            The snapshot.
+        expired_ok : bool
+            Also return a snapshot that ``expire_snapshots`` expired, while it is
+            still stored (sessions already open on it, rebases); otherwise an
+            expired snapshot is an error.
 
         Raises
         ------
+        ExpiredSnapshotError
+            If it was expired (and ``expired_ok`` is false, or it was collected since).
         NotFoundError
             If there is no such snapshot.
         CorruptObjectError
             If the stored object is damaged.
         """
+        if not expired_ok:
+            known = self._expiry.get(snapshot_id)
+            if known is not None:
+                raise known.error()
         cached = self._snapshots.get(snapshot_id)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
         key = f"snapshots/{snapshot_id}"
-        try:
-            data = await self.storage.get(key)
-        except NotFoundError:
+        if expired_ok:
+            data = await self._get_or_none(key)
+            marker = None if data is not None else await self.get_expiry(snapshot_id)
+        else:  # look for its expiry marker at the same time
+            data, marker = await asyncio.gather(
+                self._get_or_none(key), self.get_expiry(snapshot_id)
+            )
+        if marker is not None:
+            raise marker.error()
+        if data is None:
             raise NotFoundError(
                 f"snapshot {snapshot_id} does not exist in the repository at {self.storage.url}"
-            ) from None
+            )
         snap = Snapshot.decode(data, key)
         self._snapshots.put(snapshot_id, snap)
         return snap
+
+    async def _get_or_none(self, key: str) -> bytes | None:
+        with contextlib.suppress(NotFoundError):
+            return await self.storage.get(key)
+        return None
+
+    async def get_expiry(self, snapshot_id: str) -> ExpiryMarker | None:
+        """The expiry marker of a snapshot, ``None`` if it was not expired.
+
+        Raises
+        ------
+        CorruptObjectError
+            If the marker is damaged or belongs to another snapshot.
+        """
+        cached = self._expiry.get(snapshot_id)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        key = expiry_key(snapshot_id)
+        data = await self._get_or_none(key)
+        if data is None:
+            return None
+        marker = ExpiryMarker.decode(data, key)
+        self._expiry.put(snapshot_id, marker)
+        return marker
+
+    def note_expired(self, marker: ExpiryMarker) -> None:
+        """Remember that a snapshot was expired (drops it from the snapshot cache)."""
+        self._expiry.put(marker.snapshot_id, marker)
+        self._snapshots.discard(marker.snapshot_id)
+
+    def forget_expired(self, snapshot_id: str) -> None:
+        """Forget an expiry this process recorded (its marker was withdrawn)."""
+        self._expiry.discard(snapshot_id)
 
     async def get_manifest(
         self, manifest_id: str, node: str | None = None, box: str | None = None

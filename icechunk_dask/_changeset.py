@@ -7,6 +7,15 @@ value, that previous value (``prev``), so that merging the fork back into its
 parent is a fast-forward rather than a conflict. ``writers`` names the
 worker-side session copies whose writes the record carries.
 
+A record may also carry *pre-built manifest layers* (``layers``): the
+references of whole boxes of an array's chunk grid that a Dask job's tree
+reduction already stored as manifests on its workers (see
+:mod:`icechunk_dask._buildboxes`), so that what reaches the client is
+O(manifests), not O(chunks). A box's layers are older than the record's
+chunk entries in the same box; two records that both change one box cannot
+be merged without loading those layers (:func:`colliding_boxes`; the
+session's merge does it, :mod:`icechunk_dask._prebuilt`).
+
 Nothing here does I/O. A change set pickles to a compact, compressed,
 columnar form (a few bytes to ~20 bytes per chunk).
 """
@@ -24,16 +33,19 @@ from icechunk_dask._exceptions import (
     InvalidInputError,
 )
 from icechunk_dask.format import (
+    FLAT,
     ChunkRef,
+    NodeManifests,
     ObjectKind,
     decode_object,
     decode_refs,
     encode_object,
     encode_refs,
+    group_boxes,
     same_chunk,
 )
 
-__all__ = ["ChangeSet"]
+__all__ = ["ChangeSet", "boxes_of_keys", "colliding_boxes", "layered_refs"]
 
 _WIRE_KEY = "<change record>"
 
@@ -72,11 +84,17 @@ def _decode_docs(data: memoryview) -> dict[str, bytes | None]:
 class ChangeSet:
     """The changes of one session (or of several, merged).
 
+    What :meth:`~icechunk_dask.Session.changes` returns and
+    :meth:`~icechunk_dask.Session.merge` accepts: a compact, picklable record
+    that a Dask task returns instead of its session. Users rarely build one;
+    ``ChangeSet(repo_id, base)`` is an empty record. ``len(record)`` counts the
+    changed keys (and deleted prefixes); an empty record is false.
+
     Parameters
     ----------
-    repo_id
+    repo_id : str
         Id of the repository the changes belong to.
-    base
+    base : str
         Snapshot id the changes were made on.
     """
 
@@ -85,6 +103,7 @@ class ChangeSet:
         "chunks",
         "cleared",
         "jobs",
+        "layers",
         "meta",
         "prev_chunks",
         "prev_meta",
@@ -108,28 +127,37 @@ class ChangeSet:
         self.jobs: set[str] = set()
         #: keys of the rerouted Dask tasks whose changes this record holds
         self.tasks: set[str] = set()
+        #: pre-built manifest layers by node (boxes of references stored by workers),
+        #: older than the chunk entries of the same box
+        self.layers: dict[str, NodeManifests] = {}
 
     # -- inspection -----------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.meta) + len(self.chunks) + len(self.cleared)
+        return len(self.meta) + self.nchunks + len(self.cleared)
 
     def __bool__(self) -> bool:
-        return bool(self.meta or self.chunks or self.cleared)
+        return bool(self.meta or self.chunks or self.cleared or self.layers)
 
     @property
     def nchunks(self) -> int:
-        """Number of chunk keys written or deleted."""
-        return len(self.chunks)
+        """Number of chunk keys written or deleted (pre-built layers' entries counted)."""
+        return len(self.chunks) + layered_refs(self.layers)
 
     def __repr__(self) -> str:
         return (
-            f"<ChangeSet base={self.base} metadata={len(self.meta)} chunks={len(self.chunks)} "
+            f"<ChangeSet base={self.base} metadata={len(self.meta)} chunks={self.nchunks} "
             f"cleared={len(self.cleared)} writers={len(self.writers)}>"
         )
 
     def copy(self) -> ChangeSet:
-        """Return an independent copy."""
+        """Return an independent copy.
+
+        Returns
+        -------
+        ChangeSet
+            A copy whose changes can be modified without touching this one.
+        """
         out = ChangeSet(self.repo_id, self.base)
         out.meta = dict(self.meta)
         out.chunks = dict(self.chunks)
@@ -139,6 +167,7 @@ class ChangeSet:
         out.cleared = set(self.cleared)
         out.jobs = set(self.jobs)
         out.tasks = set(self.tasks)
+        out.layers = dict(self.layers)
         return out
 
     # -- merging --------------------------------------------------------------
@@ -146,10 +175,17 @@ class ChangeSet:
     def check_compatible(self, other: ChangeSet) -> None:
         """Refuse records of another repository or another base snapshot.
 
+        Parameters
+        ----------
+        other : ChangeSet
+            The record to be merged into this one.
+
         Raises
         ------
         InvalidInputError
-            If ``other`` belongs to another repository or base snapshot.
+            If ``other`` belongs to another repository (kind
+            ``foreign-session``) or was made on another base snapshot (kind
+            ``stale-session``).
         """
         if other.repo_id != self.repo_id:
             raise InvalidInputError(
@@ -175,15 +211,33 @@ class ChangeSet:
         writing over its parent's uncommitted write). Nothing is modified if
         a conflict is found.
 
+        Parameters
+        ----------
+        other : ChangeSet
+            The record to merge (left unchanged).
+
         Raises
         ------
         InvalidInputError
-            If ``other`` belongs to another repository or base snapshot.
+            If ``other`` belongs to another repository or base snapshot (see
+            :meth:`check_compatible`), or both records change a box that one
+            of them holds as a pre-built manifest layer (kind
+            ``layer-collision``: merge through ``Session.merge``, which loads
+            those layers first).
         ConflictError
             If both sides wrote different bytes to the same chunk or different
-            metadata documents to the same key.
+            metadata documents to the same key (kind ``merge-conflict``; the
+            error's ``conflicts`` name the keys).
         """
         self.check_compatible(other)
+        collided = colliding_boxes(self, other)
+        if collided:
+            shown = ", ".join(f"{n or '/'} box {min(b)!r}" for n, b in collided.items())
+            raise InvalidInputError(
+                "cannot merge these change records without reading their pre-built manifests: "
+                f"both change {shown}. Merge them with Session.merge, which loads those first",
+                kind=ErrorKind.LAYER_COLLISION,
+            )
         conflicts: list[Conflict] = []
         meta_updates: dict[str, bytes | None] = {}
         for key, new in other.meta.items():
@@ -236,15 +290,24 @@ class ChangeSet:
         for key in meta_updates:
             if key not in self.meta and key in other.prev_meta:
                 self.prev_meta[key] = other.prev_meta[key]
-        for key in chunk_updates:
-            if key not in mine and key in theirs_prev:
-                self.prev_chunks[key] = theirs_prev[key]
+        for key, prev in theirs_prev.items():
+            # keys of theirs in pre-built layers keep their previous value too (no
+            # collision: this side does not have them)
+            if key not in mine and (key in chunk_updates or key not in other.chunks):
+                self.prev_chunks.setdefault(key, prev)
         self.meta.update(meta_updates)
         mine.update(chunk_updates)
         self.writers |= other.writers
         self.cleared |= other.cleared
         self.jobs |= other.jobs
         self.tasks |= other.tasks
+        for node, nm in other.layers.items():
+            mine_nm = self.layers.get(node)
+            if mine_nm is None:
+                self.layers[node] = nm
+            else:  # disjoint boxes of one layout (colliding_boxes checked it)
+                boxes = {**mine_nm.boxes, **nm.boxes}
+                self.layers[node] = NodeManifests(mine_nm.encoding, mine_nm.split, boxes)
 
     @classmethod
     def merge_all(cls, records: Iterable[ChangeSet]) -> ChangeSet:
@@ -252,7 +315,7 @@ class ChangeSet:
 
         Parameters
         ----------
-        records
+        records : iterable of ChangeSet
             At least one change record, all of the same repository and base.
 
         Returns
@@ -280,7 +343,13 @@ class ChangeSet:
     # -- wire form ----------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Return the compact, checksummed wire form."""
+        """Return the compact, checksummed wire form (what pickling sends).
+
+        Returns
+        -------
+        bytes
+            A compressed record that :meth:`from_bytes` reads back.
+        """
         header: dict[str, Any] = {
             "repo": self.repo_id,
             "base": self.base,
@@ -289,6 +358,8 @@ class ChangeSet:
             "jobs": sorted(self.jobs),
             "tasks": sorted(self.tasks),
         }
+        if self.layers:
+            header["layers"] = {n: nm.to_json() for n, nm in self.layers.items()}
         prev = self.prev_chunks
         # metadata documents go into the (compressed) body: JSON compresses well
         body = b"".join(
@@ -304,7 +375,25 @@ class ChangeSet:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ChangeSet:
-        """Parse :meth:`to_bytes` output."""
+        """Parse :meth:`to_bytes` output.
+
+        Parameters
+        ----------
+        data : bytes
+            What :meth:`to_bytes` returned.
+
+        Returns
+        -------
+        ChangeSet
+            The record.
+
+        Raises
+        ------
+        CorruptObjectError
+            If ``data`` is truncated, fails its checksum or is not a change record.
+        FormatVersionError
+            If it was written by a newer icechunk_dask.
+        """
         header, body = decode_object(data, _WIRE_KEY, ObjectKind.SCRATCH)
         h = header["changes"]
         out = cls(h["repo"], h["base"])
@@ -312,6 +401,12 @@ class ChangeSet:
         out.cleared = set(h.get("cleared", ()))
         out.jobs = set(h.get("jobs", ()))
         out.tasks = set(h.get("tasks", ()))
+        try:
+            out.layers = {
+                str(n): NodeManifests.from_json(doc) for n, doc in h.get("layers", {}).items()
+            }
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # pragma: no cover - crc
+            raise InvalidInputError(f"malformed change record: {e!r}") from e
         view = memoryview(body)
         sections = []
         pos = 0
@@ -334,6 +429,64 @@ class ChangeSet:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ChangeSet.from_bytes, (self.to_bytes(),))
+
+
+def layered_refs(layers: dict[str, NodeManifests]) -> int:
+    """Entries (references and tombstones) held by pre-built layers."""
+    return sum(layer.size for nm in layers.values() for box in nm.boxes.values() for layer in box)
+
+
+def boxes_of_keys(keys: list[str], node: str, nm: NodeManifests) -> dict[str, list[str]]:
+    """Group ``keys`` (whole keys, all under node ``node``) by their box in ``nm``'s layout."""
+    head = f"{node}/" if node else ""
+    suffixes = [k[len(head) :] for k in keys]
+    if nm.encoding is None or nm.split is None:
+        return {FLAT: keys} if keys else {}
+    names, order, bounds = group_boxes(suffixes, nm.encoding, nm.split)
+    idx = order.tolist()
+    return {name: [keys[i] for i in idx[bounds[j] : bounds[j + 1]]] for j, name in enumerate(names)}
+
+
+def _keys_under(chunks: dict[str, Any], node: str) -> list[str]:
+    if not node:
+        return list(chunks)
+    head = node + "/"
+    return [k for k in chunks if k.startswith(head)]
+
+
+def colliding_boxes(a: ChangeSet, b: ChangeSet) -> dict[str, set[str]]:
+    """Boxes that one record holds as pre-built layers and the other also changes.
+
+    Such boxes cannot be merged without loading the layers (the order of the
+    entries and the conflict check need the keys). A node whose layers have
+    another layout on each side collides in all its boxes.
+
+    Parameters
+    ----------
+    a, b : ChangeSet
+        The records to be merged.
+
+    Returns
+    -------
+    dict of str to set of str
+        Node -> boxes; empty when the records can be merged as they are.
+    """
+    out: dict[str, set[str]] = {}
+    for mine, theirs in ((a, b), (b, a)):
+        for node, nm in mine.layers.items():
+            hit = set()
+            other_nm = theirs.layers.get(node)
+            if other_nm is not None:
+                if (other_nm.encoding, other_nm.split) != (nm.encoding, nm.split):
+                    hit = set(nm.boxes) | set(other_nm.boxes)
+                else:
+                    hit = set(nm.boxes) & set(other_nm.boxes)
+            keys = _keys_under(theirs.chunks, node)
+            if keys:
+                hit |= set(boxes_of_keys(keys, node, nm)) & set(nm.boxes)
+            if hit:
+                out.setdefault(node, set()).update(hit)
+    return out
 
 
 def _framed(b: bytes) -> bytes:

@@ -25,6 +25,7 @@ from icechunk_dask._exceptions import (
     ErrorKind,
     InvalidInputError,
     NotFoundError,
+    StorageError,
     UnmergedWritesError,
 )
 from icechunk_dask._flush import write_snapshot
@@ -91,6 +92,7 @@ async def commit_changes(
     metadata: dict[str, Any],
     tries: int,
     solver: ConflictSolver,
+    maybe_landed: set[str] | None = None,
 ) -> str:
     """Publish ``cs`` (made on ``base``) as a new snapshot at the tip of ``branch``.
 
@@ -99,11 +101,22 @@ async def commit_changes(
     there first, checks the commits in between for conflicts, rebases and
     retries with jittered exponential backoff.
 
+    ``maybe_landed`` holds the snapshots of earlier attempts of this session
+    whose branch entry may have been written without acknowledgement (the
+    read-back failed too): if one of them is on the branch since ``base``, it
+    is the result, and nothing is written. A new such attempt is added to it.
+
     Returns
     -------
     str
         The new snapshot id.
     """
+    if maybe_landed:
+        landed = await _landed(assets, branch, base, maybe_landed)
+        if landed is not None:
+            with contextlib.suppress(Exception):
+                await clear_markers(assets, session_id, cs.writers)
+            return landed
     unmerged = await unmerged_writers(assets, session_id, cs)
     if unmerged:
         raise UnmergedWritesError(f"{len(unmerged)} {UNMERGED_MESSAGE}")
@@ -132,16 +145,41 @@ async def commit_changes(
                     "new tip when the changes do not conflict)",
                     kind=ErrorKind.COMMIT_CONFLICT,
                 )
-            conflicts = await find_conflicts(assets, branch, cs, checked, tip)
+            conflicts, cs = await find_conflicts(assets, branch, cs, checked, tip)
             cs = solver.solve(conflicts, cs, branch)
             checked = tip
             rebases += 1
         parent = await assets.get_snapshot(tip)
         snap = await write_snapshot(assets, parent, cs, message, metadata, now_iso())
         await assets.storage.durability_barrier()
-        if await assets.try_advance_branch(branch, seq + 1, snap.id, tip):
+        try:
+            won = await assets.try_advance_branch(branch, seq + 1, snap.id, tip)
+        except StorageError as e:
+            if maybe_landed is None:
+                raise
+            maybe_landed.add(snap.id)
+            raise StorageError(
+                f"{e}. The commit may or may not have landed (snapshot {snap.id}): call "
+                "commit again on this session, it finds out and returns the snapshot if it "
+                "landed, or commits it otherwise",
+                kind=e.kind,
+            ) from e
+        if won:
             with contextlib.suppress(Exception):
                 await clear_markers(assets, session_id, cs.writers)
             return snap.id
         await asyncio.sleep(min(1.0, 0.005 * 2 ** min(attempt, 8)) * random.random())
         attempt += 1
+
+
+async def _landed(assets: AssetManager, branch: str, base: str, candidates: set[str]) -> str | None:
+    """The candidate snapshot on ``branch`` since ``base``, if any."""
+    _, ref = await assets.branch_tip(branch)
+    current = ref.snapshot_id if ref is not None and not ref.deleted else None
+    seen: set[str] = set()
+    while current is not None and current != base and current not in seen:
+        if current in candidates:
+            return current
+        seen.add(current)
+        current = (await assets.get_snapshot(current, expired_ok=True)).parent_id
+    return None

@@ -19,25 +19,37 @@ __all__ = ["RepositoryConfig"]
 class RepositoryConfig:
     """Settings of a repository, fixed when it is created.
 
-    Attributes
+    Pass one to :meth:`~icechunk_dask.Repository.create`; they are stored in the repository
+    and apply to every writer. Each parameter is also a (read-only) attribute
+    of the same name.
+
+    Parameters
     ----------
-    inline_chunk_threshold_bytes : int
+    inline_chunk_threshold_bytes : int, optional
         Chunks of at most this many bytes are stored inside the manifests
-        (default 64).
-    manifest_box_refs : int
+        (default 64; 0 stores every chunk as its own object).
+    manifest_box_refs : int, optional
         About how many chunk references one manifest box holds when an array
         has no split of its own (default 65,536): the first dimension is split
         into slabs of that many references, so a commit that appends or
         writes a region touches only the boxes it writes.
-    manifest_splits : dict
+    manifest_splits : Mapping of str to Mapping of str or int to int, optional
         Explicit box extents per array: a regular expression matched against
         the whole array path -> {dimension name or index: extent in chunks}.
         The first matching expression wins; dimensions not listed are not
         split. For example ``{"era5/.*": {"time": 24}}`` puts 24 time steps
         of an ERA5 variable in each box. (Icechunk's ``ManifestSplittingConfig``.)
-    manifest_max_layers : int
+        Default: no explicit splits.
+    manifest_max_layers : int, optional
         A box with more manifest layers than this is compacted into one by the
         commit that would exceed it (default 32).
+
+    Raises
+    ------
+    InvalidInputError
+        If a count is not an int (at least 0 for ``inline_chunk_threshold_bytes``,
+        at least 1 for the others), or ``manifest_splits`` is not a mapping of
+        valid regular expressions to ``{dimension: extent >= 1}``.
 
     Examples
     --------

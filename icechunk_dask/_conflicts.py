@@ -1,7 +1,7 @@
 """Conflict solvers for rebasing a commit onto commits that landed first (Icechunk's names).
 
 When a commit finds its branch moved, the commits in between are compared
-with the session's changes (:func:`~icechunk_dask._commit.find_conflicts`);
+with the session's changes (``icechunk_dask._rebase.find_conflicts``);
 the solver given as ``commit(rebase_with=...)`` then decides:
 
 * :class:`ConflictDetector` (the default) rebases only when nothing
@@ -29,8 +29,15 @@ class VersionSelection(Enum):
     """Which side wins a chunk collision in :class:`BasicConflictSolver`."""
 
     FAIL = "fail"
+    """A chunk collision fails the rebase (:class:`RebaseFailedError`)."""
     USE_OURS = "use_ours"
+    """This session's chunk wins."""
     USE_THEIRS = "use_theirs"
+    """The chunk of the commits that landed first wins; this session's write is dropped."""
+    # Icechunk's spellings (aliases of the members above)
+    Fail = "fail"  # noqa: PIE796
+    UseOurs = "use_ours"  # noqa: PIE796
+    UseTheirs = "use_theirs"  # noqa: PIE796
 
 
 @runtime_checkable
@@ -38,7 +45,9 @@ class ConflictSolver(Protocol):
     """Decides what a rebase does with collisions.
 
     ``solve`` returns the change set to commit on top of the new tip (possibly
-    with some changes dropped), or raises :class:`RebaseFailedError`.
+    with some changes dropped), or raises :class:`RebaseFailedError`. Any
+    object with such a method is a solver (``isinstance(obj, ConflictSolver)``
+    checks that the method exists); pass it as ``commit(rebase_with=...)``.
     """
 
     def solve(self, conflicts: list[Conflict], changes: ChangeSet, branch: str) -> ChangeSet:
@@ -85,10 +94,33 @@ def _fail(branch: str, conflicts: list[Conflict]) -> RebaseFailedError:
 
 
 class ConflictDetector:
-    """Rebase only disjoint changes; any collision is a :class:`RebaseFailedError`."""
+    """Rebase only disjoint changes; any collision is a :class:`RebaseFailedError`.
+
+    The default solver of :meth:`~icechunk_dask.Session.commit`.
+    """
 
     def solve(self, conflicts: list[Conflict], changes: ChangeSet, branch: str) -> ChangeSet:
-        """See :class:`ConflictSolver`."""
+        """Accept ``changes`` if nothing collides, else fail.
+
+        Parameters
+        ----------
+        conflicts : list of Conflict
+            What collided (empty when the changes are disjoint).
+        changes : ChangeSet
+            This session's changes.
+        branch : str
+            The branch being committed to (for the message).
+
+        Returns
+        -------
+        ChangeSet
+            ``changes`` itself.
+
+        Raises
+        ------
+        RebaseFailedError
+            If ``conflicts`` is not empty; it lists them all.
+        """
         if conflicts:
             raise _fail(branch, conflicts)
         return changes
@@ -97,17 +129,28 @@ class ConflictDetector:
 class BasicConflictSolver:
     """Settle chunk collisions by a fixed choice; fail on metadata collisions.
 
+    Only chunk collisions (``ChunkDoubleUpdate``) and this session's deletions
+    of what the other commits changed (``DeleteOfUpdatedArray``) can be
+    settled; every other conflict (metadata changed on both sides, chunks
+    written into an array whose metadata or existence changed) fails the
+    rebase.
+
     Parameters
     ----------
-    on_chunk_conflict : VersionSelection
+    on_chunk_conflict : VersionSelection, optional
         ``USE_OURS`` (default): this session's chunks win; ``USE_THEIRS``: the
         other commits' chunks win (this session's writes to them are dropped);
         ``FAIL``: a collision fails the rebase.
-    fail_on_delete_of_updated_array : bool
+    fail_on_delete_of_updated_array : bool, optional
         Fail when this session deleted (``delete_dir``) an array the other
         commits changed; by default the deletion wins.
-    fail_on_delete_of_updated_group : bool
-        The same for groups.
+    fail_on_delete_of_updated_group : bool, optional
+        The same for a deleted group in which the other commits changed something.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``on_chunk_conflict`` is not a :class:`VersionSelection`.
     """
 
     def __init__(
@@ -122,10 +165,34 @@ class BasicConflictSolver:
                 f"on_chunk_conflict must be a VersionSelection, got {on_chunk_conflict!r}"
             )
         self.on_chunk_conflict = on_chunk_conflict
-        self.fail_on_delete = fail_on_delete_of_updated_array or fail_on_delete_of_updated_group
+        self.fail_on_delete = {
+            ConflictType.DELETE_OF_UPDATED_ARRAY: fail_on_delete_of_updated_array,
+            ConflictType.DELETE_OF_UPDATED_GROUP: fail_on_delete_of_updated_group,
+        }
 
     def solve(self, conflicts: list[Conflict], changes: ChangeSet, branch: str) -> ChangeSet:
-        """See :class:`ConflictSolver`."""
+        """Settle what this solver can settle, or fail.
+
+        Parameters
+        ----------
+        conflicts : list of Conflict
+            What collided.
+        changes : ChangeSet
+            This session's changes (not modified).
+        branch : str
+            The branch being committed to (for the message).
+
+        Returns
+        -------
+        ChangeSet
+            ``changes``, or with ``USE_THEIRS`` a copy without this session's
+            writes to the collided chunks.
+
+        Raises
+        ------
+        RebaseFailedError
+            Listing the conflicts this solver does not settle, if any.
+        """
         unsolved: list[Conflict] = []
         theirs: list[str] = []
         for c in conflicts:
@@ -134,8 +201,8 @@ class BasicConflictSolver:
                     unsolved.append(c)
                 elif self.on_chunk_conflict is VersionSelection.USE_THEIRS:
                     theirs.extend(c.keys)
-            elif c.conflict_type is ConflictType.DELETE_OF_UPDATED_ARRAY:
-                if self.fail_on_delete:
+            elif c.conflict_type in self.fail_on_delete:
+                if self.fail_on_delete[c.conflict_type]:
                     unsolved.append(c)
             else:
                 unsolved.append(c)

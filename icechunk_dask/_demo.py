@@ -25,7 +25,9 @@ import xarray as xr
 
 from icechunk_dask._exceptions import InvalidInputError
 from icechunk_dask._inspect import snapshot_summary
+from icechunk_dask._prebuilt import layered_keys
 from icechunk_dask._repository import Repository
+from icechunk_dask._sync import run
 from icechunk_dask.storage import Storage, local_filesystem_storage
 
 __all__ = ["DemoOptions", "DemoResult", "Layout", "build_dataset", "plan_layout", "run_demo"]
@@ -184,6 +186,8 @@ class DemoOptions:
     storage: Storage | None = None
     """Where the repository lives (default: the local directory ``location``)."""
     location: str = "demo-repo"
+    location_options: str = ""
+    """Command-line options needed to reach the location again (``--endpoint-url ...``)."""
     """How the user named it (a directory or a URL), for messages."""
     size_mb: float = 300.0
     chunk_mb: float = 2.0
@@ -201,6 +205,8 @@ class DemoResult:
     """What the demo did, as printed in its summary."""
 
     path: str
+    path_options: str
+    """The options the ``icechunk-dask`` commands need to reach ``path`` (object stores)."""
     mode: str
     """``"create"`` for the first run, ``"append"`` afterwards."""
     snapshot_id: str
@@ -362,10 +368,10 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoResu
         if opts.progress:
             echo("")  # end the progress bar's line
         changes = session.changes()
-        stored = sum(ref[2] for ref in changes.chunks.values() if ref is not None)
-        chunks_written = sum(
-            1 for k, ref in changes.chunks.items() if ref is not None and _is_data(k)
-        )
+        # references the workers already stored as manifests count as well
+        written = {**run(layered_keys(repo._assets, changes.layers)), **changes.chunks}
+        stored = sum(ref[2] for ref in written.values() if ref is not None)
+        chunks_written = sum(1 for k, ref in written.items() if ref is not None and _is_data(k))
         first_time = str(ds.time.values[0])[:13]
         last_time = str(ds.time.values[-1])[:13]
         message = (
@@ -388,6 +394,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> DemoResu
     info = next(repo.ancestry(snapshot_id=snapshot_id))
     return DemoResult(
         path=str(path),
+        path_options=opts.location_options,
         mode=mode,
         snapshot_id=snapshot_id,
         parent_id=info.parent_id,
@@ -463,8 +470,8 @@ def format_result(result: DemoResult) -> str:
                 f"after this {'first write' if result.mode == 'create' else 'append'}"
             ),
             f"verified  read back in {result.verify_seconds:.1f} s: {ok}",
-            f"inspect   icechunk-dask log {_quote(result.path)}",
-            f"          icechunk-dask show {_quote(result.path)} main",
+            f"inspect   icechunk-dask log {_quote(result.path)}{result.path_options}",
+            f"          icechunk-dask show {_quote(result.path)}{result.path_options} main",
         )
     )
 

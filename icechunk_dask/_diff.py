@@ -37,17 +37,23 @@ __all__ = ["Diff", "chunk_coordinates", "diff_snapshots", "session_diff"]
 class Diff:
     """What changed: groups and arrays created, deleted or updated, and chunks written.
 
-    Attributes
+    Returned by :meth:`~icechunk_dask.Repository.diff` and
+    :meth:`~icechunk_dask.Session.status`. Paths are absolute (``"/"`` is the
+    root group, ``"/g/a"`` an array). Each parameter is also a (read-only)
+    attribute of the same name; every one defaults to empty. ``str(diff)`` is
+    a short summary for people.
+
+    Parameters
     ----------
-    new_groups, new_arrays : frozenset of str
+    new_groups, new_arrays : frozenset of str, optional
         Paths of groups and arrays created.
-    deleted_groups, deleted_arrays : frozenset of str
+    deleted_groups, deleted_arrays : frozenset of str, optional
         Paths of groups and arrays deleted.
-    updated_groups, updated_arrays : frozenset of str
+    updated_groups, updated_arrays : frozenset of str, optional
         Paths whose metadata (attributes, shape, codecs, ...) changed.
-    updated_chunks : dict of str to list of tuple of int
+    updated_chunks : Mapping of str to list of tuple of int, optional
         Coordinates of the chunks written or deleted, per array path.
-    other_keys : frozenset of str
+    other_keys : frozenset of str, optional
         Changed keys that are not chunks of an array.
     """
 
@@ -82,12 +88,13 @@ class Diff:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable form (sorted).
+        """Return a JSON-serialisable form (sorted).
 
         Returns
         -------
         dict
-            One entry per field.
+            One entry per field: sorted lists of paths, and for
+            ``updated_chunks`` a dict of array path to sorted lists of coordinates.
         """
         return {
             "new_groups": sorted(self.new_groups),

@@ -9,6 +9,11 @@ commit costs what it changed, not what the repository holds.
 A node is rewritten whole (its references re-grouped) only when its layout
 changes: a format-1 node the first time it changes, an array that replaced
 a plain directory of keys (or the reverse), a ``delete_dir`` inside it.
+
+Pre-built layers of the change set (whole boxes a Dask job stored as
+manifests on its workers) are stacked on their boxes as they are, when
+the node keeps the layout they were built for (:func:`planned_layout`);
+otherwise they are loaded and written like any other change.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import asyncio
 import json
 import operator
 import re
+from collections.abc import Collection
 from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any
 
-from icechunk_dask._layers import LayerWriter, write_box
-from icechunk_dask._manifests import box_of, load_node
+from icechunk_dask._layers import LayerWriter, stack_box, write_box
+from icechunk_dask._manifests import load_node
+from icechunk_dask._prebuilt import layered_keys
 from icechunk_dask.format import (
     FLAT,
     Encoding,
@@ -29,6 +36,7 @@ from icechunk_dask.format import (
     Snapshot,
     TransactionLog,
     array_layout,
+    group_boxes,
     new_id,
 )
 from icechunk_dask.format._locate import array_paths, node_of
@@ -38,7 +46,7 @@ if TYPE_CHECKING:
     from icechunk_dask._changeset import ChangeSet
     from icechunk_dask.format import ChunkRef, RepoConfig
 
-__all__ = ["group_by_node", "write_snapshot"]
+__all__ = ["group_by_node", "planned_layout", "write_snapshot"]
 
 #: How many nodes ``group_by_node`` splits off with C-level prefix tests before it
 #: falls back to one ``node_of`` per directory (each fast step is a pass over the keys left).
@@ -50,15 +58,17 @@ _Layout = tuple[Encoding, tuple[int, ...]] | None
 
 def group_by_node(
     chunks: dict[str, ChunkRef | None], arrays: frozenset[str]
-) -> dict[str, tuple[list[str], _Refs]]:
-    """Group chunk changes by node: ``{node: (suffixes, refs)}`` (parallel lists).
+) -> dict[str, tuple[list[str], _Refs, str]]:
+    """Group chunk changes by node: ``{node: (keys, refs, strip)}`` (parallel lists).
 
     Keys in Zarr v3's default encoding (``<array>/c/...``) are split off per
-    array with C-level prefix tests, no Python bytecode per key; anything else
-    goes through :func:`node_of` once per directory. Both give exactly
-    ``node_of``'s grouping.
+    array with C-level prefix tests, no Python bytecode per key, and stay
+    whole: ``strip`` is the prefix (``"<array>/"``) to remove to get their
+    suffixes within the node. Anything else goes through :func:`node_of` once
+    per directory and is returned as suffixes (``strip`` is ``""``). Both give
+    exactly ``node_of``'s grouping.
     """
-    out: dict[str, tuple[list[str], _Refs]] = {}
+    out: dict[str, tuple[list[str], _Refs, str]] = {}
     keys = list(chunks)
     refs = list(chunks.values())
     nested = {a for a in arrays if any(b != a and b.startswith(a + "/") for b in arrays)}
@@ -66,9 +76,10 @@ def group_by_node(
         if not keys:
             return out
         node, suffix = node_of(keys[0], arrays)
-        if node not in arrays or node in nested or not suffix.startswith("c/"):
+        if node not in arrays or node in nested or not suffix.startswith("c/") or node in out:
             break
-        prefix = f"{node}/c/" if node else "c/"
+        head = f"{node}/" if node else ""
+        prefix = head + "c/"
         mask = list(map(str.startswith, keys, repeat(prefix)))
         if all(mask):
             mine_k, mine_r, keys, refs = keys, refs, [], []
@@ -76,10 +87,7 @@ def group_by_node(
             mine_k, mine_r = list(compress(keys, mask)), list(compress(refs, mask))
             rest = list(map(operator.not_, mask))
             keys, refs = list(compress(keys, rest)), list(compress(refs, rest))
-        cut = operator.itemgetter(slice(len(node) + 1 if node else 0, None))
-        group = out.setdefault(node, ([], []))
-        group[0].extend(map(cut, mine_k))
-        group[1].extend(mine_r)
+        out[node] = (mine_k, mine_r, head)
     # the general case; memo: directory -> (node's lists, length of the node prefix to strip)
     memo: dict[str, tuple[list[str], _Refs, int]] = {}
     for key, ref in zip(keys, refs, strict=True):
@@ -87,10 +95,14 @@ def group_by_node(
         hit = memo.get(dirname) if name != "c" else None
         if hit is None:
             node, suffix = node_of(key, arrays)
-            group = out.setdefault(node, ([], []))
+            group = out.get(node)
+            if group is None or group[2]:  # a fast-path node: turn it into suffixes
+                old_k, old_r = (group[0], group[1]) if group else ([], [])
+                cut = len(group[2]) if group else 0
+                group = out[node] = ([k[cut:] for k in old_k], old_r, "")
             cut_at = len(key) - len(suffix)
             if name != "c":
-                memo[dirname] = (*group, cut_at)
+                memo[dirname] = (group[0], group[1], cut_at)
             group[0].append(suffix)
             group[1].append(ref)
         else:
@@ -135,6 +147,29 @@ def _keeps_layout(nm: NodeManifests, layout: _Layout) -> bool:
     return nm.encoding == layout[0] and len(nm.split) == len(layout[1])
 
 
+def planned_layout(
+    snap: Snapshot,
+    meta: dict[str, bytes],
+    cleared: set[str] | frozenset[str],
+    cfg: RepoConfig,
+    node: str,
+) -> _Layout:
+    """The layout a commit gives ``node`` if it changes only chunks of that node.
+
+    ``meta`` is the view's metadata (the snapshot's plus the uncommitted
+    changes), ``cleared`` the uncommitted ``delete_dir`` prefixes. ``None``
+    when the node has no box layout or would be rewritten whole.
+    """
+    arrays = array_paths(meta)
+    layout = _layout_of(node, meta, arrays, cfg)
+    nm = snap.nodes.get(node)
+    if nm is None or any(_under(node, c) for c in cleared):
+        return layout
+    if node not in snap.arrays or not _keeps_layout(nm, layout):
+        return None
+    return nm.encoding, nm.split  # type: ignore[return-value]
+
+
 async def write_snapshot(
     assets: AssetManager,
     parent: Snapshot,
@@ -166,18 +201,38 @@ async def write_snapshot(
     async def write_txlog() -> None:
         # independent of the manifests: encode and store it while they are written
         txlog = TransactionLog(
-            snap_id, parent.id, changes.meta.keys(), changes.chunks.keys(), changes.cleared
+            snap_id,
+            parent.id,
+            changes.meta.keys(),
+            chunk_keys,
+            changes.cleared,
+            {n: {b: tuple(x.id for x in st) for b, st in k.boxes.items()} for n, k in kept.items()},
         )
         await assets.storage.put(f"transactions/{snap_id}", await asyncio.to_thread(txlog.encode))
 
+    nodes = dict(parent.nodes)
+    cleared = changes.cleared
+    for path in [p for p in nodes if any(_under(p, c) for c in cleared)]:
+        del nodes[path]  # everything committed under a cleared prefix is gone
+    chunks = changes.chunks
+    by_node = await asyncio.to_thread(group_by_node, chunks, arrays)
+    touched = {*by_node, *changes.layers}
+    layouts = {n: _layout_of(n, meta, arrays, cfg) for n in {*nodes, *touched}}
+    redo = _nodes_to_rewrite(nodes, touched, layouts, arrays, parent.arrays, cleared)
+    kept: dict[str, NodeManifests] = {}  # pre-built layers added as they are
+    for node, lnm in changes.layers.items():
+        old = nodes.get(node)
+        target = layouts[node] if old is None else (old.encoding, old.split)
+        if node not in redo and lnm.encoding is not None and target == (lnm.encoding, lnm.split):
+            kept[node] = lnm
+    if len(kept) < len(changes.layers):  # the others are loaded: older than the chunk changes
+        loaded = await layered_keys(assets, changes.layers, changes.layers.keys() - kept.keys())
+        chunks = {**loaded, **chunks}
+        by_node = await asyncio.to_thread(group_by_node, chunks, arrays)
+    chunk_keys = chunks.keys()
+
     async def write_manifests() -> dict[str, NodeManifests]:
-        nodes = dict(parent.nodes)
-        cleared = changes.cleared
-        for path in [p for p in nodes if any(_under(p, c) for c in cleared)]:
-            del nodes[path]  # everything committed under a cleared prefix is gone
-        by_node = await asyncio.to_thread(group_by_node, changes.chunks, arrays)
-        layouts = {n: _layout_of(n, meta, arrays, cfg) for n in {*nodes, *by_node}}
-        redo = _nodes_to_rewrite(nodes, by_node, layouts, arrays, parent.arrays, cleared)
+        nonlocal by_node
         base: dict[str, ChunkRef | None] = {}
         for path in redo:
             head = f"{path}/" if path else ""
@@ -186,14 +241,20 @@ async def write_snapshot(
                 if not any(c == "" or key.startswith(c + "/") for c in cleared):
                     base[key] = ref
         if base:  # re-group the rewritten nodes' keys; the changes win over them
-            base.update(changes.chunks)
+            base.update(chunks)
             by_node = await asyncio.to_thread(group_by_node, base, arrays)
             layouts.update({n: _layout_of(n, meta, arrays, cfg) for n in by_node})
         writer = LayerWriter(assets)
+        names = [*by_node, *(n for n in kept if n not in by_node)]
         results = await asyncio.gather(
-            *(_write_node(writer, n, nodes.get(n), layouts[n], *by_node[n]) for n in by_node)
+            *(
+                _write_node(
+                    writer, n, nodes.get(n), layouts[n], *by_node.get(n, ([], [], "")), kept.get(n)
+                )
+                for n in names
+            )
         )
-        for name, nm in zip(by_node, results, strict=True):
+        for name, nm in zip(names, results, strict=True):
             if nm is None:
                 nodes.pop(name, None)
             else:
@@ -206,9 +267,37 @@ async def write_snapshot(
     return snap
 
 
+def _per_box(
+    keys: list[str],
+    refs: _Refs,
+    strip: str,
+    encoding: Encoding | None,
+    split: tuple[int, ...] | None,
+) -> dict[str, tuple[list[str], _Refs]]:
+    """The changes of one node, by box (CPU-bound: run in a worker thread).
+
+    ``keys`` keep the prefix ``strip`` (every key has it) when the grouping
+    can skip it in bulk; the result's keys keep it too.
+    """
+    if split is None or encoding is None:
+        return {FLAT: (keys, refs)}
+    lead = strip.count("/")
+    if strip and encoding[1] != "/":  # the bulk parser splits at "/" only: strip first
+        keys, lead = [k[len(strip) :] for k in keys], 0
+    names, order, bounds = group_boxes(keys, encoding, split, lead=lead)
+    if len(names) == 1:
+        return {names[0]: (keys, refs)}
+    idx = order.tolist()
+    out = {}
+    for i, name in enumerate(names):
+        part = idx[bounds[i] : bounds[i + 1]]
+        out[name] = (list(map(keys.__getitem__, part)), list(map(refs.__getitem__, part)))
+    return out
+
+
 def _nodes_to_rewrite(
     nodes: dict[str, NodeManifests],
-    by_node: dict[str, tuple[list[str], _Refs]],
+    by_node: Collection[str],
     layouts: dict[str, _Layout],
     arrays: frozenset[str],
     before: frozenset[str],
@@ -232,28 +321,40 @@ async def _write_node(
     node: str,
     old: NodeManifests | None,
     layout: _Layout,
-    suffixes: list[str],
+    keys: list[str],
     refs: _Refs,
+    strip: str,
+    prebuilt: NodeManifests | None = None,
 ) -> NodeManifests | None:
-    """The node's new manifests: one new layer per box that changed."""
+    """The node's new manifests: one new layer per box that changed.
+
+    ``prebuilt`` layers (of the node's layout) go on top of their boxes, under
+    the layer of the box's chunk changes.
+    """
     if old is not None:
         encoding, split = old.encoding, old.split  # a layout is kept for the node's life
     elif layout is not None:
         encoding, split = layout
     else:
         encoding, split = None, None
-    shape = NodeManifests(encoding=encoding, split=split)
-    per_box: dict[str, dict[str, ChunkRef | None]] = {}
-    if split is None:
-        per_box[FLAT] = dict(zip(suffixes, refs, strict=True))
-    else:
-        for suffix, ref in zip(suffixes, refs, strict=True):
-            per_box.setdefault(box_of(suffix, shape), {})[suffix] = ref
     boxes = dict(old.boxes) if old is not None else {}
+    stacked = []
+    if prebuilt is not None:
+        for b, stack in prebuilt.boxes.items():
+            boxes[b] = (*stack, *boxes.get(b, ()))
+            stacked.append(b)
+    per_box: dict[str, tuple[list[str], _Refs]] = {}
+    if keys:
+        per_box = await asyncio.to_thread(_per_box, keys, refs, strip, encoding, split)
+    if strip and encoding is not None and encoding[1] != "/":
+        strip = ""  # _per_box stripped the keys
     names = list(per_box)
+    only_stacked = [b for b in stacked if b not in per_box]
     written = await asyncio.gather(
-        *(write_box(writer, node, b, boxes.get(b, ()), per_box[b]) for b in names)
+        *(write_box(writer, node, b, boxes.get(b, ()), *per_box[b], strip) for b in names),
+        *(stack_box(writer, node, b, boxes[b]) for b in only_stacked),
     )
+    names += only_stacked
     for b, layers in zip(names, written, strict=True):
         if layers:
             boxes[b] = layers

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._changeset import ChangeSet
-from icechunk_dask.format import ChunkRef, decode_scratch, encode_scratch, new_id
+from icechunk_dask.format import ChunkRef, NodeManifests, decode_scratch, encode_scratch, new_id
 
 __all__ = [
     "PICKLING_MESSAGE",
@@ -64,7 +64,7 @@ UNMERGED_MESSAGE = (
 
 
 UNMERGED_FORK_MESSAGE = (
-    "forks made with session.fork() wrote data that was never merged back, so committing now "
+    "made with session.fork() wrote data that was never merged back, so committing now "
     "would silently lose it. Merge them first (session.merge(fork)), or drop their writes "
     "deliberately with fork.discard_changes()"
 )
@@ -130,6 +130,8 @@ class ForkState:
         The copy's own change record (forks travel with their changes).
     cleared : frozenset of str
         Prefixes the parent deleted with ``delete_dir`` (uncommitted).
+    layers : dict of str to NodeManifests
+        The parent's pre-built manifest layers (uncommitted), by node.
     """
 
     assets: AssetManager
@@ -140,6 +142,7 @@ class ForkState:
     scratch: str | None
     own: bytes | None
     cleared: frozenset[str] = frozenset()
+    layers: dict[str, NodeManifests] = field(default_factory=dict)
 
 
 async def store_scratch(assets: AssetManager, base: str, chunks: dict[str, ChunkRef | None]) -> str:

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from icechunk_dask import _history
 from icechunk_dask._assets import AssetManager
-from icechunk_dask._exceptions import CorruptObjectError, InvalidInputError, NotFoundError
+from icechunk_dask._exceptions import ExpiredSnapshotError, InvalidInputError, NotFoundError
 from icechunk_dask._manifests import load_node
 from icechunk_dask._sync import run
 from icechunk_dask.format import ID_PATTERN, NodeManifests, Snapshot
@@ -68,31 +69,24 @@ def resolve_ref(repo: AssetManager, ref: str) -> str:
     if m:
         base, steps = m["base"], int(m["n"] or 1)
     snapshot_id = _resolve_base(repo, base)
-    for i in range(steps):
-        parent = run(repo.get_snapshot(snapshot_id)).parent_id
-        if parent is None:
+    history = _history.ancestry(repo, snapshot_id)
+    for i in range(steps + 1):
+        snap = next(history, None)
+        if snap is None:
             raise NotFoundError(
                 f"{ref!r} goes back {steps} commits, but the history of {base!r} has only "
-                f"{i + 1} snapshots"
+                f"{i} snapshots"
             )
-        snapshot_id = parent
+        snapshot_id = snap.id
     return snapshot_id
 
 
 def ancestry(repo: AssetManager, snapshot_id: str) -> Iterator[Snapshot]:
-    """The snapshot and its ancestors, newest first (a cycle is damage, reported)."""
-    seen: set[str] = set()
-    current: str | None = snapshot_id
-    while current is not None:
-        if current in seen:
-            raise CorruptObjectError(
-                f"the history has a cycle at snapshot {current}: the repository is damaged",
-                key=f"snapshots/{current}",
-            )
-        seen.add(current)
-        snap = run(repo.get_snapshot(current))
-        yield snap
-        current = snap.parent_id
+    """The snapshot and its history, newest first (expired snapshots skipped, a cycle reported).
+
+    See :mod:`icechunk_dask._history`.
+    """
+    return _history.ancestry(repo, snapshot_id)
 
 
 def labels(repo: AssetManager) -> dict[str, list[str]]:
@@ -114,6 +108,8 @@ def _resolve_base(repo: AssetManager, name: str) -> str:
     if ID_PATTERN.match(name):
         try:
             run(repo.get_snapshot(name))
+        except ExpiredSnapshotError:
+            raise
         except NotFoundError:
             pass
         else:

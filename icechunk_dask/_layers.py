@@ -27,7 +27,9 @@ from icechunk_dask.format import (
     ref_columns,
 )
 
-__all__ = ["MERGE_BUDGET", "LayerWriter", "write_box"]
+__all__ = ["MERGE_BUDGET", "LayerWriter", "stack_box", "write_box"]
+
+_Refs = list[ChunkRef | None]
 
 #: A new layer absorbs the newest layers while their size is at most this many times its own.
 MERGE_BUDGET = 2
@@ -62,23 +64,27 @@ class LayerWriter:
             out.update(entries)
         return out
 
-    async def write(self, node: str, box: str, entries: dict[str, ChunkRef | None]) -> Layer:
-        """Store ``entries`` as a new manifest; return its layer."""
+    async def write(
+        self, node: str, box: str, keys: list[str], refs: _Refs, strip: str = ""
+    ) -> Layer:
+        """Store the entries ``keys`` -> ``refs`` (distinct) as a new manifest.
+
+        ``strip`` is a prefix of every key that the manifest does not store.
+        """
         mid = new_id()
 
         def encode() -> tuple[bytes, int]:
-            keys = list(entries)
-            refs = list(entries.values())
             columns = ref_columns(refs)
             if columns is not None:  # only references to chunk objects: straight from columns
-                return encode_manifest_columns(mid, node, box, keys, columns), 0
+                return encode_manifest_columns(mid, node, box, keys, columns, strip), 0
+            suffixes = [k[len(strip) :] for k in keys] if strip else keys
             n_del = sum(1 for r in refs if r is None)
-            return encode_manifest(mid, node, box, entries), n_del
+            return encode_manifest(mid, node, box, dict(zip(suffixes, refs, strict=True))), n_del
 
         data, n_del = await asyncio.to_thread(encode)
         async with self._sem:
             await self.assets.storage.put(f"manifests/{mid}", data)
-        return Layer(mid, len(entries) - n_del, n_del)
+        return Layer(mid, len(keys) - n_del, n_del)
 
 
 async def write_box(
@@ -86,7 +92,9 @@ async def write_box(
     node: str,
     box: str,
     layers: Sequence[Layer],
-    changes: dict[str, ChunkRef | None],
+    keys: list[str],
+    refs: _Refs,
+    strip: str = "",
 ) -> tuple[Layer, ...]:
     """Write ``changes`` into a box whose layers are ``layers``; return the new layers.
 
@@ -98,15 +106,17 @@ async def write_box(
         Where.
     layers : sequence of Layer
         The box's current layers, newest first.
-    changes : dict
-        Key suffix -> new reference, ``None`` for a deletion.
+    keys, refs : list of str, list of ChunkRef or None
+        The changed key suffixes (distinct) and their new references (``None``: deleted).
+    strip : str
+        A prefix every key of ``keys`` has, to remove to get the suffix.
 
     Returns
     -------
     tuple of Layer
         The box's layers after the commit, newest first (empty: the box is empty).
     """
-    budget = MERGE_BUDGET * len(changes)
+    budget = MERGE_BUDGET * len(keys)
     taken = 0
     absorbed = 0
     for layer in layers:
@@ -117,10 +127,46 @@ async def write_box(
     rest = tuple(layers[taken:])
     if len(rest) + 1 > writer.max_layers:  # too many layers: compact the whole box
         taken, rest = len(layers), ()
-    merged = await writer.load(node, box, layers[:taken]) if taken else {}
-    merged.update(changes)
+    if not taken:  # a new layer of just the changes (the common case of big writes)
+        if not rest and None in refs:  # nothing older to hide: tombstones can go
+            pairs = [(k, r) for k, r in zip(keys, refs, strict=True) if r is not None]
+            keys, refs = [k for k, _ in pairs], [r for _, r in pairs]
+        if not keys:
+            return rest
+        return (await writer.write(node, box, keys, refs, strip), *rest)
+    merged = await writer.load(node, box, layers[:taken])
+    suffixes = [k[len(strip) :] for k in keys] if strip else keys
+    merged.update(zip(suffixes, refs, strict=True))
     if not rest:  # nothing older to hide: tombstones can go
         merged = {k: v for k, v in merged.items() if v is not None}
     if not merged:
         return rest
-    return (await writer.write(node, box, merged), *rest)
+    return (await writer.write(node, box, list(merged), list(merged.values())), *rest)
+
+
+async def stack_box(
+    writer: LayerWriter, node: str, box: str, layers: Sequence[Layer]
+) -> tuple[Layer, ...]:
+    """A box's layers after pre-built layers were stacked on it: compacted if too many.
+
+    Parameters
+    ----------
+    writer : LayerWriter
+        The commit's manifest writer.
+    node, box : str
+        Where.
+    layers : sequence of Layer
+        The box's layers, newest first, the pre-built ones included.
+
+    Returns
+    -------
+    tuple of Layer
+        ``layers``, or one layer with their live entries when there are more than
+        ``manifest_max_layers`` (empty: the box is empty).
+    """
+    if len(layers) <= writer.max_layers:
+        return tuple(layers)
+    merged = {k: v for k, v in (await writer.load(node, box, layers)).items() if v is not None}
+    if not merged:
+        return ()
+    return (await writer.write(node, box, list(merged), list(merged.values())),)

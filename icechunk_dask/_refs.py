@@ -7,13 +7,14 @@ it writes a create-only tombstone, so a tag name is never reused.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._exceptions import (
     ConflictError,
     ErrorKind,
-    IcechunkDaskError,
     InvalidInputError,
     NotFoundError,
 )
@@ -62,14 +63,17 @@ async def set_branch(
     NotFoundError
         If the branch (when changing one) or the snapshot does not exist.
     ConflictError
-        If the tip is not ``expected`` (kind ``branch-moved``).
+        If the tip is not ``expected`` (kind ``branch-moved``), or other writers
+        kept moving the branch first at every attempt (kind ``commit-conflict``).
     """
     validate_ref_name(branch, "branch", assets.storage.max_name_bytes)
     if snapshot_id is not None:
         await assets.get_snapshot(validate_snapshot_id(snapshot_id))
     if expected is not None:
         validate_snapshot_id(expected)
-    for _ in range(_BRANCH_TRIES):
+    for attempt in range(_BRANCH_TRIES):
+        if attempt:  # jittered exponential backoff, as commits do
+            await asyncio.sleep(min(1.0, 0.005 * 2 ** min(attempt, 8)) * random.random())
         seq, ref = await assets.branch_tip(branch)
         alive = ref is not None and not ref.deleted
         if create and alive:
@@ -89,7 +93,11 @@ async def set_branch(
         deleted = snapshot_id is None
         if await assets.try_advance_branch(branch, seq + 1, snapshot_id, parent, deleted=deleted):
             return
-    raise IcechunkDaskError(f"could not update branch {branch!r}: too much contention")
+    raise ConflictError(
+        f"could not update branch {branch!r}: other writers moved it first {_BRANCH_TRIES} "
+        "times in a row. Nothing was changed; retry when fewer commits are landing",
+        kind=ErrorKind.COMMIT_CONFLICT,
+    )
 
 
 async def create_tag(assets: AssetManager, tag: str, snapshot_id: str) -> None:
@@ -135,7 +143,7 @@ async def delete_tag(assets: AssetManager, tag: str, *, expected: str | None = N
     if expected is not None and snap != expected:
         raise ConflictError(
             f"tag {tag!r} points at {snap}, not at {expected}; nothing was deleted",
-            kind=ErrorKind.BRANCH_MOVED,
+            kind=ErrorKind.TAG_MOVED,
         )
     ref = TagRef(snap, uuid.uuid4().hex, now_iso())
     await assets.storage.put_if_absent(tag_key(tag, deleted=True), ref.encode(tag, deleted=True))

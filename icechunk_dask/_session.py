@@ -41,6 +41,7 @@ from icechunk_dask._fork import (
     unmerged_writers,
 )
 from icechunk_dask._jobs import delete_jobs, load_result
+from icechunk_dask._prebuilt import LoadedBoxes, layered_keys, merge_loaded, preload
 from icechunk_dask._store import SessionStore
 from icechunk_dask._sync import run
 from icechunk_dask._workspace import Workspace
@@ -58,7 +59,36 @@ class Session:
     """A view of one snapshot, writable or not, that records and commits changes.
 
     Sessions are made by :meth:`Repository.writable_session` and
-    :meth:`Repository.readonly_session`; do not construct them directly.
+    :meth:`Repository.readonly_session`; do not construct them directly (the
+    parameters below are internal). Read and write through :attr:`store`
+    (zarr, xarray); publish the writes with :meth:`commit`.
+
+    Methods that read the repository can also raise
+    :class:`~icechunk_dask.StorageError` (the backend failed) and
+    :class:`~icechunk_dask.CorruptObjectError` (a stored object is damaged).
+
+    Parameters
+    ----------
+    assets : icechunk_dask._assets.AssetManager
+        The repository's objects.
+    snapshot_id : str
+        The snapshot the session starts from.
+    branch : str or None
+        The branch it commits to (``None`` for snapshot views).
+    read_only : bool
+        Whether writes are refused.
+    session_id : str or None, optional
+        The id shared with the session's forks and copies (default: a new one).
+    tracked : bool, optional
+        Whether the session is a worker-side copy that marks its first write,
+        so that ``commit`` can tell whether its changes came back (default
+        ``False``).
+
+    Examples
+    --------
+    >>> session = repo.writable_session("main")  # doctest: +SKIP
+    >>> ds.to_zarr(session.store, mode="w", consolidated=False)  # doctest: +SKIP
+    >>> session.commit("first write")  # doctest: +SKIP
     """
 
     def __init__(
@@ -82,6 +112,8 @@ class Session:
         self._family = Family()
         #: lazy write jobs built from this session: job id -> description
         self._lazy_jobs: dict[str, str] = {}
+        #: snapshots of commit attempts whose branch entry may have landed unacknowledged
+        self._maybe_landed: set[str] = set()
         self._pickle_depth = 0
         self._scratch_cache: tuple[int, str] | None = None
         self._store: SessionStore | None = None
@@ -145,10 +177,13 @@ class Session:
             of the chunks written or deleted, per array.
         """
         ws = self._workspace
-        snap = run(ws.assets.get_snapshot(ws.base))
+        snap = run(ws.assets.get_snapshot(ws.base, expired_ok=True))
         with ws.lock:
             meta = {**ws.inh_meta, **ws.cs.meta}
             keys = list(ws.cs.chunks)
+            layers = ws.cs.layers
+        if layers:
+            keys.extend(run(layered_keys(ws.assets, layers)).keys() - set(keys))
         return session_diff(snap, meta, keys)
 
     def discard_changes(self) -> None:
@@ -242,6 +277,7 @@ class Session:
             own_meta, own_chunks = ws.cs.meta, ws.cs.chunks
             cw.inh_meta = {**ws.inh_meta, **own_meta} if own_meta else ws.inh_meta
             cw.inh_cleared = ws.inh_cleared | ws.cs.cleared
+            cw.inh_layers = {**ws.inh_layers, **ws.cs.layers}
             if not own_chunks:
                 cw.inh_chunks, cw.inh_scratch = ws.inh_chunks, ws.inh_scratch
             else:
@@ -298,12 +334,17 @@ class Session:
                 raise TypeError(
                     f"merge accepts Session and ChangeSet objects, got {type(other).__name__}"
                 )
-        with ws.lock:
-            merged = ws.cs.copy()
-            for rec in records:
-                merged.update(rec)
-            ws.cs = merged
-            ws.chunks_version += 1
+        cache: LoadedBoxes = {}
+        while True:
+            with ws.lock:
+                ws.check_writable()
+                # a session that inherited uncommitted chunks keeps no layers of its own
+                merged, needs = merge_loaded(ws.cs, records, cache, flatten=ws.inherits)
+                if merged is not None:
+                    ws.cs = merged
+                    ws.chunks_version += 1
+                    return
+            run(preload(ws.assets, needs, cache))  # pre-built layers both sides change
 
     # -- pickling -------------------------------------------------------------
 
@@ -362,10 +403,11 @@ class Session:
             inherited = dict(ws.cs.chunks)
             version = ws.chunks_version
             cleared = ws.inh_cleared | ws.cs.cleared
+            layers = {**ws.inh_layers, **ws.cs.layers}
         ws.packs.ensure_stored(pending)
         scratch = self._scratch_key(inherited, version)
         return ForkState(
-            ws.assets, ws.base, self._branch, ws.session_id, meta, scratch, None, cleared
+            ws.assets, ws.base, self._branch, ws.session_id, meta, scratch, None, cleared, layers
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -403,16 +445,18 @@ class Session:
         ----------
         message : str
             Commit message.
-        metadata : dict or None
-            JSON-serialisable properties stored with the snapshot.
-        allow_empty : bool
-            Commit even if nothing changed (a snapshot equal to its parent).
-        rebase_with : ConflictSolver or None
+        metadata : dict of str to Any or None, optional
+            JSON-serialisable properties stored with the snapshot (default: none).
+        allow_empty : bool, optional
+            Commit even if nothing changed (a snapshot equal to its parent);
+            default ``False``.
+        rebase_with : ConflictSolver or None, optional
             How to rebase onto commits that landed first: ``ConflictDetector()``
             (the default: only disjoint changes) or ``BasicConflictSolver(...)``
             (also settles chunk collisions).
-        rebase_tries : int
-            How many rebases to try when other commits land first (0: never rebase).
+        rebase_tries : int, optional
+            How many rebases to try when other commits land first (default
+            1000; 0: never rebase).
 
         Returns
         -------
@@ -422,15 +466,36 @@ class Session:
         Raises
         ------
         NoChangesToCommitError
-            If there is nothing to commit.
+            If there is nothing to commit (and ``allow_empty`` is false).
         RebaseFailedError
-            If commits that landed meanwhile changed the same keys (named in the error).
+            If commits that landed meanwhile changed the same keys (named in the
+            error) and ``rebase_with`` does not settle them, or the branch was
+            reset to a history without this session's base.
+        ConflictError
+            If the branch kept moving: ``rebase_tries`` rebases were not enough
+            (or ``rebase_tries=0`` and it moved); kind ``commit-conflict``.
         UnmergedWritesError
-            If pickled copies of this session wrote data that was never merged back.
+            If pickled copies or forks of this session wrote data that was never
+            merged back, or a lazy write (``compute=False``) built from it never
+            delivered its result.
         SessionStateError
-            If this is a fork (merge it into its parent instead).
+            If this is a fork (merge it into its parent instead), or the session
+            was already committed.
+        ReadOnlyError
+            If the session is read-only.
+        NotFoundError
+            If the branch was deleted since the session started.
         InvalidInputError
-            If a metadata document is not valid Zarr v3, or ``metadata`` is not JSON.
+            If a metadata document is not valid Zarr v3, ``metadata`` is not a
+            JSON-serialisable dict, ``message`` is not a str, ``rebase_tries`` is
+            not an int >= 0 or ``rebase_with`` is not a conflict solver.
+
+        Notes
+        -----
+        When an error is raised nothing was committed, with one exception: a
+        :class:`~icechunk_dask.StorageError` while the branch's new entry is
+        written (a lost acknowledgement that could not be checked by reading
+        back) leaves the outcome unknown; look up the branch's tip.
         """
         ws = self._workspace
         if ws.committed:
@@ -457,41 +522,23 @@ class Session:
             raise InvalidInputError(f"commit metadata must be JSON-serialisable: {e}") from e
         if not isinstance(meta_json, dict):
             raise InvalidInputError("commit metadata must be a dict")
-        self._collect_jobs()
-        cs = ws.changes()
-        forks = self._family.unmerged(cs.writers)
-        if forks:
-            raise UnmergedWritesError(f"{len(forks)} {UNMERGED_FORK_MESSAGE}")
-        if not cs and not allow_empty:
-            if run(unmerged_writers(ws.assets, ws.session_id, cs)):
-                raise UnmergedWritesError(f"some {UNMERGED_MESSAGE}")
-            raise NoChangesToCommitError(
-                "there are no changes to commit; write data through session.store first "
-                "(or pass allow_empty=True to record a commit anyway)"
-            )
         solver = rebase_with if rebase_with is not None else ConflictDetector()
+        if isinstance(solver, type):
+            raise InvalidInputError(
+                f"rebase_with takes a solver instance, got the class {solver.__name__}; pass "
+                f"{solver.__name__}() (with its options)"
+            )
         if not isinstance(solver, ConflictSolver):
             raise InvalidInputError(
                 "rebase_with must be a conflict solver such as ConflictDetector() or "
                 f"BasicConflictSolver(...), got {rebase_with!r}"
             )
-        for key, doc in cs.meta.items():
-            if doc is not None:
-                validate_metadata(key, doc)
-        assert self._branch is not None
-        new_id_ = run(
-            commit_changes(
-                ws.assets,
-                self._branch,
-                ws.session_id,
-                ws.base,
-                cs,
-                message,
-                meta_json,
-                rebase_tries,
-                solver,
-            )
-        )
+        self._collect_jobs()
+        cs = ws.freeze()  # no copy: writes are refused until the commit ends
+        try:
+            new_id_ = self._publish(cs, message, meta_json, allow_empty, rebase_tries, solver)
+        finally:
+            ws.frozen = False
         with ws.lock:
             ws.base = new_id_
             ws.read_only = True
@@ -502,13 +549,71 @@ class Session:
                 run(delete_jobs(ws.assets, cs.jobs))
         return new_id_
 
+    def _publish(
+        self,
+        cs: ChangeSet,
+        message: str,
+        metadata: dict[str, Any],
+        allow_empty: bool,
+        rebase_tries: int,
+        solver: ConflictSolver,
+    ) -> str:
+        """Check ``cs`` and run the commit protocol; return the new snapshot id."""
+        ws = self._workspace
+        forks = self._family.unmerged(cs.writers)
+        if forks:
+            raise UnmergedWritesError(f"{len(forks)} fork(s) {UNMERGED_FORK_MESSAGE}")
+        if not cs and not allow_empty:
+            if run(unmerged_writers(ws.assets, ws.session_id, cs)):
+                raise UnmergedWritesError(f"some {UNMERGED_MESSAGE}")
+            raise NoChangesToCommitError(
+                "there are no changes to commit; write data through session.store first "
+                "(or pass allow_empty=True to record a commit anyway)"
+            )
+        for key, doc in cs.meta.items():
+            if doc is not None:
+                validate_metadata(key, doc)
+        assert self._branch is not None
+        return run(
+            commit_changes(
+                ws.assets,
+                self._branch,
+                ws.session_id,
+                ws.base,
+                cs,
+                message,
+                metadata,
+                rebase_tries,
+                solver,
+                self._maybe_landed,
+            )
+        )
+
 
 class ForkSession(Session):
     """A fork of a writable session: picklable, writable, merged back instead of committed.
 
     Made by :meth:`Session.fork` (and by unpickling a session sent inside
-    :meth:`Session.allow_pickling`). Bring its changes back with
+    :meth:`Session.allow_pickling`); do not construct one directly (the
+    parameters below are internal). Bring its changes back with
     ``session.merge(fork)`` (or :func:`~icechunk_dask.merge_sessions`).
+
+    Parameters
+    ----------
+    assets : icechunk_dask._assets.AssetManager
+        The repository's objects.
+    snapshot_id : str
+        The snapshot the session starts from.
+    branch : str or None
+        The branch it commits to (``None`` for snapshot views).
+    read_only : bool
+        Whether writes are refused.
+    session_id : str or None, optional
+        The id shared with the session's forks and copies (default: a new one).
+    tracked : bool, optional
+        Whether the session is a worker-side copy that marks its first write,
+        so that ``commit`` can tell whether its changes came back (default
+        ``False``).
     """
 
     @property
@@ -528,7 +633,15 @@ class ForkSession(Session):
         if scratch is None and inherited:
             scratch = self._scratch_key(inherited, -1)
         state = ForkState(
-            ws.assets, ws.base, self._branch, ws.session_id, ws.inh_meta, scratch, own
+            ws.assets,
+            ws.base,
+            self._branch,
+            ws.session_id,
+            ws.inh_meta,
+            scratch,
+            own,
+            ws.inh_cleared,
+            ws.inh_layers,
         )
         return (_rebuild_fork, (state,))
 
@@ -574,6 +687,7 @@ def _rebuild_fork(state: ForkState) -> ForkSession:
     ws = s._workspace
     ws.inh_meta = state.meta
     ws.inh_cleared = state.cleared
+    ws.inh_layers = state.layers
     if state.scratch is not None:
         ws.inh_chunks = None
         ws.inh_scratch = state.scratch

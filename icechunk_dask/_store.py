@@ -48,15 +48,26 @@ class _SessionLike(Protocol):
 
 
 class SessionStore(Store):
-    """A zarr store backed by a :class:`Session`.
+    """A zarr store backed by a :class:`~icechunk_dask.Session`.
+
+    Get one as ``session.store``; open arrays and groups on it with zarr or
+    xarray. Reads show the session's snapshot plus its uncommitted changes;
+    writes are recorded in the session (chunk bytes go to storage at once,
+    nothing is visible in the repository before ``session.commit``). Any key
+    is accepted; metadata documents are validated at commit.
+
+    Reads can raise :class:`~icechunk_dask.CorruptObjectError` (a stored
+    object is damaged) and :class:`~icechunk_dask.StorageError` (the backend
+    failed); writes through a read-only store raise
+    :class:`~icechunk_dask.ReadOnlyError`.
 
     Parameters
     ----------
-    session
+    session : Session
         The session to read from and record writes into.
-    read_only
-        A read-only view of a writable session (always read-only for
-        read-only sessions).
+    read_only : bool, optional
+        A read-only view of a writable session (default ``False``; the store of
+        a read-only session is always read-only).
     """
 
     supports_writes: bool = True
@@ -88,7 +99,19 @@ class SessionStore(Store):
         self._ws.check_writable()
 
     def with_read_only(self, read_only: bool = False) -> SessionStore:
-        """Return a view of the same session, read-only or not."""
+        """Return a view of the same session, read-only or not.
+
+        Parameters
+        ----------
+        read_only : bool, optional
+            Whether the new view refuses writes (default ``False``; the view of
+            a read-only session refuses them anyway).
+
+        Returns
+        -------
+        SessionStore
+            A new store on the same session.
+        """
         return type(self)(self.session, read_only=read_only)
 
     def __eq__(self, other: object) -> bool:
@@ -123,7 +146,32 @@ class SessionStore(Store):
         prototype: BufferPrototype,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
-        # docstring inherited
+        """Return the value of ``key`` (or a byte range of it) in the session's view.
+
+        Parameters
+        ----------
+        key : str
+            The key (``"a/zarr.json"``, ``"a/c/0/1"``).
+        prototype : BufferPrototype
+            The kind of buffer to return (zarr's ``default_buffer_prototype()``).
+        byte_range : ByteRequest or None, optional
+            ``None`` (default) for the whole value, else a ``RangeByteRequest``,
+            ``OffsetByteRequest`` or ``SuffixByteRequest``.
+
+        Returns
+        -------
+        Buffer or None
+            The bytes, or ``None`` if the key does not exist.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``key`` is not a str or ``byte_range`` is of an unknown type.
+        CorruptObjectError
+            If the stored chunk is damaged or missing.
+        StorageError
+            If the storage cannot be read.
+        """
         _check_key(key)
         if byte_range is None:
             data = await self._ws.read(key)
@@ -134,10 +182,10 @@ class SessionStore(Store):
         elif isinstance(byte_range, OffsetByteRequest):
             data = await self._ws.read(key, byte_range.offset)
         elif isinstance(byte_range, SuffixByteRequest):
-            whole = await self._ws.read(key)
-            if whole is None:
+            size = await self._ws.size(key)
+            if size is None:
                 return None
-            data = whole[max(0, len(whole) - byte_range.suffix) :]
+            data = await self._ws.read(key, max(0, size - byte_range.suffix))
         else:
             raise InvalidInputError(f"Unexpected byte_range, got {byte_range!r}")
         if data is None:
@@ -145,13 +193,50 @@ class SessionStore(Store):
         return prototype.buffer.from_bytes(data)
 
     async def exists(self, key: str) -> bool:
-        # docstring inherited
+        """Return whether ``key`` exists in the session's view.
+
+        Parameters
+        ----------
+        key : str
+            The key.
+
+        Returns
+        -------
+        bool
+            ``True`` if it exists (committed or written by this session, and
+            not deleted by it).
+
+        Raises
+        ------
+        InvalidInputError
+            If ``key`` is not a str.
+        """
         return await self._ws.exists(_check_key(key))
 
     # -- writes ---------------------------------------------------------------
 
     async def set(self, key: str, value: Buffer) -> None:
-        # docstring inherited
+        """Write ``value`` at ``key`` in the session (visible after its commit).
+
+        Parameters
+        ----------
+        key : str
+            The key.
+        value : Buffer
+            The bytes, as a zarr buffer.
+
+        Raises
+        ------
+        ReadOnlyError
+            If this store is a read-only view, or its session is read-only or
+            committed.
+        InvalidInputError
+            If ``key`` is not a str.
+        TypeError
+            If ``value`` is not a ``Buffer``.
+        StorageError
+            If the chunk's bytes cannot be stored.
+        """
         self._check_writable()
         _check_key(key)
         if not isinstance(value, Buffer):
@@ -162,18 +247,62 @@ class SessionStore(Store):
         await self._ws.write(key, value.to_bytes())
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        # docstring inherited
+        """Write ``value`` at ``key`` unless the key exists in the session's view.
+
+        Parameters
+        ----------
+        key : str
+            The key.
+        value : Buffer
+            The bytes, as a zarr buffer.
+
+        Raises
+        ------
+        ReadOnlyError
+            If the store or its session is read-only.
+        InvalidInputError
+            If ``key`` is not a str.
+        TypeError
+            If ``value`` is not a ``Buffer``.
+        """
         self._check_writable()
         if not await self._ws.exists(_check_key(key)):
             await self.set(key, value)
 
     async def delete(self, key: str) -> None:
-        # docstring inherited
+        """Delete ``key`` in the session; deleting a missing key does nothing.
+
+        Parameters
+        ----------
+        key : str
+            The key.
+
+        Raises
+        ------
+        ReadOnlyError
+            If the store or its session is read-only.
+        InvalidInputError
+            If ``key`` is not a str.
+        """
         self._check_writable()
         await self._ws.remove(_check_key(key))
 
     async def delete_dir(self, prefix: str) -> None:
-        """Delete every key under ``prefix``; committed chunks in O(1) (not listed)."""
+        """Delete every key under ``prefix``; committed chunks in O(1) (not listed).
+
+        Parameters
+        ----------
+        prefix : str
+            A directory (``"g/a"``, with or without a trailing ``/``); ``""``
+            deletes everything.
+
+        Raises
+        ------
+        ReadOnlyError
+            If the store or its session is read-only.
+        InvalidInputError
+            If ``prefix`` is not a str.
+        """
         self._check_writable()
         await self._ws.delete_dir(_check_key(prefix))
 
@@ -182,7 +311,25 @@ class SessionStore(Store):
         prototype: BufferPrototype,
         key_ranges: Iterable[tuple[str, ByteRequest | None]],
     ) -> list[Buffer | None]:
-        # docstring inherited; the ranges are read concurrently
+        """Read several keys or byte ranges, concurrently.
+
+        Parameters
+        ----------
+        prototype : BufferPrototype
+            The kind of buffers to return.
+        key_ranges : iterable of tuple of (str, ByteRequest or None)
+            The keys and their byte ranges (``None``: the whole value).
+
+        Returns
+        -------
+        list of Buffer or None
+            One per request, in order; ``None`` where the key does not exist.
+
+        Raises
+        ------
+        InvalidInputError
+            If a key is not a str or a range is of an unknown type.
+        """
         return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     # -- synchronous fast paths (zarr's Supports*Sync protocols) ------------------
@@ -194,31 +341,116 @@ class SessionStore(Store):
         prototype: BufferPrototype | None = None,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
-        """Synchronous ``get``."""
+        """Read ``key`` without an event loop (zarr's synchronous fast path).
+
+        Parameters
+        ----------
+        key : str
+            The key.
+        prototype : BufferPrototype or None, optional
+            The kind of buffer to return (default: zarr's default prototype).
+        byte_range : ByteRequest or None, optional
+            The range to read (default: the whole value).
+
+        Returns
+        -------
+        Buffer or None
+            As :meth:`get`.
+
+        Raises
+        ------
+        InvalidInputError
+            As :meth:`get`.
+        """
         return sync(self.get(key, prototype or default_buffer_prototype(), byte_range))
 
     def set_sync(self, key: str, value: Buffer) -> None:
-        """Synchronous ``set``."""
+        """Write ``key`` without an event loop (zarr's synchronous fast path).
+
+        Parameters
+        ----------
+        key : str
+            The key.
+        value : Buffer
+            The bytes.
+
+        Raises
+        ------
+        ReadOnlyError
+            As :meth:`set`.
+        """
         sync(self.set(key, value))
 
     def delete_sync(self, key: str) -> None:
-        """Synchronous ``delete``."""
+        """Delete ``key`` without an event loop (zarr's synchronous fast path).
+
+        Parameters
+        ----------
+        key : str
+            The key.
+
+        Raises
+        ------
+        ReadOnlyError
+            As :meth:`delete`.
+        """
         sync(self.delete(key))
 
     # -- listing --------------------------------------------------------------
 
     async def list(self) -> AsyncIterator[str]:
-        # docstring inherited
+        """Yield every key of the session's view, sorted.
+
+        Yields
+        ------
+        str
+            A key.
+        """
         for key in sorted(await self._ws.list_prefix("")):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        # docstring inherited
+        """Yield every key that starts with ``prefix``, sorted.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (plain string comparison; ``""``: all keys).
+
+        Yields
+        ------
+        str
+            A full key.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``prefix`` is not a str.
+        """
         for key in sorted(await self._ws.list_prefix(_check_key(prefix))):
             yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        # docstring inherited; answered from the node tree, without reading manifests
+        """Yield the names directly under directory ``prefix``, sorted.
+
+        Answered from the snapshot's node tree, without reading manifests
+        unless the listing reaches into an array's chunks.
+
+        Parameters
+        ----------
+        prefix : str
+            The directory (``""``: the root; a trailing ``/`` is ignored).
+
+        Yields
+        ------
+        str
+            A child's name, relative to ``prefix`` (``"zarr.json"``, ``"a"``, ``"c"``).
+
+        Raises
+        ------
+        InvalidInputError
+            If ``prefix`` is not a str.
+        """
         for child in sorted(await self._ws.list_dir(_check_key(prefix).rstrip("/"))):
             if child:
                 yield child

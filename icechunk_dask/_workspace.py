@@ -1,9 +1,15 @@
 """A workspace: one snapshot plus uncommitted changes, with the read and write paths.
 
-Reads look through three layers: the workspace's own change set, what it
-inherited from the session it was forked from (uncommitted metadata, and
-uncommitted chunk references, possibly from a scratch object), and the base
-snapshot's manifests. Writes store chunk bytes at once (small chunks in
+Reads look through: the workspace's own change set (its chunk entries, then
+its pre-built manifest layers, see :mod:`icechunk_dask._prebuilt`), what it
+inherited from the session it was forked from (uncommitted metadata,
+uncommitted chunk references, possibly from a scratch object, then that
+session's pre-built layers), and the base snapshot's manifests.
+
+A session keeps pre-built layers of its own only while it inherited no
+uncommitted chunks (a root session): a fork's merges load them, so that
+"own entries, own layers, inherited entries, inherited layers" is always
+newest to oldest. Writes store chunk bytes at once (small chunks in
 packs) and record only references; a tracked copy (unpickled from another
 process) leaves a marker in storage before its first change.
 
@@ -19,16 +25,14 @@ from typing import Any
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._changeset import ChangeSet
-from icechunk_dask._exceptions import (
-    READ_ONLY_MESSAGE,
-    CorruptObjectError,
-    NotFoundError,
-    ReadOnlyError,
-)
+from icechunk_dask._chunkio import BLOCKED_MIN, blocked_payload, read_chunk
+from icechunk_dask._exceptions import READ_ONLY_MESSAGE, ReadOnlyError, SessionStateError
 from icechunk_dask._fork import ForkTicket, leave_marker, load_scratch
-from icechunk_dask._manifests import load_node, lookup
+from icechunk_dask._listing import Listing
+from icechunk_dask._manifests import lookup
 from icechunk_dask._packing import PACK_MAX_CHUNK, PackBuffer
-from icechunk_dask.format import ChunkRef, chunk_checksum, new_id
+from icechunk_dask._prebuilt import MISSING, layered_keys, lookup_layered
+from icechunk_dask.format import ChunkRef, NodeManifests, chunk_checksum, new_id
 from icechunk_dask.format._keys import is_meta_key
 from icechunk_dask.format._locate import node_of
 
@@ -37,7 +41,7 @@ __all__ = ["Workspace"]
 _MISSING: Any = object()
 
 
-class Workspace:
+class Workspace(Listing):
     """The state and the I/O paths of a session.
 
     Parameters
@@ -75,6 +79,8 @@ class Workspace:
         self.inh_scratch: str | None = None
         #: prefixes cleared (``delete_dir``) by the sessions this one was forked from
         self.inh_cleared: frozenset[str] = frozenset()
+        #: pre-built manifest layers of the session this one was forked from
+        self.inh_layers: dict[str, NodeManifests] = {}
         self.lock = threading.Lock()
         # Chunk object ids are the writer id plus a counter. The writer id is the session id
         # (unique in the repository) plus 80 random bits (unique among the session's forks,
@@ -86,6 +92,8 @@ class Workspace:
         self.task = ""
         #: set for forks made by ``session.fork()``: commit checks they were merged
         self.ticket: ForkTicket | None = None
+        #: a commit is reading the change set (not copied): writes must wait
+        self.frozen = False
         #: bumped whenever the chunk changes change (keys scratch objects of pickled copies)
         self.chunks_version = 0
         self.packs = PackBuffer(assets.storage, self.lock, self._next_object_id)
@@ -117,7 +125,7 @@ class Workspace:
     async def _committed_ref(self, key: str) -> ChunkRef | None:
         if (self.cs.cleared or self.inh_cleared) and self.hidden(key):
             return None
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         node, suffix = node_of(key, snap.arrays)
         nm = snap.nodes.get(node)
         if nm is None:
@@ -130,26 +138,35 @@ class Workspace:
         if doc is _MISSING:
             doc = self.inh_meta.get(key, _MISSING)
         if doc is _MISSING:
-            doc = (await self.assets.get_snapshot(self.base)).meta.get(key)
+            doc = (await self.assets.get_snapshot(self.base, expired_ok=True)).meta.get(key)
         return doc  # type: ignore[no-any-return]
 
     async def get_ref(self, key: str) -> ChunkRef | None:
         """The current chunk reference at ``key`` (``None`` if absent)."""
         ref = self.cs.chunks.get(key, _MISSING)
+        if ref is _MISSING and self.cs.layers:
+            ref = await lookup_layered(self.assets, self.cs.layers, key)
         if ref is _MISSING:
             inherited = self.inh_chunks
             if inherited is None or inherited:
                 ref = (await self.inherited_chunks()).get(key, _MISSING)
+        if ref is _MISSING and self.inh_layers:
+            ref = await lookup_layered(self.assets, self.inh_layers, key)
         if ref is _MISSING:
             ref = await self._committed_ref(key)
         return ref  # type: ignore[no-any-return]
 
+    @property
+    def inherits(self) -> bool:
+        """Whether this workspace inherited uncommitted chunk changes (then it keeps no layers)."""
+        return bool(self.inh_chunks or self.inh_scratch or self.inh_layers)
+
     async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes | None:
         """Read a key's bytes (optionally a range); ``None`` if the key does not exist.
 
-        Every chunk is verified against the checksum in the manifest: a whole
-        read directly, a byte range by checking the whole chunk the first time
-        any part of it is read (remembered per repository object).
+        Every chunk is verified against its checksums (see
+        :mod:`icechunk_dask._chunkio`): a byte range of a big chunk reads and
+        checks only the blocks it overlaps.
 
         Raises
         ------
@@ -164,46 +181,21 @@ class Workspace:
         ref = await self.get_ref(key)
         if ref is None:
             return None
-        loc, offset, size, crc = ref
+        loc, offset = ref[0], ref[1]
         if isinstance(loc, bytes):
             return loc[start:] if length is None else loc[start : start + length]
         pending = self.packs.pending_part(loc, offset)
         if pending is not None:
             return pending[start:] if length is None else pending[start : start + length]
-        obj = f"chunks/{loc}"
-        whole = start == 0 and (length is None or length >= size)
-        verified_key = f"{loc}:{offset}:{size}:{crc}"
-        # A byte range cannot be checked on its own: the first read of any part of a chunk
-        # reads and checks all of it; later ranges of a verified chunk read just the range.
-        verify = whole or self.assets.verified_chunks.get(verified_key) is None
-        start = min(start, size)
-        want = size - start if length is None else max(0, min(length, size - start))
-        read_at, read_len = (0, size) if verify else (start, want)
+        return await read_chunk(self.assets, key, ref, start, length)
 
-        def check(data: bytes) -> bytes:
-            if len(data) != read_len:
-                raise CorruptObjectError(
-                    f"chunk {key!r} (object {obj!r}) is truncated: {len(data)} of {read_len} bytes",
-                    key=obj,
-                )
-            if verify and chunk_checksum(data) != crc:
-                raise CorruptObjectError(
-                    f"chunk {key!r} (object {obj!r}) fails its checksum: it is damaged",
-                    key=obj,
-                )
-            return data
-
-        try:
-            data = await self.assets.storage.get_range_then(obj, offset + read_at, read_len, check)
-        except NotFoundError:
-            raise CorruptObjectError(
-                f"chunk {key!r} is referenced but its object {obj!r} is missing: the "
-                "repository is damaged",
-                key=obj,
-            ) from None
-        if verify:
-            self.assets.verified_chunks.put(verified_key, True)
-        return data if whole or not verify else data[start : start + want]
+    async def size(self, key: str) -> int | None:
+        """The size in bytes of ``key``'s value (``None`` if the key does not exist)."""
+        if is_meta_key(key):
+            doc = await self.get_meta(key)
+            return None if doc is None else len(doc)
+        ref = await self.get_ref(key)
+        return None if ref is None else ref[2]
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` exists in this workspace's view."""
@@ -211,97 +203,15 @@ class Workspace:
             return await self.get_meta(key) is not None
         return await self.get_ref(key) is not None
 
-    async def _committed_keys(self, under: str) -> set[str]:
-        """Committed keys that may start with ``under`` (a superset is fine), cleared ones excluded."""
-        snap = await self.assets.get_snapshot(self.base)
-        cleared = self._cleared()
-        keys = {k for k in snap.meta if k.startswith(under)}
-        for node, nm in snap.nodes.items():
-            head = f"{node}/" if node else ""
-            if not (head.startswith(under) or under.startswith(head)):
-                continue
-            if any(p == "" or head.startswith(p + "/") for p in cleared):
-                continue
-            keys.update(head + suffix for suffix in await load_node(self.assets, node, nm))
-        if cleared:
-            keys = {k for k in keys if is_meta_key(k) or not self.hidden(k, cleared)}
-        return keys
-
-    def _overlay(self, keys: set[str], prefix: str, inherited: dict[str, Any]) -> set[str]:
-        layers: list[dict[str, Any]] = [self.inh_meta, inherited, self.cs.meta, self.cs.chunks]
-        for layer in layers:
-            for k, v in list(layer.items()):
-                if not k.startswith(prefix):
-                    continue
-                if v is None:
-                    keys.discard(k)
-                else:
-                    keys.add(k)
-        return keys
-
-    async def list_prefix(self, prefix: str) -> set[str]:
-        """All keys starting with ``prefix`` in this workspace's view."""
-        committed = {k for k in await self._committed_keys(prefix) if k.startswith(prefix)}
-        return self._overlay(committed, prefix, await self.inherited_chunks())
-
-    async def list_dir(self, prefix: str) -> set[str]:
-        """The names directly under directory ``prefix`` ("" = the root).
-
-        Answered from the snapshot's node tree and the uncommitted changes: a
-        node's manifests are read only when the listing reaches into the node
-        (or deletions make a node's emptiness uncertain), never for a group.
-        """
-        head = f"{prefix}/" if prefix else ""
-        snap = await self.assets.get_snapshot(self.base)
-        inherited = await self.inherited_chunks()
-        cleared = self._cleared()
-        deleted = [
-            k for layer in (inherited, self.cs.chunks) for k, v in layer.items() if v is None
-        ]
-        children: set[str] = set()
-        exact: set[str] = set()  # keys that must be checked one by one
-        for node, nm in snap.nodes.items():
-            nhead = f"{node}/" if node else ""
-            if any(p == "" or nhead.startswith(p + "/") for p in cleared):
-                continue
-            if nhead.startswith(head) and nhead != head:
-                child = nhead[len(head) :].split("/", 1)[0]
-                uncertain = (
-                    not nm.exact
-                    or any(k.startswith(nhead) for k in deleted)
-                    or any(p.startswith(nhead) for p in cleared)
-                )
-                if nm.upper_count and not uncertain:
-                    children.add(child)
-                    continue
-            elif not head.startswith(nhead):
-                continue
-            elif (
-                nhead == head
-                and nm.encoding is not None
-                and nm.encoding[0] == "default"
-                and "" not in nm.boxes
-                and nm.exact
-                and not any(k.startswith(nhead) for k in deleted)
-                and not any(p.startswith(nhead) for p in cleared)
-            ):
-                if nm.upper_count:
-                    children.add("c")
-                continue
-            exact.update(nhead + s for s in await load_node(self.assets, node, nm))
-        for key in snap.meta:
-            if key.startswith(head):
-                exact.add(key)
-        if cleared:
-            exact = {k for k in exact if is_meta_key(k) or not self.hidden(k, cleared)}
-        for key in self._overlay(exact, head, inherited):
-            children.add(key[len(head) :].split("/", 1)[0])
-        return children
-
     # -- writing --------------------------------------------------------------
 
     def check_writable(self) -> None:
         """Raise :class:`ReadOnlyError` if writes are refused."""
+        if self.frozen:
+            raise SessionStateError(
+                "this session is committing: writes through it are refused until the commit "
+                "ends (write through a fork, or a new session, meanwhile)"
+            )
         if self.read_only:
             why = "it was committed" if self.committed else "it is a read-only session"
             raise ReadOnlyError(
@@ -324,8 +234,17 @@ class Workspace:
                 self.cs.writers.add(self.writer)
                 self._marker_done = True
 
+    async def _inherited_view(self, key: str) -> dict[str, Any]:
+        """What this workspace inherited, as far as ``key``'s previous value is concerned."""
+        inherited = await self.inherited_chunks()
+        if self.inh_layers and key not in inherited:
+            value = await lookup_layered(self.assets, self.inh_layers, key)
+            if value is not MISSING:
+                return {key: value}
+        return inherited
+
     async def _record(self, key: str, value: Any, meta: bool) -> None:
-        inherited: dict[str, Any] = self.inh_meta if meta else await self.inherited_chunks()
+        inherited: dict[str, Any] = self.inh_meta if meta else await self._inherited_view(key)
         with self.lock:
             self.check_writable()
             self._record_locked(key, value, meta, inherited)
@@ -362,14 +281,17 @@ class Workspace:
             return
         else:
             chunk_id = self._next_object_id()
-            await self.assets.storage.put(f"chunks/{chunk_id}", data)
+            payload: bytes = data
+            if size >= BLOCKED_MIN:  # range reads (shards) then verify just what they read
+                chunk_id, payload = blocked_payload(chunk_id, data)
+            await self.assets.storage.put(f"chunks/{chunk_id}", payload)
             ref = (chunk_id, 0, size, crc)
         await self._record(key, ref, meta=False)
 
     async def _write_packed(self, key: str, data: bytes, crc: int) -> None:
         # Append to the open pack and record the ref in one critical section, so that a
         # concurrent fork()/changes() either sees neither or both (and then stores the pack).
-        inherited = await self.inherited_chunks()
+        inherited = await self._inherited_view(key)
         with self.lock:
             self.check_writable()
             pack_id, offset, claims = self.packs.append_locked(data)
@@ -401,18 +323,43 @@ class Workspace:
         path = prefix.strip("/")
         head = f"{path}/" if path else ""
         await self._mark_writer()
-        snap = await self.assets.get_snapshot(self.base)
+        snap = await self.assets.get_snapshot(self.base, expired_ok=True)
         inherited = await self.inherited_chunks()
         committed = any(
             path == "" or n == path or n.startswith(head) or head.startswith(f"{n}/" if n else "")
             for n in snap.nodes
         )
+
+        def inside(layers: dict[str, NodeManifests]) -> list[str]:  # nodes holding the prefix
+            return [n for n in layers if n != path and head.startswith(f"{n}/" if n else "")]
+
+        # pre-built layers: those under the prefix go; a node that holds the prefix (and every
+        # inherited one that reaches it) is loaded, so that its keys can be deleted one by one
+        own_inside = await layered_keys(self.assets, self.cs.layers, inside(self.cs.layers))
+        reached = [
+            n
+            for n in self.inh_layers
+            if (f"{n}/" if n else "").startswith(head) or n in inside(self.inh_layers)
+        ]
+        inh_layered = await layered_keys(self.assets, self.inh_layers, reached)
         with self.lock:
             self.check_writable()
+            if self.cs.layers:
+                mine = self.cs.layers
+                for key, ref in own_inside.items():
+                    self.cs.chunks.setdefault(key, ref)
+                self.cs.layers = {
+                    n: lnm
+                    for n, lnm in mine.items()
+                    if n not in inside(mine) and not (path == "" or n == path or n.startswith(head))
+                }
             view_meta = {**snap.meta, **self.inh_meta, **self.cs.meta}
             for key, doc in view_meta.items():
                 if doc is not None and key.startswith(head):
                     self._record_locked(key, None, True, self.inh_meta)
+            for key, ref in inh_layered.items():
+                if ref is not None and key.startswith(head) and key not in inherited:
+                    self._record_locked(key, None, False, {key: ref})
             for key in [k for k in self.cs.chunks if k.startswith(head)]:
                 del self.cs.chunks[key]  # written before the deletion
                 self.cs.prev_chunks.pop(key, None)
@@ -425,6 +372,22 @@ class Workspace:
             self.chunks_version += 1
 
     # -- snapshots of the state -------------------------------------------------
+
+    def freeze(self) -> ChangeSet:
+        """The change set itself (not a copy), with every pack stored, for a commit.
+
+        Writes are refused until ``frozen`` is reset.
+        """
+        with self.lock:
+            pending = self.packs.close_locked()
+            self.frozen = True
+            cs = self.cs
+        try:
+            self.packs.ensure_stored(pending)
+        except BaseException:
+            self.frozen = False
+            raise
+        return cs
 
     def changes(self) -> ChangeSet:
         """A copy of the own change set, with every pack it points into stored first."""

@@ -104,33 +104,35 @@ def store_sessions(
 
     Parameters
     ----------
-    sources
+    sources : dask.array.Array or sequence of dask.array.Array
         Dask arrays to write (or a single one).
-    targets
+    targets : zarr.Array or sequence of zarr.Array
         Zarr arrays opened on ``session.store`` (or a single one), one per
         source. Create them first, e.g. ``zarr.create_array(session.store, ...)``.
-    session
+    session : Session
         The writable session that receives the writes.
-    regions
+    regions : tuple of slice, or sequence of (tuple of slice or None), optional
         Where each source goes in its target: a tuple of slices per source
-        (``None`` = the whole array), or one tuple for all.
-    split_every
-        Fan-in of the tree reduction of change records (default 16).
-    align_chunks
+        (``None`` = the whole array), or one tuple for all. Default: each
+        source fills its whole target.
+    split_every : int or None, optional
+        Fan-in of the tree reduction of change records (``None``: 16; at least 2).
+    align_chunks : bool, optional
         Blocks whose boundaries fall inside a Zarr chunk (or shard) are
-        refused by default; with ``True`` the blocks that share a chunk are
-        written by one task instead.
-    progress
+        refused by default (``False``); with ``True`` the blocks that share a
+        chunk are written by one task instead.
+    progress : bool, optional
         Show a progress bar while computing (dask's for local schedulers,
-        distributed's for a cluster). Only with ``compute=True``.
-    resume
+        distributed's for a cluster). Only with ``compute=True``; default ``False``.
+    resume : str or None, optional
         A name for this write job (branch-name rules). Every task then stores
         its change record in the repository (never visible before a commit),
         so that after a crash of the client (or a failed run) the same call
         with the same name recomputes only the tasks without a record.
-    compute
-        Compute now and merge the result into ``session`` (``True``), or
-        return a lazy collection (``False``).
+        Default ``None``: nothing is stored for resuming.
+    compute : bool, optional
+        Compute now and merge the result into ``session`` (``True``, the
+        default), or return a lazy collection (``False``).
 
     Returns
     -------
@@ -150,13 +152,20 @@ def store_sessions(
     Raises
     ------
     InvalidInputError
-        If shapes, regions or arrays do not fit, or blocks would share a Zarr
-        chunk with another task (before anything is written).
+        Before anything is written: if the numbers of sources, targets and
+        regions differ, shapes or regions do not fit, a target is not Zarr v3
+        or has a rectilinear chunk grid, ``split_every`` is below 2, blocks
+        would share a Zarr chunk with another task (kind ``unaligned-write``),
+        or ``resume`` is not a valid name or names a job that wrote something
+        else.
     ReadOnlyError
         If ``session`` is read-only or committed.
     TypeError
-        If a source is not a dask array or a target is not a Zarr array on a
-        session store.
+        If ``session`` is not a :class:`~icechunk_dask.Session`, a source is not a
+        dask array, or a target is not a Zarr array on this session's store.
+    StorageError
+        If a task cannot store its chunks (with ``compute=True``; ``session``
+        is then unchanged).
 
     Examples
     --------
@@ -205,11 +214,11 @@ def store_dask(
         The arrays to write.
     targets : list of zarr.Array
         Zarr arrays opened on one session's store (usually ``session.fork().store``).
-    regions : list of tuple of slice or None
-        Where each source goes in its target.
-    split_every : int or None
-        Fan-in of the merge tree.
-    **store_kwargs
+    regions : list of tuple of slice or None, optional
+        Where each source goes in its target (default: the whole target).
+    split_every : int or None, optional
+        Fan-in of the merge tree (``None``: 16).
+    **store_kwargs : Any
         Only ``scheduler=`` is accepted (the Dask scheduler to compute with).
 
     Returns
@@ -220,7 +229,20 @@ def store_dask(
     Raises
     ------
     InvalidInputError
-        For another keyword, or targets on different sessions.
+        For another keyword, no target, or (as :func:`store_sessions`)
+        arrays that do not fit.
+    TypeError
+        If the first target is not opened on a session's store, or another
+        target is not on the same session's store.
+    ReadOnlyError
+        If that session is read-only.
+
+    Examples
+    --------
+    >>> fork = session.fork()  # doctest: +SKIP
+    >>> arr = zarr.open_array(fork.store, path="t")  # doctest: +SKIP
+    >>> session.merge(store_dask(sources=[x], targets=[arr]))  # doctest: +SKIP
+    >>> session.commit("write t")  # doctest: +SKIP
     """
     unsupported = sorted(set(store_kwargs) - {"scheduler"})
     if unsupported:
@@ -344,6 +366,11 @@ def prepare_write(
     TypeError
         If sources or targets have the wrong types.
     """
+    if not isinstance(sources, da.Array | list | tuple):
+        raise TypeError(
+            f"sources must be a dask array or a list of them, got {type(sources).__name__}; "
+            "write NumPy data directly with target[...] = data"
+        )
     srcs = [sources] if isinstance(sources, da.Array) else list(sources)
     tgts = [targets] if isinstance(targets, zarr.Array) else list(targets)
     if len(srcs) != len(tgts):

@@ -17,18 +17,26 @@ __all__ = ["merge_sessions"]
 
 
 def merge_sessions(
-    session: Session, *sessions: Session | ChangeSet | Iterable[Session | ChangeSet]
+    session: Session | Iterable[Session | ChangeSet],
+    *sessions: Session | ChangeSet | Iterable[Session | ChangeSet],
 ) -> Session:
     """Merge returned sessions or change records into ``session``, in place.
 
+    Icechunk's form, ``merge_sessions(*forks)`` (forks or lists of forks, no
+    coordinating session), also works: the forks are merged into the first one,
+    which is returned; merge it into its parent with ``session.merge(fork)``.
+
+    All or nothing: if any item cannot be merged, ``session`` is unchanged.
+
     Parameters
     ----------
-    session
+    session : Session
         The coordinating session (the one that will commit).
-    *sessions
+    *sessions : Session, ChangeSet, or list or tuple of them
         Sessions returned by tasks (pickled copies made under
         ``session.allow_pickling()``, or forks), change records
-        (``fork.changes()``), or lists of them (nested lists are flattened).
+        (``fork.changes()``), or lists or tuples of them (nested ones are
+        flattened; other iterables are refused).
 
     Returns
     -------
@@ -42,6 +50,8 @@ def merge_sessions(
         neither a session nor a change record.
     InvalidInputError
         If a record belongs to another repository or another base snapshot.
+    ReadOnlyError
+        If ``session`` is read-only or committed.
     ConflictError
         If two records wrote different bytes to one chunk or conflicting
         metadata; ``session`` is then unchanged.
@@ -53,13 +63,19 @@ def merge_sessions(
     >>> session = merge_sessions(session, *copies)  # doctest: +SKIP
     >>> session.commit("finished writes")  # doctest: +SKIP
     """
-    if not isinstance(session, Session):
+    if isinstance(session, Session) and not session.is_fork:
+        session.merge(*_flatten(sessions))
+        return session
+    items = list(_flatten([session, *sessions]))
+    if not items or not isinstance(items[0], Session):
         raise TypeError(
-            "merge_sessions(session, *sessions) merges into its first argument, which must be "
-            f"the coordinating icechunk_dask.Session; got {type(session).__name__}"
+            "merge_sessions(session, *sessions) merges into its first argument, the "
+            "coordinating icechunk_dask.Session (or, Icechunk's way, into the first of the "
+            f"forks given); got {type(session).__name__}"
         )
-    session.merge(*_flatten(sessions))
-    return session
+    target = items[0]
+    target.merge(*items[1:])
+    return target
 
 
 def _flatten(items: Iterable[object]) -> Iterator[Session | ChangeSet]:

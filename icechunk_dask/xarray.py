@@ -139,46 +139,47 @@ def to_zarr(
 
     Parameters
     ----------
-    obj
+    obj : xarray.Dataset or xarray.DataArray
         The Dataset or DataArray to write.
-    session
+    session : Session
         A writable session.
-    group
-        Group path inside the repository (``None``: the root group).
-    mode : {"w", "w-", "a", "a-", "r+", None}
+    group : str or None, optional
+        Group path inside the repository (``None``, the default: the root group).
+    mode : {"w", "w-", "a", "a-", "r+", None}, optional
         As in xarray: "w" overwrite, "w-" create (fail if it exists), "a"
         override or append, "a-" append only variables with ``append_dim``,
-        "r+" modify values of existing arrays only. Default: "a" with
-        ``append_dim``, "r+" with ``region``, else "w-".
-    region
+        "r+" modify values of existing arrays only. Default (``None``): "a"
+        with ``append_dim``, "r+" with ``region``, else "w-".
+    region : dict of str to (slice or "auto"), "auto" or None, optional
         A mapping from dimension names to slices or ``"auto"``, or
         ``"auto"``: write into that region of existing arrays (``"auto"``
-        infers it from the index coordinates, as in xarray).
-    append_dim
-        Append along this dimension (the arrays are resized).
-    encoding
+        infers it from the index coordinates, as in xarray). Default ``None``:
+        whole arrays.
+    append_dim : Hashable or None, optional
+        Append along this dimension (the arrays are resized). Default ``None``.
+    encoding : Mapping or None, optional
         Per-variable encodings, e.g. ``{"t": {"chunks": (1, 100, 100)}}``.
-    safe_chunks
+    safe_chunks : bool, optional
         Refuse dask chunks that would share a Zarr chunk (or shard) between
-        tasks, with xarray's checks and message. With ``False``, such blocks
-        are written by one task instead (never by two).
-    align_chunks
+        tasks, with xarray's checks and message (default ``True``). With
+        ``False``, such blocks are written by one task instead (never by two).
+    align_chunks : bool, optional
         Write blocks that share a Zarr chunk (or shard) from one task,
-        without rechunking; implies ``safe_chunks=False``.
-    split_every
+        without rechunking; implies ``safe_chunks=False``. Default ``False``.
+    split_every : int or None, optional
         Fan-in of the tree reduction that merges the tasks' change records
-        (default 16).
-    progress
+        (``None``: 16; at least 2).
+    progress : bool, optional
         Show a progress bar while computing (dask's for local schedulers,
-        distributed's for a cluster). Only with ``compute=True``.
-    resume
+        distributed's for a cluster). Only with ``compute=True``; default ``False``.
+    resume : str or None, optional
         A name for this write job: every task stores its change record in the
         repository, and after a crash or a failed run the same call with the
         same name recomputes only the tasks without one (see
-        :func:`~icechunk_dask.store_sessions`).
-    compute
-        Write now and merge into ``session`` (``True``), or return a lazy
-        collection (``False``).
+        :func:`~icechunk_dask.store_sessions`). Default ``None``.
+    compute : bool, optional
+        Write now and merge into ``session`` (``True``, the default), or return
+        a lazy collection (``False``).
 
     Returns
     -------
@@ -197,10 +198,20 @@ def to_zarr(
     Raises
     ------
     ValueError
-        For xarray's own argument and safe-chunks errors (InvalidInputError,
-        a ValueError, for icechunk_dask's); ``session`` is then unchanged.
+        For xarray's own argument, mode and safe-chunks errors;
+        ``session`` is then unchanged.
+    InvalidInputError
+        For icechunk_dask's checks (a ``ValueError`` too): blocks that would
+        share a chunk between tasks, regions that do not fit, an invalid
+        ``split_every`` or ``resume``; ``session`` is then unchanged.
     ReadOnlyError
         If ``session`` is read-only or committed.
+    TypeError
+        If ``obj`` is not a Dataset or DataArray, or ``session`` not a
+        :class:`~icechunk_dask.Session`.
+    StorageError
+        If the data cannot be stored (with ``compute=True``; ``session`` is
+        then unchanged).
 
     Examples
     --------
@@ -279,15 +290,35 @@ def to_icechunk(
         What to write.
     session : Session
         A writable session (it receives every change; commit it afterwards).
-    group, mode, safe_chunks, align_chunks, append_dim, region, encoding, split_every
+    group : str or None, optional
         As in :func:`to_zarr`.
-    chunkmanager_store_kwargs : mapping or None
+    mode : {"w", "w-", "a", "a-", "r+", None}, optional
+        As in :func:`to_zarr`.
+    safe_chunks : bool, optional
+        As in :func:`to_zarr` (default ``True``).
+    align_chunks : bool, optional
+        As in :func:`to_zarr` (default ``False``).
+    append_dim : Hashable or None, optional
+        As in :func:`to_zarr`.
+    region : dict of str to (slice or "auto"), "auto" or None, optional
+        As in :func:`to_zarr`.
+    encoding : Mapping or None, optional
+        As in :func:`to_zarr`.
+    chunkmanager_store_kwargs : Mapping of str to Any or None, optional
         Only ``scheduler=`` is accepted (the Dask scheduler to compute with).
+    split_every : int or None, optional
+        As in :func:`to_zarr` (not in Icechunk's signature).
 
     Raises
     ------
     InvalidInputError
         For another ``chunkmanager_store_kwargs`` key; otherwise as :func:`to_zarr`.
+
+    Examples
+    --------
+    >>> session = repo.writable_session("main")  # doctest: +SKIP
+    >>> to_icechunk(ds, session, mode="w")  # doctest: +SKIP
+    >>> session.commit("ingest")  # doctest: +SKIP
     """
     kwargs = dict(chunkmanager_store_kwargs or {})
     unsupported = sorted(set(kwargs) - {"scheduler"})
@@ -332,8 +363,13 @@ class IcechunkDaskAccessor:
 
     Parameters
     ----------
-    obj
-        The Dataset or DataArray.
+    obj : xarray.Dataset or xarray.DataArray
+        The object the accessor belongs to (xarray passes it).
+
+    Examples
+    --------
+    >>> import icechunk_dask.xarray  # registers the accessor  # doctest: +SKIP
+    >>> ds.icechunk_dask.to_zarr(session, mode="w")  # doctest: +SKIP
     """
 
     def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
@@ -344,9 +380,9 @@ class IcechunkDaskAccessor:
 
         Parameters
         ----------
-        session
+        session : Session
             A writable session.
-        **kwargs
+        **kwargs : Any
             Keyword arguments of :func:`icechunk_dask.to_zarr`.
 
         Returns

@@ -15,6 +15,7 @@ import multiprocessing as mp
 import pickle
 import traceback
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from icechunk_dask import (
+    ConflictDetector,
     ConflictError,
     ErrorKind,
     FormatVersionError,
@@ -40,8 +42,10 @@ from icechunk_dask import (
     Session,
     SessionStateError,
     UnmergedWritesError,
+    VersionSelection,
     in_memory_storage,
     local_filesystem_storage,
+    storage_from_url,
 )
 from icechunk_dask.dask import store_sessions
 from icechunk_dask.distributed import merge_sessions
@@ -573,7 +577,7 @@ def test_e35_repository_path_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_e36_repository_of_a_newer_format_version(repo: Repository, root: Path) -> None:
-    config = repo.config
+    config = repo._assets.config
     newer = RepoConfig(config.repo_id, FORMAT_VERSION + 1, config.created_at)
     (root / "config.json").write_bytes(newer.encode())
     with unchanged(root), pytest.raises(FormatVersionError) as info:
@@ -599,12 +603,23 @@ def test_e37_opening_nothing_or_creating_twice(
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
 
-def test_e38_a_path_instead_of_a_storage(root: Path) -> None:
-    for call in (Repository.open, Repository.create, Repository.open_or_create):
+@pytest.mark.parametrize("location", [42, None, b"data/repo"], ids=repr)
+def test_e38_a_location_that_is_neither_a_storage_a_path_nor_a_url(
+    tmp_path: Path, location: Any
+) -> None:
+    # paths and URLs are locations (Repository.open("data/repo"), "s3://bucket/prefix")
+    for call in (Repository.open, Repository.create, Repository.open_or_create, Repository.exists):
         with pytest.raises(InvalidInputError) as info:
-            call(str(root))  # type: ignore[arg-type]
-        check(info.value, ErrorKind.INVALID_INPUT, "local_filesystem_storage(path)")
-    assert not root.exists()
+            call(location)
+        check(
+            info.value,
+            ErrorKind.INVALID_INPUT,
+            "expected a storage such as local_filesystem_storage(path), a path or a URL",
+        )
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(NotFoundError):  # a path names a (here missing) repository
+        Repository.open(str(tmp_path / "repo"))
+    assert not (tmp_path / "repo").exists()
 
 
 def _unpickle_in_child(blob: bytes, out: Any) -> None:
@@ -627,3 +642,266 @@ def test_e39_in_memory_repository_in_another_process() -> None:
     assert kind == "InvalidInputError", text
     assert "only in the process that created it" in text
     assert "local_filesystem_storage(path)" in text
+
+
+# -- forks, lazy writes and jobs --------------------------------------------------------------
+
+
+def test_e40_committing_with_an_unmerged_fork(repo: Repository, root: Path) -> None:
+    session = repo.writable_session("main")
+    fork = session.fork()
+    _array(fork)[:4] = 1  # the fork's writes never reach the session
+    _array(session)[4:] = 2
+    with unchanged(root, strict=False), pytest.raises(UnmergedWritesError) as info:
+        session.commit("would lose the fork's writes")
+    check(
+        info.value,
+        ErrorKind.UNMERGED_WRITES,
+        "session.fork()",
+        "never merged back",
+        "session.merge(fork)",
+        "fork.discard_changes()",
+    )
+    session.merge(fork)
+    session.commit("with the fork's writes")  # the fix works
+    np.testing.assert_array_equal(
+        _array(repo.readonly_session("main"))[:], [1, 1, 1, 1, 2, 2, 2, 2]
+    )
+
+
+def test_e41_committing_a_lazy_write_that_was_never_computed(repo: Repository, root: Path) -> None:
+    session = repo.writable_session("main")
+    lazy = store_sessions(
+        da.zeros(8, chunks=4, dtype="int64"), _array(session), session, compute=False
+    )
+    with unchanged(root), pytest.raises(UnmergedWritesError) as info:
+        session.commit("would commit without the lazy write")
+    check(
+        info.value,
+        ErrorKind.UNMERGED_WRITES,
+        "never delivered their result",
+        "store_sessions into ['a'] (compute=False",
+        "dask.compute(",
+        "session.discard_changes()",
+        "Nothing was committed",
+    )
+    lazy.compute(scheduler="sync")  # the fix: compute it, then commit
+    session.commit("with the lazy write")
+    assert not _array(repo.readonly_session("main"))[:].any()
+
+
+def test_e42_a_snapshot_id_where_a_branch_is_expected(repo: Repository, root: Path) -> None:
+    tip = repo.lookup_branch("main")
+    with unchanged(root):
+        for call in (
+            lambda: repo.writable_session(tip),
+            lambda: repo.readonly_session(tip),
+            lambda: repo.lookup_branch(tip),
+        ):
+            with pytest.raises(NotFoundError) as info:
+                call()
+            check(
+                info.value,
+                ErrorKind.NOT_FOUND,
+                f"branch {tip!r} does not exist",
+                "looks like a snapshot id",
+                f"readonly_session(snapshot_id={tip!r})",
+            )
+
+
+def test_e43_opening_a_plain_zarr_store_as_a_repository(tmp_path: Path) -> None:
+    path = tmp_path / "plain.zarr"
+    zarr.create_array(str(path), shape=(4,), chunks=(2,), dtype="int64")[:] = 1
+    before = _fingerprint(path, strict=True)
+    for location in (path, str(path), local_filesystem_storage(path)):
+        with pytest.raises(NotFoundError) as info:
+            Repository.open(location)
+        check(
+            info.value,
+            ErrorKind.NOT_FOUND,
+            "no repository at",
+            "plain Zarr store, not a repository",
+            "Open it with zarr or xarray directly",
+            "import it",
+        )
+    with pytest.raises(InvalidInputError) as info:
+        Repository.create(path)  # nor is it turned into one
+    check(info.value, ErrorKind.INVALID_INPUT, "is not empty", "empty or new location")
+    assert _fingerprint(path, strict=True) == before
+
+
+def test_e44_numpy_data_given_to_store_sessions(repo: Repository, root: Path) -> None:
+    session = repo.writable_session("main")
+    with unchanged(root), pytest.raises(TypeError) as info:
+        store_sessions([np.zeros(8, dtype="int64")], [_array(session)], session)
+    check(info.value, None, "must be a dask array", "ndarray", "target[...] = data")
+    assert not session.has_uncommitted_changes
+
+
+def test_e45_guarded_ref_changes_when_the_ref_moved(repo: Repository, root: Path) -> None:
+    (_, first) = list(repo.ancestry(branch="main"))
+    tip = repo.lookup_branch("main")
+    repo.create_branch("dev", tip)
+    repo.create_tag("v1", tip)
+    with unchanged(root):
+        for call in (
+            lambda: repo.reset_branch("main", first.id, from_snapshot_id=first.id),
+            lambda: repo.delete_branch("dev", from_snapshot_id=first.id),
+        ):
+            with pytest.raises(ConflictError) as info:
+                call()
+            check(
+                info.value,
+                ErrorKind.BRANCH_MOVED,
+                f"is at snapshot {tip}, not at {first.id}",
+                "Nothing was changed",
+                "repo.lookup_branch",
+            )
+        with pytest.raises(ConflictError) as info:
+            repo.delete_tag("v1", from_snapshot_id=first.id)
+        check(info.value, ErrorKind.TAG_MOVED, f"points at {tip}", "nothing was deleted")
+    assert repo.lookup_branch("main") == repo.lookup_branch("dev") == repo.lookup_tag("v1") == tip
+
+
+def test_e46_resetting_a_branch_to_none(repo: Repository, root: Path) -> None:
+    with unchanged(root), pytest.raises(InvalidInputError) as info:
+        repo.reset_branch("main", None)  # type: ignore[arg-type]
+    check(info.value, ErrorKind.INVALID_INPUT, "got None", "repo.delete_branch(branch)")
+    assert "main" in repo.list_branches()  # never a deletion
+
+
+def test_e47_as_of_without_a_branch(repo: Repository, root: Path) -> None:
+    now = datetime.now(UTC)
+    with unchanged(root):
+        for call in (
+            lambda: repo.readonly_session(as_of=now),
+            lambda: repo.readonly_session(tag="v1", as_of=now),
+            lambda: repo.readonly_session(
+                "main", snapshot_id=repo.lookup_branch("main"), as_of=now
+            ),
+        ):
+            with pytest.raises(InvalidInputError) as info:
+                call()
+            check(info.value, ErrorKind.INVALID_INPUT, "as_of= needs branch=")
+        with pytest.raises(NotFoundError) as info:
+            repo.readonly_session("main", as_of=datetime(2000, 1, 1, tzinfo=UTC))
+        check(info.value, ErrorKind.NOT_FOUND, "has no snapshot as old as 2000-01-01")
+
+
+@pytest.mark.parametrize(
+    "solver", ["ConflictDetector", VersionSelection.USE_OURS, 3], ids=["str", "enum", "int"]
+)
+def test_e48_rebase_with_something_that_is_not_a_solver(
+    repo: Repository, root: Path, solver: Any
+) -> None:
+    session = repo.writable_session("main")
+    _array(session)[:4] = 0
+    with unchanged(root, strict=False), pytest.raises(InvalidInputError) as info:
+        session.commit("x", rebase_with=solver)
+    check(
+        info.value,
+        ErrorKind.INVALID_INPUT,
+        "rebase_with must be a conflict solver",
+        "ConflictDetector()",
+        "BasicConflictSolver(...)",
+    )
+    session.commit("fine", rebase_with=ConflictDetector())
+
+
+def test_e49_rebase_tries_zero_when_the_branch_moved(repo: Repository, root: Path) -> None:
+    mine, theirs = repo.writable_session("main"), repo.writable_session("main")
+    _array(mine)[4:] = 1
+    _array(theirs)[:4] = 2  # disjoint: a rebase would succeed
+    landed = theirs.commit("theirs")
+    with unchanged(root, strict=False), pytest.raises(ConflictError) as info:
+        mine.commit("mine", rebase_tries=0)
+    check(
+        info.value,
+        ErrorKind.COMMIT_CONFLICT,
+        f"moved to {landed}",
+        "rebase_tries=0 never rebases",
+        "Nothing was committed",
+    )
+    assert not isinstance(info.value, RebaseFailedError)
+    mine.commit("mine, rebased")  # the session is unchanged: the default rebases
+    np.testing.assert_array_equal(_array(repo.readonly_session("main"))[:], [2] * 4 + [1] * 4)
+
+
+def test_e50_resume_with_a_name_used_by_another_job(repo: Repository, root: Path) -> None:
+    session = repo.writable_session("main")
+    store_sessions(da.zeros(8, chunks=4, dtype="int64"), _array(session), session, resume="ingest")
+    other = zarr.create_array(session.store, name="b", shape=(4,), chunks=(2,), dtype="int64")
+    with unchanged(root), pytest.raises(InvalidInputError) as info:
+        store_sessions(da.ones(4, chunks=2, dtype="int64"), other, session, resume="ingest")
+    check(
+        info.value,
+        ErrorKind.INVALID_INPUT,
+        "a job named 'ingest' already exists",
+        "wrote something else",
+        "nothing was written",
+        "choose another name",
+    )
+    with unchanged(root), pytest.raises(InvalidInputError) as info:
+        store_sessions(da.ones(4, chunks=2, dtype="int64"), other, session, resume="a/b")
+    check(info.value, ErrorKind.INVALID_INPUT, "invalid job name 'a/b'")
+    assert "b/c/0" not in {k for keys in session.status().updated_chunks.values() for k in keys}
+    session.commit("the first job")
+
+
+def test_e51_rectilinear_chunk_grid_given_to_the_dask_writers(repo: Repository, root: Path) -> None:
+    session = repo.writable_session("main")
+    if "rectilinear_chunks" not in zarr.config.get("array"):  # zarr < 3.4: regular grids only
+        with pytest.raises((TypeError, ValueError)):
+            zarr.create_array(session.store, name="r", shape=(10,), chunks=[[3, 7]], dtype="f8")  # type: ignore[arg-type]
+        return
+    with zarr.config.set({"array.rectilinear_chunks": True}):
+        target = zarr.create_array(
+            session.store, name="r", shape=(10,), chunks=[[3, 7]], dtype="f8"
+        )
+        before = session.changes()
+        with unchanged(root), pytest.raises(InvalidInputError) as info:
+            store_sessions(da.ones(10, chunks=(3, 7)), target, session)
+        check(
+            info.value,
+            ErrorKind.INVALID_INPUT,
+            "rectilinear (variable) chunk grid",
+            "nothing was written",
+            "array[...] = values through session.store",
+        )
+        assert session.changes().chunks == before.chunks
+
+
+def test_e52_ref_names_too_long_for_the_storage(repo: Repository, root: Path) -> None:
+    tip = repo.lookup_branch("main")
+    with unchanged(root):
+        for make, name, limit in (
+            (repo.create_branch, "b" * 249, 248),
+            (repo.create_tag, "t" * 239, 238),
+        ):
+            with pytest.raises(InvalidInputError) as info:
+                make(name, tip)
+            check(
+                info.value,
+                ErrorKind.INVALID_INPUT,
+                f"is {len(name)} bytes long",
+                f"names of at most {limit} bytes",
+                "choose a shorter name",
+            )
+
+
+@pytest.mark.parametrize("url", ["ftp://host/repo", "hdfs://namenode/repo", "http://host/repo"])
+def test_e53_unknown_url_scheme(tmp_path: Path, url: str) -> None:
+    for call in (Repository.open, Repository.create, Repository.open_or_create, Repository.exists):
+        with pytest.raises(InvalidInputError) as info:
+            call(url)
+        scheme = url.partition(":")[0]
+        check(
+            info.value,
+            ErrorKind.INVALID_INPUT,
+            f"unsupported storage URL scheme {scheme!r}",
+            "s3://bucket/prefix",
+            "a local path",
+        )
+    with pytest.raises(InvalidInputError) as info:
+        storage_from_url("s3://bucket/prefix", endpoint="http://127.0.0.1:9000")
+    check(info.value, ErrorKind.INVALID_INPUT, "unknown option(s) ['endpoint']", "endpoint_url")

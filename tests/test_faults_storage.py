@@ -183,6 +183,37 @@ def test_lost_acknowledgement_of_a_metadata_only_commit_is_not_committed_twice(
     assert _messages(inner).count("attrs") == 1, _messages(inner)
 
 
+class _AckAndReadBackLost(FaultyStorage):
+    """The first branch-entry write lands unacknowledged, and reading it back fails once."""
+
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner, fail_on={"put_if_absent": 1}, fail_after_apply={"put_if_absent"})
+        self.readback_failed = False
+
+    async def get(self, key: str) -> bytes:
+        if self.injected and not self.readback_failed and key.startswith("refs/branch.main/0"):
+            self.readback_failed = True
+            raise StorageError(f"injected failure: get {key}")
+        return await super().get(key)
+
+
+@pytest.mark.parametrize("backend", ["memory", "local"])
+def test_a_commit_whose_outcome_was_unknown_finds_out_when_retried(
+    backend: str, tmp_path: Path
+) -> None:
+    inner = _setup(backend, tmp_path)
+    faulty = _AckAndReadBackLost(inner)
+    session = Repository.open(faulty).writable_session("main")
+    zarr.open_array(session.store, path="a")[0:10] = 7
+    with pytest.raises(StorageError, match="may or may not have landed"):
+        session.commit("landed unacknowledged")
+    assert faulty.readback_failed
+    landed = session.commit("landed unacknowledged")  # no conflict with itself
+    assert landed == Repository.open(inner).lookup_branch("main")
+    assert _messages(inner).count("landed unacknowledged") == 1
+    assert session.read_only
+
+
 @pytest.mark.parametrize("backend", ["memory", "local"])
 def test_slow_storage_with_racing_committers_loses_nothing(backend: str, tmp_path: Path) -> None:
     inner = _setup(backend, tmp_path)

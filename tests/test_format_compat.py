@@ -30,7 +30,7 @@ def old_repo(tmp_path: Path) -> Repository:
 
 
 def test_format1_repository_reads_as_written(old_repo: Repository) -> None:
-    assert old_repo.config.format_version == 1
+    assert old_repo._assets.config.format_version == 1
     main = old_repo.readonly_session("main").store
     np.testing.assert_array_equal(zarr.open_array(main, path="grid")[:], SECOND)
     assert zarr.open_array(main, path="sub/tiny")[:].tolist() == [1, 2, 3]

@@ -103,7 +103,7 @@ def test_guarded_reset_and_delete(tmp_path: Path) -> None:
     s = repo.writable_session("main")
     zarr.open_array(s.store, path="a")[:] = 2
     second = s.commit("second")
-    with pytest.raises(NotFoundError):  # None is no snapshot (it must not delete the branch)
+    with pytest.raises(InvalidInputError, match="delete_branch"):  # never a deletion
         repo.reset_branch("main", None)  # type: ignore[arg-type]
     assert repo.lookup_branch("main") == second
     with pytest.raises(ConflictError) as info:

@@ -258,6 +258,61 @@ def test_list_dir_of_a_group_reads_no_manifest(nchunks: int) -> None:
     assert not [k for k in counter.reads if k.startswith("manifests/")]
 
 
+def test_list_dir_after_appends_and_deletions_reads_no_manifest_when_certain() -> None:
+    """Stacked layers (appends) keep listings manifest-free; only tombstones make them read.
+
+    A box whose newest layers can hide at most fewer keys than an older layer
+    sets still holds a chunk: the listing knows it without a manifest. When
+    tombstones could hide everything, the listing reads the manifests and is
+    still right.
+    """
+    repo = _repo(manifest_box_refs=64)  # 8 chunks per step: 8 steps per box
+    s = repo.writable_session("main")
+    g = zarr.open_group(s.store, mode="w", zarr_format=3)
+    arr = g.create_array("a", shape=(1, 8), chunks=(1, 1), dtype="i2", fill_value=0)
+    arr[:] = 1
+    s.commit("step 0")
+    for step in range(1, 4):  # appends: one new layer per box each time
+        s = repo.writable_session("main")
+        arr = zarr.open_array(s.store, path="a")
+        arr.resize((step + 1, 8))
+        arr[step] = step + 1
+        tip = s.commit(f"step {step}")
+    node = _node(repo, tip, "a")
+    assert not node.exact and node.surely_nonempty  # layers stacked, none deleting
+    repo = Repository.open(repo.storage)  # empty caches
+    counter = _CountingReads(repo)
+    ws = repo.readonly_session(snapshot_id=tip)._workspace
+    assert run(ws.list_dir("")) == {"zarr.json", "a"}
+    assert run(ws.list_dir("a")) == {"zarr.json", "c"}
+    assert not [k for k in counter.reads if k.startswith("manifests/")]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_list_dir_through_tombstones_reads_the_manifests(keep: bool) -> None:
+    """Tombstones that may hide every older reference: the listing reads and is right."""
+    repo = _repo(manifest_box_refs=64)  # one box of 8 x 8 chunks
+    s = repo.writable_session("main")
+    arr = zarr.create_array(s.store, name="a", shape=(8, 8), chunks=(1, 1), dtype="i2")
+    arr[:] = 1  # a layer of 64 references
+    s.commit("all")
+    for rows in range(0, 8, 2):  # delete two rows (16 chunks) per commit
+        s = repo.writable_session("main")
+        arr = zarr.open_array(s.store, path="a")
+        arr[rows : rows + 2] = 0  # the fill value: deleted
+        if keep and rows == 6:
+            arr[7, 7] = 9
+        tip = s.commit(f"rows {rows}, {rows + 1}")
+    node = run(repo._assets.get_snapshot(tip)).nodes["a"]
+    stack = node.boxes["0.0"]
+    assert [(x.n_set, x.n_del) for x in stack][1:] == [(0, 48), (64, 0)]  # tombstones kept
+    assert node.surely_nonempty is keep
+    listed = run(repo.readonly_session(snapshot_id=tip)._workspace.list_dir("a"))
+    assert listed == ({"zarr.json", "c"} if keep else {"zarr.json"})
+    back = zarr.open_array(repo.readonly_session(snapshot_id=tip).store, path="a", mode="r")
+    assert back[:].sum() == (9 if keep else 0)
+
+
 @pytest.mark.parametrize("name", ["c", "g/c", "c/c", "c0"])
 def test_arrays_named_c_own_their_chunks(name: str) -> None:
     repo = _repo()
@@ -279,3 +334,45 @@ def test_arrays_named_c_own_their_chunks(name: str) -> None:
     assert zarr.open_array(back, path=name)[:].tolist() == [2, 2, 2, 2]
     assert zarr.open_group(back, mode="r").attrs["x"] == 1
     del root
+
+
+@pytest.mark.parametrize("lead", [0, 1, 2])
+@pytest.mark.parametrize("encoding", [("default", "/"), ("default", "."), ("v2", "."), ("v2", "/")])
+def test_bulk_box_grouping_matches_the_key_by_key_rule(
+    lead: int, encoding: tuple[str, str]
+) -> None:
+    """The bulk parser groups exactly as parse_chunk_suffix + box_key, valid keys or not."""
+    from icechunk_dask.format import FLAT, box_key, group_boxes
+
+    rng = random.Random(lead)
+    name, sep = encoding
+    node = "/".join(["g", "c", "7"][:lead])
+    head = f"{node}/" if node else ""
+    split = (3, 2)
+
+    def key(coords: tuple[int, int]) -> str:
+        body = sep.join(map(str, coords))
+        return head + (f"c{sep}{body}" if name == "default" else body)
+
+    valid = [key((rng.randrange(12), rng.randrange(5))) for _ in range(200)]
+    odd = [
+        head + "c/x/1",
+        head + "c",
+        head + "1",
+        head + "c/01/2",
+        head + "c/\u0661/2",
+        head + "zarr",
+    ]
+    for keys in (valid, valid + odd, odd):
+        if lead and sep != "/":
+            continue  # the flush strips such keys first
+        names, order, bounds = group_boxes(keys, encoding, split, lead=lead)
+        got = {
+            names[i]: sorted(keys[j] for j in order[bounds[i] : bounds[i + 1]].tolist())
+            for i in range(len(names))
+        }
+        want: dict[str, list[str]] = {}
+        for k in keys:
+            coords = parse_chunk_suffix(k[len(head) :], encoding, 2)
+            want.setdefault(FLAT if coords is None else box_key(coords, split), []).append(k)
+        assert got == {b: sorted(ks) for b, ks in want.items()}

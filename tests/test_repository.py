@@ -59,7 +59,7 @@ def test_open_missing_and_bad_locations(tmp_path: Path) -> None:
 
 def test_newer_format_version_is_refused(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "r")
-    cfg = repo.config
+    cfg = repo._assets.config
     newer = RepoConfig(cfg.repo_id, FORMAT_VERSION + 1, cfg.created_at)
     (tmp_path / "r" / "config.json").write_bytes(newer.encode())
     with pytest.raises(FormatVersionError, match="upgrade"):

@@ -158,6 +158,18 @@ def test_fork_sees_uncommitted_parent_state(repo: Repository) -> None:
     assert (out[:4, :4] == 3.0).all() and (out[4:, 4:] == 7.0).all()
 
 
+def test_a_pickled_fork_of_a_fork_keeps_the_deletions_it_inherited(repo: Repository) -> None:
+    s = repo.writable_session("main")
+    make_array(s)[:] = 5.0
+    s.commit("data")
+    s = repo.writable_session("main")
+    sync(s.store.delete_dir("a"))  # uncommitted: the fork must not see the committed chunks
+    make_array(s)  # the array again, empty
+    fork = s.fork()
+    for child in (fork, pickle.loads(pickle.dumps(fork)), pickle.loads(pickle.dumps(fork.fork()))):
+        assert np.isnan(read_array(child)).all()
+
+
 def test_fork_overwriting_parent_write_fast_forwards(repo: Repository) -> None:
     s = repo.writable_session("main")
     a = make_array(s)

@@ -24,6 +24,7 @@ __all__ = [
     "GraphNode",
     "Task",
     "TaskRef",
+    "array_optimize",
     "collections_to_expr",
     "concatenate3",
     "convert_legacy_graph",
@@ -36,3 +37,10 @@ def concatenate3(arrays: Any) -> Any:
     from dask.array.core import concatenate3 as impl
 
     return impl(arrays)
+
+
+def array_optimize(dsk: Any, keys: Any) -> Any:
+    """``dask.array.optimization.optimize``: blockwise fusion and culling of an array graph."""
+    from dask.array.optimization import optimize as impl
+
+    return impl(dsk, keys)

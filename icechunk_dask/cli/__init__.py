@@ -9,6 +9,10 @@
     icechunk-dask diff LOCATION A B                           what changed from A to B
     icechunk-dask branch create|delete LOCATION NAME ...      manage branches
     icechunk-dask tag create|delete LOCATION NAME ...         manage tags
+    icechunk-dask expire LOCATION --older-than T              expire old snapshots
+    icechunk-dask gc LOCATION --older-than T [--dry-run]      delete unreachable objects
+    icechunk-dask verify LOCATION [--chunks] [--all]          check every object
+    icechunk-dask du LOCATION                                 storage used, by kind
 
 ``LOCATION`` is a directory or a URL (``s3://bucket/prefix``, ``gs://``,
 ``az://``, ``file://``); object-store credentials come from the environment,
@@ -204,7 +208,56 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="SNAPSHOT",
                 help="only if the branch is still at this snapshot id",
             )
+    _maintenance_commands(command)
     return parser
+
+
+def _maintenance_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    when = "an ISO time (2026-11-01, 2026-11-01T12:00:00Z) or a duration before now (7d, 12h)"
+    expire = command(
+        "expire",
+        "icechunk_dask.cli._maintenance:expire",
+        "expire the snapshots committed before a time: history skips them, gc can then "
+        "delete their data (branch tips, tags and the first snapshot never expire)",
+    )
+    _location(expire)
+    expire.add_argument("--older-than", required=True, metavar="T", help=when)
+    expire.add_argument(
+        "--delete-expired-branches",
+        action="store_true",
+        help="also delete branches (not main) whose tip is older",
+    )
+    expire.add_argument(
+        "--delete-expired-tags", action="store_true", help="also delete tags that are older"
+    )
+    gc = command(
+        "gc",
+        "icechunk_dask.cli._maintenance:gc",
+        "delete the objects no branch or tag needs that were written before a time (choose "
+        "a time before the start of any session still writing)",
+    )
+    _location(gc)
+    gc.add_argument("--older-than", required=True, metavar="T", help=when)
+    gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
+    verify = command(
+        "verify",
+        "icechunk_dask.cli._maintenance:verify",
+        "check that every object the history needs exists, decodes and is in its place; "
+        "exit status 1 if anything is wrong",
+    )
+    _location(verify)
+    verify.add_argument(
+        "--chunks", action="store_true", help="also read every chunk and check its checksum"
+    )
+    verify.add_argument(
+        "--all", action="store_true", help="check every stored snapshot, not only the histories"
+    )
+    du = command(
+        "du",
+        "icechunk_dask.cli._maintenance:du",
+        "storage used: objects and bytes by kind, reachable from branches and tags or not",
+    )
+    _location(du)
 
 
 def _error_doc(kind: str, message: str) -> str:

@@ -8,6 +8,7 @@ from icechunk_dask.format._boxes import (
     array_layout,
     box_key,
     choose_split,
+    group_boxes,
     parse_chunk_suffix,
 )
 from icechunk_dask.format._envelope import (
@@ -17,9 +18,15 @@ from icechunk_dask.format._envelope import (
     decode_object_version,
     encode_object,
 )
+from icechunk_dask.format._expiry import EXPIRED_PREFIX, ExpiryMarker, expiry_key
 from icechunk_dask.format._ids import ID_PATTERN, new_id, now_iso
 from icechunk_dask.format._layout import shard_of, shard_order
-from icechunk_dask.format._manifest import decode_manifest, encode_manifest, encode_manifest_columns
+from icechunk_dask.format._manifest import (
+    decode_manifest,
+    encode_manifest,
+    encode_manifest_columns,
+    manifest_object_ids,
+)
 from icechunk_dask.format._names import validate_ref_name, validate_snapshot_id
 from icechunk_dask.format._objects import (
     BranchRef,
@@ -42,12 +49,14 @@ from icechunk_dask.format._refs_codec import (
 from icechunk_dask.format._snapshot import Layer, NodeManifests, Snapshot, key_id
 
 __all__ = [
+    "EXPIRED_PREFIX",
     "FLAT",
     "FORMAT_VERSION",
     "ID_PATTERN",
     "BranchRef",
     "ChunkRef",
     "Encoding",
+    "ExpiryMarker",
     "Layer",
     "NodeManifests",
     "ObjectKind",
@@ -70,7 +79,10 @@ __all__ = [
     "encode_object",
     "encode_refs",
     "encode_scratch",
+    "expiry_key",
+    "group_boxes",
     "key_id",
+    "manifest_object_ids",
     "new_id",
     "now_iso",
     "parse_chunk_suffix",

@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "FLAT",
     "UNBOUNDED",
@@ -25,6 +27,7 @@ __all__ = [
     "array_layout",
     "box_key",
     "choose_split",
+    "group_boxes",
     "parse_chunk_suffix",
 ]
 
@@ -73,6 +76,107 @@ def parse_chunk_suffix(suffix: str, encoding: Encoding, ndim: int) -> tuple[int,
     if len(parts) != ndim or not all(_DIGITS.match(p) for p in parts):
         return None
     return tuple(map(int, parts))
+
+
+#: Keys parsed per batch by the bulk parser (bounds the memory of the token strings).
+_BATCH = 1 << 17
+
+
+def _bulk_boxes(
+    suffixes: Sequence[str], encoding: Encoding, split: Sequence[int], lead: int = 0
+) -> np.ndarray | None:
+    """Every suffix's box index as an ``(n, ndim)`` array, or ``None`` unless all are chunk keys.
+
+    With ``lead``, the keys start with that many ``/``-separated components
+    (a node path) to skip; the encoding's separator must then be ``/``.
+    """
+    n, ndim = len(suffixes), len(split)
+    if n == 0 or ndim == 0:
+        return None
+    out = np.empty((n, ndim), dtype=np.int64)
+    for lo in range(0, n, _BATCH):
+        part = _batch_boxes(suffixes[lo : lo + _BATCH], encoding, split, lead)
+        if part is None:
+            return None
+        out[lo : lo + len(part)] = part
+    return out
+
+
+def _batch_boxes(
+    suffixes: Sequence[str], encoding: Encoding, split: Sequence[int], lead: int = 0
+) -> np.ndarray | None:
+    """One batch of :func:`_bulk_boxes`.
+
+    Exactly :func:`parse_chunk_suffix`'s rule, in C-level string operations:
+    the joined tokens must line up as ``c``, then ``ndim`` ASCII digit strings
+    per key (default encoding), or ``ndim`` digit strings (v2).
+    """
+    name, sep = encoding
+    n, ndim = len(suffixes), len(split)
+    if name not in ("default", "v2"):
+        return None
+    if lead and sep != "/":
+        return None
+    first = lead + (1 if name == "default" else 0)  # the first coordinate's token
+    width = first + ndim
+    tokens = sep.join(suffixes).split(sep)
+    if len(tokens) != n * width:
+        return None
+    if name == "default" and tokens[lead::width].count("c") != n:
+        return None
+    out = np.zeros((n, ndim), dtype=np.int64)
+    for d, extent in enumerate(split):
+        column = tokens[first + d :: width]
+        digits = "".join(column)
+        if not (digits.isascii() and digits.isdigit()) or "" in column:
+            return None
+        # a box that spans every number of that many digits: its index is 0, no parse needed
+        if extent < 10 ** max(map(len, column)):
+            out[:, d] = np.fromiter(map(int, column), dtype=np.int64, count=n) // extent
+    return out
+
+
+def group_boxes(
+    suffixes: Sequence[str], encoding: Encoding, split: Sequence[int], lead: int = 0
+) -> tuple[list[str], np.ndarray, list[int]]:
+    """Group key suffixes by box: ``(box keys, order, bounds)``.
+
+    ``order[bounds[i]:bounds[i + 1]]`` are the indices of the suffixes in box
+    ``box keys[i]``. The same grouping as :func:`parse_chunk_suffix` and
+    :func:`box_key` one key at a time (keys that are not chunk keys go to
+    ``FLAT``), done in bulk when every suffix is a chunk key. With ``lead``,
+    the keys start with that many ``/``-separated components (their node's
+    path), which are skipped.
+    """
+    n = len(suffixes)
+    boxes = _bulk_boxes(suffixes, encoding, split, lead)
+    if boxes is None:  # the general case, one key at a time
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(suffixes):
+            suffix = key.split("/", lead)[lead] if lead else key
+            c = parse_chunk_suffix(suffix, encoding, len(split))
+            groups.setdefault(FLAT if c is None else box_key(c, split), []).append(i)
+        names = list(groups)
+        order = np.fromiter((i for b in names for i in groups[b]), dtype=np.int64, count=n)
+        bounds = [0]
+        for b in names:
+            bounds.append(bounds[-1] + len(groups[b]))
+        return names, order, bounds
+    extents = boxes.max(axis=0) + 1
+    if math.prod(int(e) for e in extents) < 2**62:  # one integer per box: sort 1-D
+        flat = np.ravel_multi_index(tuple(boxes.T), tuple(int(e) for e in extents))
+        unique_flat, inverse = np.unique(flat, return_inverse=True)
+        unique = np.stack(np.unravel_index(unique_flat, tuple(int(e) for e in extents)), axis=1)
+    else:
+        unique, inverse = np.unique(boxes, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if len(unique) < 2**16:  # a stable sort of small integers is a radix sort in numpy
+        inverse = inverse.astype(np.uint16)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse, minlength=len(unique))
+    bounds = [0, *np.cumsum(counts).tolist()]
+    names = [".".join(map(str, row)) for row in unique.tolist()]
+    return names, order, bounds
 
 
 def box_key(coords: Sequence[int], split: Sequence[int]) -> str:

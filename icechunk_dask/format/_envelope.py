@@ -50,6 +50,7 @@ class ObjectKind(IntEnum):
     BRANCH_REF = 5
     TAG_REF = 6
     SCRATCH = 7
+    EXPIRY = 8
 
 
 _KINDS = frozenset(int(k) for k in ObjectKind)

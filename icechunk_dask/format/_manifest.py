@@ -8,16 +8,23 @@ above the oldest may hold tombstones (``None``): keys deleted since.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import numpy as np
 
 from icechunk_dask._exceptions import CorruptObjectError
 from icechunk_dask.format._envelope import ObjectKind, decode_object_version, encode_object
-from icechunk_dask.format._refs_codec import ChunkRef, decode_refs, encode_ref_columns, encode_refs
+from icechunk_dask.format._refs_codec import (
+    ChunkRef,
+    decode_refs,
+    encode_ref_columns,
+    encode_refs,
+    object_ids,
+)
 from icechunk_dask.format._snapshot import key_id
 
-__all__ = ["decode_manifest", "encode_manifest", "encode_manifest_columns"]
+__all__ = ["decode_manifest", "encode_manifest", "encode_manifest_columns", "manifest_object_ids"]
 
 
 def _header(mid: str, node: str, box: str, count: int, n_del: int) -> dict[str, object]:
@@ -55,10 +62,15 @@ def encode_manifest_columns(
     box: str,
     suffixes: Sequence[str],
     columns: tuple[Sequence[str], np.ndarray, np.ndarray, np.ndarray],
+    strip: str = "",
 ) -> bytes:
-    """Encode a layer of references to chunk objects given as columns (no tombstones)."""
+    """Encode a layer of references to chunk objects given as columns (no tombstones).
+
+    ``suffixes`` may be whole keys with the prefix ``strip`` that is not stored.
+    """
     header = _header(mid, node, box, len(suffixes), 0)
-    return encode_object(ObjectKind.MANIFEST, header, encode_ref_columns(suffixes, *columns))
+    body = encode_ref_columns(suffixes, *columns, strip=strip)
+    return encode_object(ObjectKind.MANIFEST, header, body)
 
 
 def decode_manifest(
@@ -112,3 +124,27 @@ def decode_manifest(
             f"object {key!r} cannot be decoded: ValueError('deletion in a manifest')", key=key
         )
     return dict(zip(keys, refs, strict=True))
+
+
+def manifest_object_ids(data: bytes, key: str) -> list[str]:
+    """The chunk objects a manifest's references point into (for garbage collection).
+
+    Checks the envelope and that the manifest is the one ``key`` names, but
+    decodes only the id column (see :func:`~icechunk_dask.format._refs_codec.object_ids`).
+
+    Raises
+    ------
+    CorruptObjectError
+        If the manifest is damaged or belongs to another key.
+    """
+    version, header, body = decode_object_version(data, key, ObjectKind.MANIFEST)
+    if version >= 2 and header.get("id") != key_id(key):
+        raise CorruptObjectError(
+            f"object {key!r} is manifest {header.get('id')!r}, not the one its key names: an "
+            "object was copied over another; the repository is damaged",
+            key=key,
+        )
+    try:
+        return object_ids(body)
+    except (ValueError, UnicodeDecodeError, struct.error) as e:
+        raise CorruptObjectError(f"object {key!r} cannot be decoded: {e!r}", key=key) from e

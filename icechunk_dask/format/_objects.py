@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import Any
 
 from icechunk_dask._exceptions import CorruptObjectError
 from icechunk_dask.format._envelope import ObjectKind, decode_object, encode_object
@@ -147,6 +148,10 @@ class TransactionLog:
         Chunk keys written or deleted.
     cleared : set of str
         Prefixes under which every committed key was deleted first (``delete_dir``).
+    layers : dict of str to dict of str to tuple of str
+        Node -> box -> ids of the manifests pre-built by a Dask job that the commit
+        added as they were: their keys are changed too, without being listed in
+        ``chunk_keys`` (read the manifests for them).
     """
 
     snapshot_id: str
@@ -154,16 +159,21 @@ class TransactionLog:
     meta_keys: AbstractSet[str]
     chunk_keys: AbstractSet[str]
     cleared: AbstractSet[str] = frozenset()
+    layers: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         """Return the stored form."""
-        header = {
+        header: dict[str, Any] = {
             "snapshot": self.snapshot_id,
             "parent": self.parent_id,
             "meta": sorted(self.meta_keys),
             "cleared": sorted(self.cleared),
             "nchunks": len(self.chunk_keys),
         }
+        if self.layers:
+            header["layers"] = {
+                n: {b: list(i) for b, i in bx.items()} for n, bx in self.layers.items()
+            }
         return encode_object(ObjectKind.TRANSACTION, header, "\0".join(self.chunk_keys).encode())
 
     @classmethod
@@ -180,6 +190,10 @@ class TransactionLog:
                 frozenset(header["meta"]),
                 chunks,
                 frozenset(header.get("cleared", ())),
+                {
+                    str(n): {str(b): tuple(map(str, ids)) for b, ids in boxes.items()}
+                    for n, boxes in header.get("layers", {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError) as e:
             raise _corrupt(key, e) from e

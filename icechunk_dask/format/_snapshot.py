@@ -96,6 +96,21 @@ class NodeManifests:
             len(layers) == 1 and layers[0].n_del == 0 for layers in self.boxes.values()
         )
 
+    @property
+    def surely_nonempty(self) -> bool:
+        """Whether some reference is certainly stored, without reading a manifest.
+
+        True when a layer sets more keys than the newer layers of its box can
+        delete (only a tombstone hides an older reference).
+        """
+        for layers in self.boxes.values():
+            deletions = 0
+            for layer in layers:  # newest first
+                if layer.n_set > deletions:
+                    return True
+                deletions += layer.n_del
+        return False
+
     def manifest_ids(self) -> list[str]:
         """Every manifest this node refers to."""
         ids = [m for m in self.legacy if m is not None]

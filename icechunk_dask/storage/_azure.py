@@ -45,8 +45,9 @@ class AzureStorage(ObstoreStorage):
 
     Parameters
     ----------
-    settings
-        Validated settings, as built by :func:`azure_storage`.
+    settings : _AzureSettings
+        Validated settings, as built by :func:`azure_storage` (internal: create the
+        storage with that function).
     """
 
     _missing_container_markers = ("ContainerNotFound",)
@@ -58,6 +59,7 @@ class AzureStorage(ObstoreStorage):
 
     @property
     def url(self) -> str:
+        """``az://<container>/<prefix>`` (without the prefix when it is empty)."""
         s = self._settings
         return f"az://{s.container}/{s.prefix}" if s.prefix else f"az://{s.container}"
 
@@ -184,8 +186,9 @@ def azure_storage(
     Raises
     ------
     InvalidInputError
-        If the container name is empty, credential options contradict each
-        other or a setting is out of range.
+        If the container name is empty or contains ``/``, credential options
+        contradict each other, a plain ``http://`` endpoint is given without
+        ``allow_http``, or a setting is out of range.
 
     Notes
     -----

@@ -24,7 +24,10 @@ T = TypeVar("T")
 class ObjectInfo:
     """One stored object as a listing reports it.
 
-    Attributes
+    What :meth:`Storage.list_objects` yields. Each parameter is also a
+    (read-only) attribute of the same name.
+
+    Parameters
     ----------
     key : str
         The object's key, relative to the repository root.
@@ -44,6 +47,18 @@ class Storage(ABC):
 
     Implementations must be safe to call concurrently from many tasks and
     threads, and must be picklable (a pickled storage names the same place).
+    Keys are ``/``-separated strings relative to the repository root. Every
+    operation raises :class:`~icechunk_dask.StorageError` when the backend
+    fails; a backend may refuse keys it cannot hold with
+    :class:`~icechunk_dask.InvalidInputError`.
+
+    Attributes
+    ----------
+    process_local : bool
+        ``True`` when the data only lives in this process (in-memory storage).
+    max_name_bytes : int or None
+        The longest path component (bytes, UTF-8) a key may have, ``None`` if
+        unlimited.
     """
 
     #: ``True`` when the data only lives in this process (in-memory storage).
@@ -55,11 +70,21 @@ class Storage(ABC):
     @property
     @abstractmethod
     def url(self) -> str:
-        """A short URL-like description of where the data lives."""
+        """A short URL-like description of where the data lives (``file:///...``, ``s3://...``)."""
 
     @abstractmethod
     async def get(self, key: str) -> bytes:
         """Return the whole object.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bytes
+            Its bytes.
 
         Raises
         ------
@@ -73,10 +98,27 @@ class Storage(ABC):
     async def get_range(self, key: str, start: int, length: int | None) -> bytes:
         """Return ``length`` bytes from ``start`` (to the end when ``length`` is None).
 
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        start : int
+            The first byte (0-based).
+        length : int or None
+            How many bytes; ``None`` reads to the end.
+
+        Returns
+        -------
+        bytes
+            The bytes, fewer (or none) where the range passes the object's end,
+            as slicing does.
+
         Raises
         ------
         NotFoundError
             If there is no object at ``key``.
+        StorageError
+            If the backend fails.
         """
 
     async def get_range_then(
@@ -86,6 +128,29 @@ class Storage(ABC):
 
         Backends that read in worker threads run ``then`` in the same thread,
         while the bytes are still in the CPU cache and off the event loop.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        start : int
+            The first byte (0-based).
+        length : int or None
+            How many bytes; ``None`` reads to the end.
+        then : callable
+            Called with the bytes read; what it raises propagates.
+
+        Returns
+        -------
+        T
+            What ``then`` returns.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no object at ``key``.
+        StorageError
+            If the backend fails.
         """
         return then(await self.get_range(key, start, length))
 
@@ -96,6 +161,18 @@ class Storage(ABC):
         Used for objects with unique names (chunks, manifests, snapshots) and for
         best-effort hints; a reader sees the old object or the new one, never a
         partial write.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        data : bytes
+            Its new bytes.
+
+        Raises
+        ------
+        StorageError
+            If the backend fails (the object may or may not have been written).
         """
 
     @abstractmethod
@@ -104,23 +181,62 @@ class Storage(ABC):
 
         Exactly one of several concurrent callers wins.
 
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        data : bytes
+            Its bytes (callers make them unique, so that a read-back tells
+            whether this call created the object).
+
         Returns
         -------
         bool
             ``True`` if this call created the object, ``False`` if it already
             existed. Backends whose acknowledgements can be lost (S3) must
             read the object back and report ``True`` when it holds ``data``.
+
+        Raises
+        ------
+        StorageError
+            If the backend fails and the outcome cannot be established.
         """
 
     @abstractmethod
     async def list(self, prefix: str) -> list[str]:
-        """Return every key that starts with ``prefix`` (full keys, any order)."""
+        """Return every key that starts with ``prefix`` (full keys, any order).
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (plain string comparison; ``""``: all keys).
+
+        Returns
+        -------
+        list of str
+            The keys.
+
+        Raises
+        ------
+        StorageError
+            If the backend fails (a partial listing is never returned).
+        """
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix``, with size and time (any order).
 
         Used by maintenance (garbage collection, usage reports); it streams, so
         a listing of millions of objects needs no more memory than one page.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (``""``: all objects).
+
+        Yields
+        ------
+        ObjectInfo
+            Key, size and modification time of one object.
 
         Raises
         ------
@@ -132,12 +248,55 @@ class Storage(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot list objects with their times")
         yield ObjectInfo("", 0, datetime.min)  # type: ignore[unreachable]  # an async generator
 
+    async def list_temporary(self) -> AsyncIterator[ObjectInfo]:
+        """Yield the temporary objects that interrupted writes left behind (optional).
+
+        Backends that write through temporary objects (the local filesystem's
+        ``.tmp-*`` files) report them here, so that garbage collection can
+        delete the old ones with :meth:`delete`; a listing never shows them.
+        The default yields nothing.
+
+        Yields
+        ------
+        ObjectInfo
+            Key, size and modification time of one temporary object.
+        """
+        return
+        yield ObjectInfo("", 0, datetime.min)  # type: ignore[unreachable]  # an async generator
+
     @abstractmethod
     async def delete(self, keys: Iterable[str]) -> None:
-        """Delete objects; missing keys are ignored."""
+        """Delete objects; missing keys are ignored.
+
+        Parameters
+        ----------
+        keys : iterable of str
+            The keys to delete.
+
+        Raises
+        ------
+        StorageError
+            If the backend fails (some of the objects may be deleted).
+        """
 
     async def exists(self, key: str) -> bool:
-        """Return whether an object exists at ``key``."""
+        """Return whether an object exists at ``key``.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bool
+            ``True`` if there is an object.
+
+        Raises
+        ------
+        StorageError
+            If the backend fails.
+        """
         try:
             await self.get_range(key, 0, 0)
         except NotFoundError:
@@ -148,7 +307,22 @@ class Storage(ABC):
         """Make every object written so far durable before a ref is written.
 
         The default does nothing (object stores are durable on acknowledgement).
+
+        Raises
+        ------
+        StorageError
+            If the data cannot be made durable (then a commit is not published).
         """
 
     def check_usable(self) -> None:  # noqa: B027 - optional hook
-        """Raise a clear error if this storage cannot be used in this process."""
+        """Raise a clear error if this storage cannot be used in this process.
+
+        Called when a repository is opened and when a session arrives in a
+        worker. The default accepts every process.
+
+        Raises
+        ------
+        InvalidInputError
+            If the storage cannot be used here (its settings are invalid, or
+            its data lives in another process).
+        """

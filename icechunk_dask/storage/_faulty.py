@@ -42,26 +42,41 @@ class FaultyStorage(Storage):
     """Wrap a storage and make chosen calls fail, slow down or lose their acknowledgement.
 
     Calls are counted per operation kind (``"get"``, ``"get_range"``, ``"put"``,
-    ``"put_if_absent"``, ``"list"``, ``"delete"``, ``"exists"``,
-    ``"durability_barrier"``), starting at 1. Counting is thread-safe. The
-    wrapper pickles (with its counters) exactly when the inner storage does.
+    ``"put_if_absent"``, ``"list"``, ``"list_objects"``, ``"delete"``,
+    ``"exists"``, ``"durability_barrier"``), starting at 1. Counting is
+    thread-safe. The wrapper pickles (with its counters) exactly when the
+    inner storage does.
 
     Parameters
     ----------
-    inner
+    inner : Storage
         The storage that does the real work.
-    fail_on
+    fail_on : Mapping of str to int or collection of int, optional
         Operation -> call number(s) that fail, e.g. ``{"put": 3, "get": [1, 2]}``
-        makes the 3rd ``put`` and the first two ``get`` calls fail.
-    error
+        makes the 3rd ``put`` and the first two ``get`` calls fail. Default:
+        no failures.
+    error : type of BaseException, BaseException or None, optional
         What a failing call raises: an exception class (instantiated with a
         message naming the operation, call number and key) or an instance.
         Defaults to :class:`StorageError`.
-    delay
+    delay : Mapping of str to float, optional
         Operation -> seconds to sleep before every call of that kind.
-    fail_after_apply
+    fail_after_apply : collection of str, optional
         Operations whose failing calls first run on the inner storage and only
         then raise: the write happened but its acknowledgement was "lost".
+
+    Attributes
+    ----------
+    inner : Storage
+        The wrapped storage.
+    injected : list of tuple of (str, int, str)
+        ``(operation, call number, key)`` of every injected failure, in order.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``fail_on``, ``delay`` or ``fail_after_apply`` names an unknown
+        operation.
 
     Examples
     --------
@@ -127,9 +142,17 @@ class FaultyStorage(Storage):
 
     @property
     def url(self) -> str:
+        """The inner storage's URL."""
         return self.inner.url
 
     def check_usable(self) -> None:
+        """Check the inner storage (not counted, never fails by injection).
+
+        Raises
+        ------
+        InvalidInputError
+            If the inner storage cannot be used in this process.
+        """
         self.inner.check_usable()
 
     def _make_error(self, op: str, n: int, key: str) -> BaseException:
@@ -159,21 +182,151 @@ class FaultyStorage(Storage):
     # -- the async protocol ----------------------------------------------------------
 
     async def get(self, key: str) -> bytes:
+        """Return the whole object.
+
+        Counted as ``"get"``: delayed and failed as configured, else
+        delegated to the inner storage.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bytes
+            Its bytes.
+
+        Raises
+        ------
+        StorageError
+            On a call that ``fail_on`` names (or the configured ``error``);
+            otherwise whatever the inner storage raises.
+        """
         return await self._call("get", key, lambda: self.inner.get(key))
 
     async def get_range(self, key: str, start: int, length: int | None) -> bytes:
+        """Return ``length`` bytes from ``start``.
+
+        Counted as ``"get_range"``: delayed and failed as configured, else
+        delegated to the inner storage.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        start : int
+            The first byte.
+        length : int or None
+            How many bytes; ``None`` reads to the end.
+
+        Returns
+        -------
+        bytes
+            The bytes.
+
+        Raises
+        ------
+        StorageError
+            On a call that ``fail_on`` names (or the configured ``error``);
+            otherwise whatever the inner storage raises.
+        """
         return await self._call("get_range", key, lambda: self.inner.get_range(key, start, length))
 
     async def put(self, key: str, data: bytes) -> None:
+        """Write an object, replacing any previous one.
+
+        Counted as ``"put"``: delayed and failed as configured, else
+        delegated to the inner storage.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        data : bytes
+            Its bytes.
+
+        Raises
+        ------
+        StorageError
+            On a call that ``fail_on`` names (or the configured ``error``);
+            otherwise whatever the inner storage raises.
+        """
         await self._call("put", key, lambda: self.inner.put(key, data))
 
     async def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create an object only if none exists.
+
+        Counted as ``"put_if_absent"``: delayed and failed as configured, else
+        delegated to the inner storage.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        data : bytes
+            Its bytes.
+
+        Returns
+        -------
+        bool
+            ``True`` if this call created the object.
+
+        Raises
+        ------
+        StorageError
+            On a call that ``fail_on`` names (or the configured ``error``);
+            otherwise whatever the inner storage raises.
+        """
         return await self._call("put_if_absent", key, lambda: self.inner.put_if_absent(key, data))
 
     async def list(self, prefix: str) -> list[str]:
+        """Return every key that starts with ``prefix``.
+
+        Counted as ``"list"``: delayed and failed as configured, else
+        delegated to the inner storage.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys.
+
+        Returns
+        -------
+        list of str
+            The keys.
+
+        Raises
+        ------
+        StorageError
+            On a call that ``fail_on`` names (or the configured ``error``);
+            otherwise whatever the inner storage raises.
+        """
         return await self._call("list", prefix, lambda: self.inner.list(prefix))
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, with size and time.
+
+        Counted once per listing as ``"list_objects"``: the inner listing is
+        collected first, so an injected failure comes before any object.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys.
+
+        Yields
+        ------
+        ObjectInfo
+            Key, size and time of one object.
+
+        Raises
+        ------
+        StorageError
+            On a call that ``fail_on`` names (or the configured ``error``);
+            otherwise whatever the inner storage raises.
+        """
+
         async def collect() -> list[ObjectInfo]:
             return [info async for info in self.inner.list_objects(prefix)]
 
@@ -181,12 +334,60 @@ class FaultyStorage(Storage):
             yield info
 
     async def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects; missing keys are ignored.
+
+        Counted as ``"delete"``: delayed and failed as configured, else
+        delegated to the inner storage.
+
+        Parameters
+        ----------
+        keys : iterable of str
+            The keys to delete (one counted call for all).
+
+        Raises
+        ------
+        StorageError
+            On a call that ``fail_on`` names (or the configured ``error``);
+            otherwise whatever the inner storage raises.
+        """
         keys = list(keys)
         label = keys[0] if len(keys) == 1 else f"{len(keys)} keys"
         await self._call("delete", label, lambda: self.inner.delete(keys))
 
     async def exists(self, key: str) -> bool:
+        """Return whether an object exists at ``key``.
+
+        Counted as ``"exists"``: delayed and failed as configured, else
+        delegated to the inner storage.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bool
+            ``True`` if there is an object.
+
+        Raises
+        ------
+        StorageError
+            On a call that ``fail_on`` names (or the configured ``error``);
+            otherwise whatever the inner storage raises.
+        """
         return await self._call("exists", key, lambda: self.inner.exists(key))
 
     async def durability_barrier(self) -> None:
+        """Make the objects written so far durable.
+
+        Counted as ``"durability_barrier"``: delayed and failed as configured, else
+        delegated to the inner storage.
+
+        Raises
+        ------
+        StorageError
+            On a call that ``fail_on`` names (or the configured ``error``);
+            otherwise whatever the inner storage raises.
+        """
         await self._call("durability_barrier", "", self.inner.durability_barrier)

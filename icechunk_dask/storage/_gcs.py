@@ -47,8 +47,9 @@ class GCSStorage(ObstoreStorage):
 
     Parameters
     ----------
-    settings
-        Validated settings, as built by :func:`gcs_storage`.
+    settings : _GCSSettings
+        Validated settings, as built by :func:`gcs_storage` (internal: create the
+        storage with that function).
     """
 
     _missing_container_markers = ("NoSuchBucket", "bucket does not exist")
@@ -59,6 +60,7 @@ class GCSStorage(ObstoreStorage):
 
     @property
     def url(self) -> str:
+        """``gs://<bucket>/<prefix>`` (without the prefix when it is empty)."""
         s = self._settings
         return f"gs://{s.bucket}/{s.prefix}" if s.prefix else f"gs://{s.bucket}"
 
@@ -176,8 +178,9 @@ def gcs_storage(
     Raises
     ------
     InvalidInputError
-        If the bucket name is empty, credential options contradict each other
-        or a setting is out of range.
+        If the bucket name is empty or contains ``/``, credential options
+        contradict each other, a plain ``http://`` endpoint is given without
+        ``allow_http``, or a setting is out of range.
 
     Notes
     -----

@@ -13,9 +13,12 @@ import ctypes
 import errno
 import os
 import stat
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +35,31 @@ from icechunk_dask.storage._local_errors import (
 __all__ = ["LocalFileSystemStorage", "local_filesystem_storage"]
 
 _TMP = TMP_PREFIX
+#: Objects per page of a streamed listing (``list_objects``).
+_PAGE = 4096
+#: Keys per thread of a deletion, and threads deleting at most.
+_DELETE_PART, _DELETE_THREADS = 128, 8
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool_after_fork() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _delete_pool() -> ThreadPoolExecutor:
+    """The deletion threads of this process (a forked child starts its own)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_DELETE_THREADS, thread_name_prefix="icechunk_dask-delete")
+        return _POOL
+
+
 T = TypeVar("T")
 
 
@@ -118,14 +146,23 @@ class LocalFileSystemStorage(Storage):
     (:class:`InvalidInputError`, before anything touches the disk) and is never
     found by reads.
 
+    Create with :func:`local_filesystem_storage`.
+
     Parameters
     ----------
-    path
-        The repository directory; created on first write.
-    durable
-        Flush to disk before a commit is published (default). ``False`` skips
-        every fsync: commits stay atomic if a *process* dies, but not if the
-        machine loses power. For scratch data and tests.
+    path : str or os.PathLike
+        The repository directory; created on first write (``~`` is expanded).
+    durable : bool, optional
+        Flush to disk before a commit is published (default ``True``).
+        ``False`` skips every fsync: commits stay atomic if a *process* dies,
+        but not if the machine loses power. For scratch data and tests.
+
+    Attributes
+    ----------
+    root : pathlib.Path
+        The absolute path of the repository directory.
+    durable : bool
+        Whether commits are flushed to disk.
 
     Raises
     ------
@@ -161,6 +198,7 @@ class LocalFileSystemStorage(Storage):
 
     @property
     def url(self) -> str:
+        """``file://`` and the absolute path of the repository directory."""
         return f"file://{self.root}"
 
     def __repr__(self) -> str:
@@ -311,17 +349,38 @@ class LocalFileSystemStorage(Storage):
             raise os_error(e, f"list {prefix!r} in {self.url}", base) from e
         return out
 
-    def _list_info_sync(self, prefix: str) -> list[ObjectInfo]:
-        out = []
-        for key in self._list_sync(prefix):
+    def _walk_info_sync(self, prefix: str, temporary: bool) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` with size and time (or the temporary files), one at a time."""
+        head, _, _ = prefix.rpartition("/")
+        if head and not self._can_exist(head):
+            return
+        base = self.root / head if head else self.root
+        stack = [(base, f"{head}/" if head else "")]
+        while stack:
+            folder, rel = stack.pop()
             try:
-                st = os.stat(self.root / key)
-            except FileNotFoundError:  # deleted while listing
-                continue
+                entries = os.scandir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # nothing there, or removed while walking
             except OSError as e:
-                raise self._error(e, "examine", key) from e
-            out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
-        return out
+                raise os_error(e, f"list {prefix!r} in {self.url}", folder) from e
+            with entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append((Path(entry.path), f"{rel}{entry.name}/"))
+                            continue
+                        if entry.name.startswith(_TMP) != temporary:
+                            continue
+                        key = rel + entry.name
+                        if not key.startswith(prefix):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # deleted while listing
+                        continue
+                    except OSError as e:
+                        raise self._error(e, "examine", rel + entry.name) from e
+                    yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def _delete_sync(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -359,36 +418,268 @@ class LocalFileSystemStorage(Storage):
     # -- the async protocol ---------------------------------------------------
 
     async def get(self, key: str) -> bytes:
+        """Return the whole object (one ``pread`` of the file).
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bytes
+            Its bytes.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no file at ``key`` (also for names longer than the
+            filesystem allows, which no file can have).
+        InvalidInputError
+            If ``key`` is empty, absolute or contains a ``..`` component.
+        StorageError
+            If the file cannot be read (permission, I/O error); the message names
+            the path and what to do.
+        """
         return await asyncio.to_thread(self._get_sync, key)
 
     async def get_range(self, key: str, start: int, length: int | None) -> bytes:
+        """Return ``length`` bytes from ``start`` (to the end when ``length`` is None).
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        start : int
+            The first byte.
+        length : int or None
+            How many bytes; ``None`` reads to the end.
+
+        Returns
+        -------
+        bytes
+            The bytes (fewer past the end of the file, as slicing).
+
+        Raises
+        ------
+        NotFoundError
+            If there is no file at ``key`` (also for names longer than the
+            filesystem allows, which no file can have).
+        InvalidInputError
+            If ``key`` is empty, absolute or contains a ``..`` component.
+        StorageError
+            If the file cannot be read (permission, I/O error); the message names
+            the path and what to do.
+        """
         return await asyncio.to_thread(self._get_sync, key, start, length)
 
     async def get_range_then(
         self, key: str, start: int, length: int | None, then: Callable[[bytes], T]
     ) -> T:
+        """Read a range and apply ``then`` to it, both in a worker thread.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        start : int
+            The first byte.
+        length : int or None
+            How many bytes; ``None`` reads to the end.
+        then : callable
+            Called with the bytes read; what it raises propagates.
+
+        Returns
+        -------
+        T
+            What ``then`` returns.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no file at ``key`` (also for names longer than the
+            filesystem allows, which no file can have).
+        InvalidInputError
+            If ``key`` is empty, absolute or contains a ``..`` component.
+        StorageError
+            If the file cannot be read (permission, I/O error); the message names
+            the path and what to do.
+        """
         return await asyncio.to_thread(lambda: then(self._get_sync(key, start, length)))
 
     async def put(self, key: str, data: bytes) -> None:
+        """Write an object atomically: a temporary file renamed into place.
+
+        Folders are created as needed. The file is not fsynced here;
+        :meth:`durability_barrier` flushes before a commit is published.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        data : bytes
+            Its bytes.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``key`` is empty, absolute, contains a ``..`` component, or has a
+            component longer than ``max_name_bytes`` (before anything is written).
+        StorageError
+            If the file cannot be written (full disk, permission, a file where a
+            folder of the key should be); its temporary file is removed.
+        """
         await asyncio.to_thread(self._put_sync, key, data)
 
     async def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create an object only if none exists: a temporary file hard-linked into place.
+
+        Exactly one of several concurrent creators (threads or processes on this
+        host) wins. With ``durable``, the file and its folder are fsynced first.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        data : bytes
+            Its bytes.
+
+        Returns
+        -------
+        bool
+            ``True`` if this call created the object, ``False`` if one existed.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``key`` is empty, absolute, contains a ``..`` component, or has a
+            component longer than ``max_name_bytes`` (before anything is written).
+        StorageError
+            If the file cannot be written (full disk, permission, a file where a
+            folder of the key should be); its temporary file is removed.
+        """
         return await asyncio.to_thread(self._put_if_absent_sync, key, data)
 
     async def list(self, prefix: str) -> list[str]:
+        """Return every key that starts with ``prefix`` (temporary files left out).
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (``""``: all keys).
+
+        Returns
+        -------
+        list of str
+            The keys, in no particular order.
+
+        Raises
+        ------
+        StorageError
+            If a folder under the prefix cannot be read (the listing would be
+            incomplete).
+        """
         return await asyncio.to_thread(self._list_sync, prefix)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        for info in await asyncio.to_thread(self._list_info_sync, prefix):
+        """Yield every object whose key starts with ``prefix``, with size and time.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (``""``: all objects).
+
+        Yields
+        ------
+        ObjectInfo
+            Key, size and modification time (UTC) of one file.
+
+        Raises
+        ------
+        StorageError
+            If a folder or file cannot be examined.
+        """
+        async for info in self._stream(self._walk_info_sync(prefix, temporary=False)):
             yield info
 
+    async def list_temporary(self) -> AsyncIterator[ObjectInfo]:
+        """Yield the ``.tmp-*`` files that interrupted writes left behind.
+
+        Yields
+        ------
+        ObjectInfo
+            Key, size and modification time (UTC) of one temporary file.
+
+        Raises
+        ------
+        StorageError
+            If a folder or file cannot be examined.
+        """
+        async for info in self._stream(self._walk_info_sync("", temporary=True)):
+            yield info
+
+    @staticmethod
+    async def _stream(it: Iterator[ObjectInfo]) -> AsyncIterator[ObjectInfo]:
+        """Drive a blocking listing in worker threads, a page at a time (bounded memory)."""
+        while page := await asyncio.to_thread(lambda: list(islice(it, _PAGE))):
+            for info in page:
+                yield info
+
     async def delete(self, keys: Iterable[str]) -> None:
-        await asyncio.to_thread(self._delete_sync, list(keys))
+        """Delete objects; missing keys are ignored.
+
+        Parameters
+        ----------
+        keys : iterable of str
+            The keys to delete.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``key`` is empty, absolute or contains a ``..`` component.
+        StorageError
+            If a file cannot be deleted (the ones before it are deleted).
+        """
+        # unlink is slow on some filesystems (tens of µs) and releases the GIL: a large
+        # deletion (garbage collection) runs in parallel on threads of its own
+        todo = list(keys)
+        loop = asyncio.get_running_loop()
+        pool = _delete_pool()
+        parts = [todo[i : i + _DELETE_PART] for i in range(0, len(todo), _DELETE_PART)]
+        await asyncio.gather(*(loop.run_in_executor(pool, self._delete_sync, p) for p in parts))
 
     async def exists(self, key: str) -> bool:
+        """Return whether a file exists at ``key``.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bool
+            ``True`` if there is a regular file.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``key`` is empty, absolute or contains a ``..`` component.
+        StorageError
+            If the path cannot be examined.
+        """
         return await asyncio.to_thread(self._exists_sync, key)
 
     async def durability_barrier(self) -> None:
+        """Flush the filesystem (Linux ``syncfs``, else ``os.sync``) if ``durable``.
+
+        Raises
+        ------
+        StorageError
+            If the flush reports an error (since Linux 5.8 that includes a failed
+            writeback of any file on the filesystem); the commit is then not
+            published.
+        """
         if self.durable:
             await asyncio.to_thread(self._barrier_sync)
 
@@ -404,9 +695,9 @@ def local_filesystem_storage(
 
     Parameters
     ----------
-    path
-        Directory of the repository; created if missing.
-    durable
+    path : str or os.PathLike
+        Directory of the repository; created on first write if missing.
+    durable : bool, optional
         Flush to disk before each commit is published (default ``True``).
         ``False`` keeps commits atomic against process crashes but not
         against power loss; use it for scratch data and tests.

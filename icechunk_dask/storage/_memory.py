@@ -38,6 +38,7 @@ class InMemoryStorage(Storage):
 
     @property
     def url(self) -> str:
+        """``memory://`` and a unique id: this storage's name in this process."""
         return f"memory://{self._token[:12]}"
 
     def __repr__(self) -> str:
@@ -53,24 +54,90 @@ class InMemoryStorage(Storage):
         return (_lookup_memory_storage, (self._token, self._pid))
 
     def check_usable(self) -> None:
-        pass
+        """Accept: the storage is usable in the process that holds it.
+
+        A copy unpickled in another process fails while unpickling, with an
+        :class:`~icechunk_dask.InvalidInputError` that says to use local or object
+        storage for multi-process writes.
+        """
 
     async def get(self, key: str) -> bytes:
+        """Return the whole object.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bytes
+            Its bytes.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no object at ``key``.
+        """
         try:
             return self._data[key]
         except KeyError:
             raise NotFoundError(f"no object at {key!r} in {self.url}") from None
 
     async def get_range(self, key: str, start: int, length: int | None) -> bytes:
+        """Return ``length`` bytes from ``start`` (to the end when ``length`` is None).
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        start : int
+            The first byte.
+        length : int or None
+            How many bytes; ``None`` reads to the end.
+
+        Returns
+        -------
+        bytes
+            The bytes (fewer past the object's end, as slicing).
+
+        Raises
+        ------
+        NotFoundError
+            If there is no object at ``key``.
+        """
         data = await self.get(key)
         return data[start:] if length is None else data[start : start + length]
 
     async def put(self, key: str, data: bytes) -> None:
+        """Store an object, replacing any previous one.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        data : bytes
+            Its bytes (copied).
+        """
         with self._lock:
             self._data[key] = bytes(data)
             self._mtime[key] = datetime.now(UTC)
 
     async def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Store an object only if there is none at ``key`` (atomic under a lock).
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+        data : bytes
+            Its bytes (copied).
+
+        Returns
+        -------
+        bool
+            ``True`` if this call created the object, ``False`` if one existed.
+        """
         with self._lock:
             if key in self._data:
                 return False
@@ -79,10 +146,35 @@ class InMemoryStorage(Storage):
             return True
 
     async def list(self, prefix: str) -> list[str]:
+        """Return every key that starts with ``prefix``.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (``""``: all keys).
+
+        Returns
+        -------
+        list of str
+            The keys, in insertion order.
+        """
         with self._lock:
             return [k for k in self._data if k.startswith(prefix)]
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, with size and time.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (``""``: all objects).
+
+        Yields
+        ------
+        ObjectInfo
+            Key, size and time of the last write of one object (as they were when
+            the listing started).
+        """
         with self._lock:
             infos = [
                 ObjectInfo(k, len(v), self._mtime[k])
@@ -93,12 +185,31 @@ class InMemoryStorage(Storage):
             yield info
 
     async def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects; missing keys are ignored.
+
+        Parameters
+        ----------
+        keys : iterable of str
+            The keys to delete.
+        """
         with self._lock:
             for k in keys:
                 self._data.pop(k, None)
                 self._mtime.pop(k, None)
 
     async def exists(self, key: str) -> bool:
+        """Return whether an object exists at ``key``.
+
+        Parameters
+        ----------
+        key : str
+            The object's key.
+
+        Returns
+        -------
+        bool
+            ``True`` if there is an object.
+        """
         return key in self._data
 
 

@@ -188,6 +188,15 @@ class ObstoreStorage(Storage):
         return self._limiter
 
     def check_usable(self) -> None:
+        """Build this process's client if needed, so that bad settings fail early.
+
+        Raises
+        ------
+        InvalidInputError
+            If the client cannot be configured with these settings.
+        ImportError
+            If obstore is not installed (the message names the extra to install).
+        """
         self._store()
 
     # -- errors and retries ------------------------------------------------------------
@@ -230,6 +239,28 @@ class ObstoreStorage(Storage):
     # -- the async protocol ------------------------------------------------------------
 
     async def get(self, key: str) -> bytes:
+        """Return the whole object (one GET, retried on transient failures).
+
+        Parameters
+        ----------
+        key : str
+            The object's key (below the storage's prefix).
+
+        Returns
+        -------
+        bytes
+            Its bytes.
+
+        Raises
+        ------
+        NotFoundError
+            If there is no object at ``key``.
+        StorageError
+            If the request still fails after the retries ``requests`` allows, or the
+            bucket or container does not exist.
+        InvalidInputError
+            If the service refuses ``key`` as a path.
+        """
         import obstore as obs
 
         async def read(store: Any) -> bytes:
@@ -245,6 +276,32 @@ class ObstoreStorage(Storage):
         return int(meta["size"])
 
     async def get_range(self, key: str, start: int, length: int | None) -> bytes:
+        """Return ``length`` bytes from ``start`` (to the end when ``length`` is None).
+
+        Parameters
+        ----------
+        key : str
+            The object's key (below the storage's prefix).
+        start : int
+            The first byte.
+        length : int or None
+            How many bytes; ``None`` reads to the end.
+
+        Returns
+        -------
+        bytes
+            The bytes (fewer, or none, past the object's end, as slicing).
+
+        Raises
+        ------
+        NotFoundError
+            If there is no object at ``key``.
+        InvalidInputError
+            If ``start`` or ``length`` is negative, or the service refuses ``key``.
+        StorageError
+            If the request still fails after the retries, or the bucket or
+            container does not exist.
+        """
         if start < 0 or (length is not None and length < 0):
             raise InvalidInputError(
                 f"invalid byte range start={start}, length={length} for {key!r}: "
@@ -275,11 +332,56 @@ class ObstoreStorage(Storage):
             raise
 
     async def put(self, key: str, data: bytes) -> None:
+        """Write an object (one PUT, retried on transient failures).
+
+        Parameters
+        ----------
+        key : str
+            The object's key (below the storage's prefix).
+        data : bytes
+            Its bytes.
+
+        Raises
+        ------
+        StorageError
+            If the request still fails after the retries ``requests`` allows, or the
+            bucket or container does not exist.
+        InvalidInputError
+            If the service refuses ``key`` as a path.
+        """
         import obstore as obs
 
         await self._call("write", key, lambda store: obs.put_async(store, key, data))
 
     async def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create an object only if none exists (a conditional PUT).
+
+        When the outcome is unclear (the object already exists, the connection
+        broke, the request timed out), the key is read back: the call reports
+        success when the object holds exactly ``data``, and repeats the write
+        while the object is missing and retries remain.
+
+        Parameters
+        ----------
+        key : str
+            The object's key (below the storage's prefix).
+        data : bytes
+            Its bytes (callers make them unique).
+
+        Returns
+        -------
+        bool
+            ``True`` if this call created the object, ``False`` if another one was
+            there.
+
+        Raises
+        ------
+        StorageError
+            If the request still fails after the retries ``requests`` allows, or the
+            bucket or container does not exist.
+        InvalidInputError
+            If the service refuses ``key`` as a path.
+        """
         import obstore as obs
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
@@ -319,9 +421,46 @@ class ObstoreStorage(Storage):
         return stored == bytes(data)
 
     async def list(self, prefix: str) -> list[str]:
+        """Return every key that starts with ``prefix``.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (it may end in the middle of a name; ``""``: all).
+
+        Returns
+        -------
+        list of str
+            The keys, in lexicographic order.
+
+        Raises
+        ------
+        StorageError
+            If the listing still fails after the retries.
+        """
         return [info.key async for info in self.list_objects(prefix)]
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, page by page.
+
+        A listing interrupted by a transient failure resumes after the last key
+        received.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (``""``: all objects).
+
+        Yields
+        ------
+        ObjectInfo
+            Key, size and modification time of one object, in key order.
+
+        Raises
+        ------
+        StorageError
+            If the listing still fails after the retries.
+        """
         import obstore as obs
 
         store = self._store()
@@ -351,6 +490,18 @@ class ObstoreStorage(Storage):
                 self._fail(e, "list", prefix, retry)
 
     async def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects in batches of 1,000 keys; missing keys are ignored.
+
+        Parameters
+        ----------
+        keys : iterable of str
+            The keys to delete.
+
+        Raises
+        ------
+        StorageError
+            If a batch still fails after the retries (other batches may be deleted).
+        """
         import obstore as obs
 
         batch = list(dict.fromkeys(keys))
@@ -374,6 +525,26 @@ class ObstoreStorage(Storage):
         )
 
     async def exists(self, key: str) -> bool:
+        """Return whether an object exists at ``key`` (a HEAD request).
+
+        Parameters
+        ----------
+        key : str
+            The object's key (below the storage's prefix).
+
+        Returns
+        -------
+        bool
+            ``True`` if there is an object.
+
+        Raises
+        ------
+        StorageError
+            If the request still fails after the retries ``requests`` allows, or the
+            bucket or container does not exist.
+        InvalidInputError
+            If the service refuses ``key`` as a path.
+        """
         try:
             await self._size(key)
         except NotFoundError:

@@ -50,28 +50,41 @@ _EXHAUSTED = re.compile(r"after \d+ retries|\bretries: [1-9]")
 class RequestSettings:
     """How an object-store backend retries, times out and limits its requests.
 
-    Attributes
+    The storage constructors (:func:`~icechunk_dask.storage.s3_storage`, ...)
+    build one from their keyword arguments; a storage's ``requests`` property
+    returns it. Each parameter is also a (read-only) attribute of the same name.
+
+    Parameters
     ----------
-    max_retries : int
-        Retries of one failed request (not counting the first attempt).
-    retry_timeout : float
-        Seconds after the first attempt when no further retry starts.
-    initial_backoff : float
-        Seconds before the first retry; later waits grow by ``backoff_base``
-        up to ``max_backoff``, each drawn at random (jitter) so that many
-        clients that failed together do not retry together.
-    max_backoff : float
-        Longest wait between two attempts, in seconds.
-    backoff_base : float
-        Growth factor of the waits.
-    connect_timeout : float
-        Seconds to establish a connection.
-    request_timeout : float
+    max_retries : int, optional
+        Retries of one failed request (not counting the first attempt);
+        default 10.
+    retry_timeout : float, optional
+        Seconds after the first attempt when no further retry starts; default 120.
+    initial_backoff : float, optional
+        Seconds before the first retry (default 0.1); later waits grow by
+        ``backoff_base`` up to ``max_backoff``, each drawn at random (jitter)
+        so that many clients that failed together do not retry together.
+    max_backoff : float, optional
+        Longest wait between two attempts, in seconds; default 15.
+    backoff_base : float, optional
+        Growth factor of the waits (at least 1); default 2.
+    connect_timeout : float, optional
+        Seconds to establish a connection; default 5.
+    request_timeout : float, optional
         Seconds for a whole request, from connecting until the response body is
-        read; a stalled transfer fails after this long and is retried.
-    max_concurrent_requests : int
+        read; a stalled transfer fails after this long and is retried. Default 60.
+    max_concurrent_requests : int, optional
         Operations in flight at once per process (across threads and event
-        loops); further ones wait for a free slot.
+        loops); further ones wait for a free slot. Default 64.
+
+    Raises
+    ------
+    InvalidInputError
+        If a count is negative (``max_retries``) or below 1
+        (``max_concurrent_requests``), a duration is not positive,
+        ``backoff_base`` is below 1, or ``max_backoff`` is below
+        ``initial_backoff``.
     """
 
     max_retries: int = 10

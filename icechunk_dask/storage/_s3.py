@@ -47,8 +47,9 @@ class S3Storage(ObstoreStorage):
 
     Parameters
     ----------
-    settings
-        Validated settings, as built by :func:`s3_storage`.
+    settings : _S3Settings
+        Validated settings, as built by :func:`s3_storage` (internal: create the
+        storage with that function).
     """
 
     _missing_container_markers = ("NoSuchBucket",)
@@ -59,6 +60,7 @@ class S3Storage(ObstoreStorage):
 
     @property
     def url(self) -> str:
+        """``s3://<bucket>/<prefix>`` (without the prefix when it is empty)."""
         s = self._settings
         return f"s3://{s.bucket}/{s.prefix}" if s.prefix else f"s3://{s.bucket}"
 
@@ -156,40 +158,40 @@ def s3_storage(
     ----------
     bucket : str
         The bucket name.
-    prefix : str
+    prefix : str, optional
         Key prefix of the repository inside the bucket (leading and trailing
-        ``/`` are ignored); ``""`` uses the bucket root.
+        ``/`` are ignored); ``""`` (default) uses the bucket root.
     region : str, optional
         The bucket's region; taken from the environment (or ``us-east-1``) if
         omitted.
     endpoint_url : str, optional
         URL of an S3-compatible server, e.g. ``"http://127.0.0.1:9000"``.
-    allow_http : bool
+    allow_http : bool, optional
         Allow plain ``http://`` endpoints (local test servers); also allowed when
         the process's environment has ``AWS_ALLOW_HTTP=true``.
     access_key_id, secret_access_key, session_token : str, optional
         Explicit credentials. They travel with the pickled storage (to Dask
         workers); leave them out to have every process read its own from the
         environment.
-    anonymous : bool
-        Send unsigned requests.
-    from_env : bool
+    anonymous : bool, optional
+        Send unsigned requests (default ``False``).
+    from_env : bool, optional
         Take credentials from the environment (the default when no keys are
         given).
-    max_retries : int
+    max_retries : int, optional
         Retries of a failed request (5xx, 429, connection lost, timeout).
         Default 10.
-    retry_timeout : float
+    retry_timeout : float, optional
         Seconds after the first attempt when no further retry starts. Default 120.
-    initial_backoff, max_backoff : float
+    initial_backoff, max_backoff : float, optional
         First and longest wait between attempts, in seconds; waits double and
         are randomised (jitter). Defaults 0.1 and 15.
-    connect_timeout : float
+    connect_timeout : float, optional
         Seconds to establish a connection. Default 5.
-    request_timeout : float
+    request_timeout : float, optional
         Seconds for a whole request including the response body; a stalled
         transfer fails after this long and is retried. Default 60.
-    max_concurrent_requests : int
+    max_concurrent_requests : int, optional
         Operations in flight at once per process (each Dask worker process has
         its own limit). Default 64.
 
@@ -201,8 +203,9 @@ def s3_storage(
     Raises
     ------
     InvalidInputError
-        If the bucket name is empty, the credential options contradict each
-        other or a setting is out of range.
+        If the bucket name is empty or contains ``/``, the credential options
+        contradict each other, a plain ``http://`` endpoint is given without
+        ``allow_http``, or a setting is out of range.
 
     Notes
     -----

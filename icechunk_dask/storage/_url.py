@@ -74,7 +74,11 @@ def storage_from_url(url: str | os.PathLike[str], **options: Any) -> Storage:
     ------
     InvalidInputError
         For an unknown scheme, an option the scheme does not take, a URL without
-        a bucket or container, or options the constructor refuses.
+        a bucket or container (or with a query or fragment), a ``file://`` URL
+        naming a remote host, or options the constructor refuses.
+    StorageError
+        For a local path that cannot be examined (see
+        :func:`local_filesystem_storage`).
 
     Examples
     --------

@@ -62,8 +62,8 @@ def register_profiles(*, load: bool = True) -> str:
 
     Parameters
     ----------
-    load
-        Also load the selected profile.
+    load : bool, optional
+        Also load the selected profile (default ``True``).
 
     Returns
     -------

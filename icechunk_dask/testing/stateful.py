@@ -89,7 +89,7 @@ def read_store(store: Store) -> dict[str, bytes]:
 
     Parameters
     ----------
-    store
+    store : zarr.abc.store.Store
         Any zarr store.
 
     Returns
@@ -129,8 +129,11 @@ class RepositoryMachine(RuleBasedStateMachine):
 
     Attributes
     ----------
-    backend
-        ``"memory"`` (default) or ``"local"`` (a temporary directory).
+    backend : str
+        A class attribute: ``"memory"`` (default) or ``"local"`` (a temporary
+        directory).
+    storage : Storage
+        The example's storage, made by :meth:`make_storage`.
     """
 
     backend: ClassVar[str] = "memory"
@@ -147,6 +150,11 @@ class RepositoryMachine(RuleBasedStateMachine):
         -------
         Storage
             In memory, or in a temporary directory removed at teardown.
+
+        Raises
+        ------
+        ValueError
+            If ``backend`` is neither ``"memory"`` nor ``"local"``.
         """
         if self.backend == "memory":
             return in_memory_storage()
@@ -156,7 +164,14 @@ class RepositoryMachine(RuleBasedStateMachine):
         raise ValueError(f"unknown backend {self.backend!r}; use 'memory' or 'local'")
 
     def reopen_storage(self) -> Storage:
-        """Return a new handle on the same storage (as another process would open it)."""
+        """Return a new handle on the same storage (as another process would open it).
+
+        Returns
+        -------
+        Storage
+            A new local-filesystem storage on the same directory, or the
+            in-memory storage itself (it cannot be reopened).
+        """
         if isinstance(self.storage, LocalFileSystemStorage):
             return local_filesystem_storage(self.storage.root)
         return self.storage
@@ -220,7 +235,19 @@ class SerialParallelStateMachine(RepositoryMachine):
         array_and_chunks: tuple[np.ndarray[Any, Any], tuple[int, ...]],
         compress: bool,
     ) -> None:
-        """Create an array (with data) on both branches."""
+        """Create an array (with data) on both branches.
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        name : str
+            The array's name (a new one).
+        array_and_chunks : tuple of (numpy.ndarray, tuple of int)
+            Its data and chunk shape.
+        compress : bool
+            Whether zarr compresses its chunks.
+        """
         assume(name not in self.arrays)
         array, chunks = array_and_chunks
         fill = data.draw(st.sampled_from([0, 1]), label="fill value")
@@ -239,7 +266,15 @@ class SerialParallelStateMachine(RepositoryMachine):
     @precondition(lambda self: bool(self.arrays))
     @rule(data=st.data(), write_empty=st.booleans())
     def write_region(self, data: st.DataObject, write_empty: bool) -> None:
-        """Write a region inside one chunk, serially and on one parallel session."""
+        """Write a region inside one chunk, serially and on one parallel session.
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        write_empty : bool
+            zarr's ``write_empty_chunks`` for this write.
+        """
         name = data.draw(st.sampled_from(sorted(self.arrays)), label="array")
         shape, chunks = self.arrays[name]
         region = data.draw(chunk_regions(shape=shape, chunks=chunks), label="region")
@@ -264,7 +299,13 @@ class SerialParallelStateMachine(RepositoryMachine):
     @precondition(lambda self: bool(self.arrays))
     @rule(data=st.data())
     def delete_chunk(self, data: st.DataObject) -> None:
-        """Delete one chunk (present or not), serially and on one parallel session."""
+        """Delete one chunk (present or not), serially and on one parallel session.
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        """
         name = data.draw(st.sampled_from(sorted(self.arrays)), label="array")
         shape, chunks = self.arrays[name]
         region = data.draw(chunk_regions(shape=shape, chunks=chunks), label="chunk")
@@ -276,7 +317,14 @@ class SerialParallelStateMachine(RepositoryMachine):
     @precondition(lambda self: not self.forks)
     @rule(mode=st.sampled_from(_FORK_MODES))
     def make_forks(self, mode: str) -> None:
-        """Make two forks of ``parallel``: pickled copies, forks, pickled forks or itself."""
+        """Make two forks of ``parallel``: pickled copies, forks, pickled forks or itself.
+
+        Parameters
+        ----------
+        mode : str
+            ``"pickle"``, ``"fork"``, ``"fork-pickled"`` or ``"threads"`` (the
+            session itself, shared).
+        """
         note(f"fork ({mode})")
         p = self.parallel
         if mode == "pickle":
@@ -295,14 +343,28 @@ class SerialParallelStateMachine(RepositoryMachine):
     @precondition(lambda self: bool(self.forks) and self.mode != "threads")
     @rule(which=st.sampled_from([0, 1]))
     def repickle_fork(self, which: int) -> None:
-        """Send a fork that holds changes through pickle again."""
+        """Send a fork that holds changes through pickle again.
+
+        Parameters
+        ----------
+        which : int
+            The fork (0 or 1).
+        """
         note(f"repickle fork{which + 1}")
         self.forks[which] = pickle.loads(pickle.dumps(self.forks[which]))
 
     @precondition(lambda self: bool(self.forks))
     @rule(order=st.sampled_from(_MERGE_ORDERS))
     def merge(self, order: str) -> None:
-        """Merge both forks back in one of several orders (or abandon them); compare."""
+        """Merge both forks back in one of several orders (or abandon them); compare.
+
+        Parameters
+        ----------
+        order : str
+            How: ``"1-2-p"``, ``"2-1-p"`` (chained merges), ``"p-12"`` (both at
+            once), ``"records"`` (pickled change records), ``"merge_sessions"``
+            or ``"abandon"``.
+        """
         f1, f2 = self.forks
         note(f"merge ({order})")
         if order == "1-2-p":
@@ -336,7 +398,13 @@ class SerialParallelStateMachine(RepositoryMachine):
     @precondition(lambda self: not self.forks)
     @rule(message=commit_messages)
     def commit(self, message: str) -> None:
-        """Commit both branches (or check that both have nothing to commit)."""
+        """Commit both branches (or check that both have nothing to commit).
+
+        Parameters
+        ----------
+        message : str
+            The commit message.
+        """
         changed = self.serial.has_uncommitted_changes
         assert self.parallel.has_uncommitted_changes == changed
         if not changed:
@@ -391,7 +459,13 @@ class VersionControlStateMachine(RepositoryMachine):
 
     @initialize(target=commits)
     def root(self) -> str:
-        """The repository's first snapshot."""
+        """Put the repository's first snapshot in the ``commits`` bundle.
+
+        Returns
+        -------
+        str
+            Its id.
+        """
         return self.model.root_id
 
     def _checkout(self, branch: str) -> None:
@@ -402,7 +476,15 @@ class VersionControlStateMachine(RepositoryMachine):
 
     @rule(data=st.data(), count=st.integers(1, 4))
     def write(self, data: st.DataObject, count: int) -> None:
-        """Write group documents or raw chunk bytes, or delete keys (present or not)."""
+        """Write group documents or raw chunk bytes, or delete keys (present or not).
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        count : int
+            How many writes or deletions.
+        """
         for _ in range(count):
             op = data.draw(st.sampled_from(["group", "chunk", "delete"]), label="operation")
             if op == "group":
@@ -434,7 +516,21 @@ class VersionControlStateMachine(RepositoryMachine):
 
     @rule(target=commits, message=commit_messages, data=st.data())
     def commit(self, message: str, data: st.DataObject) -> Any:
-        """Commit (often after one more write); the model says whether it succeeds."""
+        """Commit (often after one more write); the model says whether it succeeds.
+
+        Parameters
+        ----------
+        message : str
+            The commit message.
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+
+        Returns
+        -------
+        Any
+            The new snapshot id (added to the ``commits`` bundle), or nothing
+            (``multiple()``) when the commit must fail.
+        """
         if data.draw(st.integers(0, 3), label="write first (unless 0)"):
             index = data.draw(st.integers(0, _CHUNKS - 1), label="chunk")
             self._write(f"arr/c/{index}", data.draw(chunk_payloads, label="bytes"))
@@ -467,7 +563,15 @@ class VersionControlStateMachine(RepositoryMachine):
 
     @rule(data=st.data(), snapshot_id=commits)
     def create_branch(self, data: st.DataObject, snapshot_id: str) -> None:
-        """Create a branch at any commit."""
+        """Create a branch at any commit.
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        snapshot_id : str
+            Where the branch starts.
+        """
         name = self._name(data, [self.work.branch, *self.model.branches])
         if name == self.work.branch and name not in self.model.branches:
             # the session's branch was deleted; a new branch of that name is another
@@ -479,7 +583,15 @@ class VersionControlStateMachine(RepositoryMachine):
 
     @rule(data=st.data(), snapshot_id=commits)
     def reset_branch(self, data: st.DataObject, snapshot_id: str) -> None:
-        """Point a branch at any commit (the session's own branch included)."""
+        """Point a branch at any commit (the session's own branch included).
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        snapshot_id : str
+            Where the branch should point.
+        """
         name = self._name(data, [self.work.branch, *self.model.branches])
         current = name == self.work.branch and name in self.model.branches
         _expect(
@@ -494,25 +606,53 @@ class VersionControlStateMachine(RepositoryMachine):
 
     @rule(data=st.data())
     def delete_branch(self, data: st.DataObject) -> None:
-        """Delete a branch (main and unknown names are refused)."""
+        """Delete a branch (main and unknown names are refused).
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        """
         name = self._name(data, [self.work.branch, *self.model.branches])
         _expect(self.model.delete_branch(name), self.repo.delete_branch, name)
 
     @rule(data=st.data(), snapshot_id=commits)
     def create_tag(self, data: st.DataObject, snapshot_id: str) -> None:
-        """Tag a commit; tag names are never reused."""
+        """Tag a commit; tag names are never reused.
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        snapshot_id : str
+            The commit to tag.
+        """
         name = self._name(data, [*self.model.tags, *sorted(self.model.deleted_tags)])
         _expect(self.model.create_tag(name, snapshot_id), self.repo.create_tag, name, snapshot_id)
 
     @rule(data=st.data())
     def delete_tag(self, data: st.DataObject) -> None:
-        """Delete a tag."""
+        """Delete a tag.
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        """
         name = self._name(data, [*self.model.tags, *sorted(self.model.deleted_tags)])
         _expect(self.model.delete_tag(name), self.repo.delete_tag, name)
 
     @rule(name=invalid_ref_names, snapshot_id=commits)
     def bad_names_and_ids(self, name: Any, snapshot_id: str) -> None:
-        """Invalid names and unknown snapshot ids are refused and change nothing."""
+        """Check that invalid names and unknown snapshot ids are refused and change nothing.
+
+        Parameters
+        ----------
+        name : Any
+            An invalid branch or tag name (of any type).
+        snapshot_id : str
+            An existing commit.
+        """
         _expect(InvalidInputError, self.repo.create_branch, name, snapshot_id)
         _expect(InvalidInputError, self.repo.create_tag, name, snapshot_id)
         _expect(InvalidInputError, self.repo.writable_session, name)
@@ -522,7 +662,13 @@ class VersionControlStateMachine(RepositoryMachine):
 
     @rule(data=st.data())
     def checkout_branch(self, data: st.DataObject) -> None:
-        """Start a writable session on a branch (uncommitted changes are dropped)."""
+        """Start a writable session on a branch (uncommitted changes are dropped).
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        """
         name = self._name(data, [*self.model.branches])
         if name not in self.model.branches:
             _expect(NotFoundError, self.repo.writable_session, name)
@@ -531,7 +677,17 @@ class VersionControlStateMachine(RepositoryMachine):
 
     @rule(data=st.data(), snapshot_id=commits, key=st.sampled_from(["zarr.json", "arr/c/0"]))
     def readonly_view(self, data: st.DataObject, snapshot_id: str, key: str) -> None:
-        """A read-only session at a commit or tag shows exactly that commit, refuses writes."""
+        """Check that a read-only session at a commit or tag shows it exactly and refuses writes.
+
+        Parameters
+        ----------
+        data : hypothesis.strategies.DataObject
+            Draws the rule's choices (Hypothesis passes it).
+        snapshot_id : str
+            The commit to view (unless a tag is drawn).
+        key : str
+            The key a write is attempted at.
+        """
         tags = sorted(self.model.tags)
         by_tag: bool = data.draw(st.booleans(), label="by tag")
         if tags and by_tag:
@@ -587,7 +743,7 @@ class VersionControlStateMachine(RepositoryMachine):
 
 
 class CommittingZarrHierarchyStateMachine(ZarrHierarchyStateMachine):
-    """zarr's ``ZarrHierarchyStateMachine`` on a session store, with commits and reopens.
+    """Zarr's ``ZarrHierarchyStateMachine`` on a session store, with commits and reopens.
 
     Every inherited rule runs unchanged against ``session.store`` (and zarr's
     ``MemoryStore`` as the model); the added rules commit or reopen and check
@@ -615,7 +771,13 @@ class CommittingZarrHierarchyStateMachine(ZarrHierarchyStateMachine):
     @precondition(lambda self: self.session.has_uncommitted_changes)
     @rule(message=commit_messages)
     def commit_with_check(self, message: str) -> None:
-        """Commit; listing and reads must be identical before and after."""
+        """Commit; listing and reads must be identical before and after.
+
+        Parameters
+        ----------
+        message : str
+            The commit message.
+        """
         before = read_store(self.store)
         snapshot_id = self.session.commit(message)
         note(f"committed {snapshot_id} ({len(before)} keys)")

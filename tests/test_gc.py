@@ -1,0 +1,308 @@
+"""garbage_collect: what it deletes, what it keeps, and the summary it gives."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from icechunk_dask import (
+    ChangeSet,
+    CorruptObjectError,
+    GCSummary,
+    Repository,
+    RepositoryConfig,
+    in_memory_storage,
+    local_filesystem_storage,
+    store_sessions,
+)
+from icechunk_dask._jobs import store_task_record
+from icechunk_dask._sync import run
+from tests.helpers import make_array, read_array
+from tests.lifecycle_helpers import age, files
+
+LATER = timedelta(days=1)
+#: two chunks of 264 KiB: one object each (chunks of at most 256 KiB are packed)
+SHAPE, CHUNKS = (528, 128), (264, 128)
+CHUNK_BYTES = 264 * 128 * 8
+
+
+def _repo(path: Path) -> Repository:
+    return Repository.create(local_filesystem_storage(path, durable=False))
+
+
+def _write(repo: Repository, value: float, branch: str = "main", name: str = "a") -> str:
+    session = repo.writable_session(branch)
+    try:
+        array = zarr.open_array(session.store, path=name)
+    except FileNotFoundError:
+        array = make_array(session, name, shape=SHAPE, chunks=CHUNKS)
+    array[:] = value
+    return session.commit(f"{name}={value:g}")
+
+
+def _snapshot_data(repo: Repository) -> dict[str, np.ndarray]:
+    """The data of every snapshot in the histories of every ref (for before/after checks)."""
+    out = {}
+    refs = [{"branch": b} for b in repo.list_branches()] + [{"tag": t} for t in repo.list_tags()]
+    for ref in refs:
+        for info in repo.ancestry(**ref):
+            session = repo.readonly_session(snapshot_id=info.id)
+            for name in ("a", "b"):
+                try:
+                    out[f"{info.id}/{name}"] = read_array(session, name)
+                except FileNotFoundError:
+                    continue
+    return out
+
+
+def test_unreachable_old_objects_go_reachable_ones_stay(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    repo.create_branch("doomed", repo.lookup_branch("main"))
+    _write(repo, 2, branch="doomed")
+    repo.delete_branch("doomed")
+    abandoned = repo.writable_session("main")
+    zarr.open_array(abandoned.store, path="a")[:] = 3  # written, never committed
+    _write(repo, 4)
+    before = _snapshot_data(repo)
+    age(tmp_path)
+    untouched = files(tmp_path)
+    dry = repo.garbage_collect(datetime.now(UTC), dry_run=True)
+    assert files(tmp_path) == untouched
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert isinstance(summary, GCSummary)
+    assert dry.dry_run and not summary.dry_run
+    assert dry.to_dict()["deleted"] == summary.to_dict()["deleted"]
+    assert untouched != files(tmp_path)
+    # the deleted branch's commit: snapshot, log, manifest, 2 chunks; the abandoned session's
+    # 2 chunks; main's first chunks were overwritten by v4 but v1 is still in main's history
+    assert summary.snapshots_deleted == 1
+    assert summary.transaction_logs_deleted == 1
+    assert summary.manifests_deleted == 1
+    assert summary.chunks_deleted == 4
+    assert summary.deleted["chunks"].bytes == 4 * CHUNK_BYTES
+    assert summary.bytes_deleted == sum(c.bytes for c in summary.deleted.values())
+    assert summary.attributes_deleted == 0
+    fresh = Repository.open(repo.storage)
+    assert _same(before, _snapshot_data(fresh))
+    assert fresh.verify(chunks=True).ok
+    # nothing left to collect
+    assert repo.garbage_collect(datetime.now(UTC)).objects_deleted == 0
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+
+
+def test_objects_newer_than_the_cutoff_are_kept(tmp_path: Path) -> None:
+    """A session writing now is never harmed when the cutoff is before its writes."""
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    age(tmp_path)
+    cutoff = datetime.now(UTC) - timedelta(minutes=1)
+    session = repo.writable_session("main")
+    make_array(session, "b", shape=SHAPE, chunks=CHUNKS)[:] = 5.0  # not committed yet
+    scratch_fork = session.fork()
+    zarr.open_array(scratch_fork.store, path="b")[:264] = 6.0
+    summary = repo.garbage_collect(cutoff)
+    assert summary.objects_deleted == 0
+    assert summary.recent["chunks"].objects == 3
+    session.merge(scratch_fork)
+    session.commit("b")
+    b = read_array(repo.readonly_session("main"), "b")
+    assert (b[:264] == 6.0).all() and (b[264:] == 5.0).all()
+    # with a cutoff after the writes (what the docs say not to do) they would go
+    age(tmp_path)
+    orphan = repo.writable_session("main")
+    zarr.open_array(orphan.store, path="b")[:] = 9.0
+    assert repo.garbage_collect(datetime.now(UTC) - LATER).objects_deleted == 0
+
+
+def test_a_cutoff_in_the_future_counts_as_now(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="a")[:] = 2.0  # written this second
+    summary = repo.garbage_collect(datetime.now(UTC) + timedelta(days=365))
+    assert summary.cutoff <= datetime.now(UTC)
+    assert summary.deleted["chunks"].objects == 0
+    session.commit("still fine")
+    np.testing.assert_array_equal(read_array(repo.readonly_session("main")), 2.0)
+
+
+def test_a_pack_partly_referenced_is_kept_whole(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    session = repo.writable_session("main")
+    array = make_array(session, "p", shape=(8, 8), chunks=(4, 4))  # 128-byte chunks: packed
+    array[:] = 1.0
+    session.commit("packed")
+    pack = {k for k in files(tmp_path) if k.startswith("chunks/")}
+    assert len(pack) == 1
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="p")[:4, :4] = 2.0  # one chunk of four replaced
+    session.commit("one chunk")
+    repo.expire_snapshots(datetime.now(UTC))
+    age(tmp_path)
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.snapshots_deleted == 1  # "packed" expired and collected
+    assert pack <= set(files(tmp_path))  # still referenced by three chunks of the tip
+    expected = np.ones((8, 8))
+    expected[:4, :4] = 2.0
+    np.testing.assert_array_equal(read_array(repo.readonly_session("main"), "p"), expected)
+    assert repo.verify(chunks=True).ok
+
+
+def test_inline_chunks_name_no_object(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    session = repo.writable_session("main")
+    make_array(session, "tiny", shape=(4,), chunks=(2,))[:] = 1.0  # 16-byte chunks: inline
+    session.commit("inline")
+    assert not any(k.startswith("chunks/") for k in files(tmp_path))
+    age(tmp_path)
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.objects_deleted == 0
+    assert summary.reachable["chunks"].objects == 0
+    np.testing.assert_array_equal(read_array(repo.readonly_session("main"), "tiny"), 1.0)
+
+
+def test_job_records_in_use_keep_their_chunks(tmp_path: Path) -> None:
+    """A resumable job's records: kept (and their chunks) while any of them is recent."""
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="a")[:] = 7.0  # two chunks, a task's writes
+    record = session.changes()
+    assert len(record.chunks) == 2
+    assets = repo._assets
+    run(store_task_record(assets, "ingest", 0, record))
+    run(assets.storage.put("jobs/ingest/plan", b"fingerprint"))
+    age(tmp_path)
+    run(store_task_record(assets, "ingest", 1, ChangeSet(repo.repo_id, record.base)))  # now
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["chunks"].objects == 0 and summary.deleted["jobs"].objects == 0
+    assert summary.recent["jobs"].objects == 3
+    assert summary.recent["chunks"].objects == 2
+    # once the whole job is old, its records and chunks go together
+    age(tmp_path)
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["jobs"].objects == 3
+    assert summary.deleted["chunks"].objects == 2
+    assert not any(k.startswith("jobs/") for k in files(tmp_path))
+
+
+def test_job_records_in_use_keep_the_layers_their_workers_built(tmp_path: Path) -> None:
+    """A job record holding pre-built layers keeps those manifests and their chunks.
+
+    The layers' manifests and chunks are old and unreachable (nothing committed
+    them yet); a recent record of the same job is in use, so committing the
+    job afterwards must still find every manifest and chunk.
+    """
+    storage = local_filesystem_storage(tmp_path, durable=False)
+    repo = Repository.create(storage, RepositoryConfig(manifest_box_refs=64))
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(64, 32), chunks=(2, 2), dtype="i4")
+    session.commit("create")
+    data = np.arange(64 * 32, dtype="i4").reshape(64, 32) * 1000  # chunks of 16 bytes: packed
+    session = repo.writable_session("main")
+    with dask.config.set(scheduler="threads"):
+        store_sessions(
+            [da.from_array(data, chunks=(4, 8))],
+            [zarr.open_array(session.store, path="a")],
+            session,
+        )
+    record = session.changes()
+    assert record.layers and not record.chunks  # every reference is in a worker-built layer
+    layer_ids = {m for nm in record.layers.values() for m in nm.manifest_ids()}
+    assets = repo._assets
+    run(store_task_record(assets, "ingest", 0, record))
+    age(tmp_path)
+    run(store_task_record(assets, "ingest", 1, ChangeSet(repo.repo_id, record.base)))  # now
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["manifests"].objects == 0 and summary.deleted["chunks"].objects == 0
+    assert summary.recent["manifests"].objects == len(layer_ids)
+    assert {f"manifests/{m}" for m in layer_ids} <= set(files(tmp_path))
+    session.commit("the job, committed after the collection")
+    np.testing.assert_array_equal(read_array(repo.readonly_session("main"), "a"), data)
+    assert repo.verify().ok
+
+
+def test_markers_scratch_and_temporary_files(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    storage = repo.storage
+    run(storage.put("sessions/OLDSESSION/w1", b""))
+    run(storage.put("sessions/OLDSESSION/w2", b""))
+    run(storage.put("sessions/LIVESESSION/w1", b""))
+    run(storage.put("scratch/OLDSCRATCH0000000000", b"x"))
+    tmp_old = tmp_path / "chunks" / f".tmp-{uuid.uuid4().hex}"
+    tmp_old.write_bytes(b"partial write")
+    age(tmp_path)
+    run(storage.put("sessions/LIVESESSION/w2", b""))  # the live session's second marker
+    tmp_new = tmp_path / "manifests" / f".tmp-{uuid.uuid4().hex}"
+    tmp_new.write_bytes(b"being written")
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["markers"].objects == 2
+    assert summary.recent["markers"].objects == 2  # a session's markers go together
+    assert summary.deleted["scratch"].objects == 1
+    assert summary.deleted["temporary"].objects == 1
+    assert summary.deleted["temporary"].bytes == len(b"partial write")
+    assert summary.recent["temporary"].objects == 1
+    assert not tmp_old.exists() and tmp_new.exists()
+    left = files(tmp_path)
+    assert "sessions/LIVESESSION/w1" in left and "sessions/OLDSESSION/w1" not in left
+
+
+def test_a_damaged_reachable_object_stops_it_before_any_deletion(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    abandoned = repo.writable_session("main")
+    zarr.open_array(abandoned.store, path="a")[:] = 3
+    _write(repo, 2)
+    manifest = min((tmp_path / "manifests").iterdir())
+    manifest.write_bytes(manifest.read_bytes()[:-3])
+    age(tmp_path)
+    before = set(files(tmp_path))
+    with pytest.raises(CorruptObjectError, match="manifests/"):
+        repo.garbage_collect(datetime.now(UTC))
+    assert set(files(tmp_path)) == before
+    os.remove(manifest)
+    with pytest.raises(CorruptObjectError, match="missing"):
+        repo.garbage_collect(datetime.now(UTC))
+
+
+def test_in_memory_storage(tmp_path: Path) -> None:
+    repo = Repository.create(in_memory_storage())
+    _write(repo, 1)
+    _write(repo, 2)
+    repo.expire_snapshots(datetime.now(UTC))
+    summary = repo.garbage_collect(datetime.now(UTC) + LATER, dry_run=True)
+    assert summary.reachable["snapshots"].objects == 2
+    assert summary.recent["snapshots"].objects == 1  # written this second
+
+
+def test_usage_report(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    _write(repo, 2)
+    abandoned = repo.writable_session("main")
+    zarr.open_array(abandoned.store, path="a")[:] = 3
+    usage = repo.storage_usage()
+    assert usage.reachable["chunks"].objects == 4  # v1's and v2's
+    assert usage.unreachable["chunks"].objects == 2
+    assert usage.reachable["snapshots"].objects == 3
+    assert usage.reachable["config"].objects == 1
+    assert usage.total.objects == len(files(tmp_path))
+    assert usage.total.bytes == sum(map(len, files(tmp_path).values()))
+    repo.expire_snapshots(datetime.now(UTC))
+    usage = repo.storage_usage()
+    assert usage.unreachable["chunks"].objects == 4
+    assert usage.unreachable["snapshots"].objects == 1
+    assert usage.reachable["expiry_markers"].objects == 1
