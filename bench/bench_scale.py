@@ -28,6 +28,10 @@ listdir
     storage reads of ``list_dir`` / ``xr.open_zarr`` at 10,240 and 1,024,000 chunks.
 commit
     a commit of 10,000,000 chunk references: time and RSS growth.
+bigjob
+    a ``store_sessions`` job of 10,240,000 chunk references on LocalCluster(2x1),
+    manifests built on the workers: job time, client commit time and RSS
+    growth, layers vs chunks in the change record.
 jobs
     a ``to_zarr`` job of 100,000 dask blocks on LocalCluster(2x1): client time
     before the first task starts, client and scheduler RSS.
@@ -52,12 +56,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _scale_local as local
 from _common import environment, fmt_time, loadavg, percentile, table, tempdir, write_json
+from _scale_bigjob import report_bigjob, section_bigjob
 from _scale_build import Repos
 from _scale_commit import report_commit, section_commit
 from _scale_jobs import report_jobs, section_jobs
 from _scale_writers import run_writers
 
-SECTIONS = ("append", "update", "overwrite", "listdir", "commit", "jobs", "writers", "s3")
+SECTIONS = (
+    "append",
+    "update",
+    "overwrite",
+    "listdir",
+    "commit",
+    "bigjob",
+    "jobs",
+    "writers",
+    "s3",
+)
 WRITERS_P99_TARGET = 2.0
 
 
@@ -176,6 +191,9 @@ def run(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
     if "commit" in only:
         res = section_commit(args, 100_000 if args.quick else 10_000_000)
         done("commit", res, report_commit(res))
+    if "bigjob" in only:
+        res = section_bigjob(args, 100 if args.quick else args.bigjob_steps)
+        done("bigjob", res, report_bigjob(res))
     if "jobs" in only:
         res = section_jobs(args)
         done("jobs", res, report_jobs(res))
@@ -202,6 +220,9 @@ def main() -> None:
     ap.add_argument("--huge-steps", type=int, default=10_000, help="steps of the 10M repository")
     ap.add_argument("--no-huge", action="store_true", help="skip the 10M-chunk repositories")
     ap.add_argument("--commit-repeats", type=int, default=2)
+    ap.add_argument("--bigjob-steps", type=int, default=10_000, help="steps of the bigjob")
+    ap.add_argument("--bigjob-block-steps", type=int, default=100, help="steps per dask block")
+    ap.add_argument("--bigjob-repeats", type=int, default=1)
     ap.add_argument("--job-blocks", type=int, default=100_000)
     ap.add_argument("--writers", type=int, default=16)
     ap.add_argument("--s3-repeats", type=int, default=3)
