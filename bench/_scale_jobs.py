@@ -181,9 +181,7 @@ def _job(impl: str, n: int, d: Path, client: Any) -> dict[str, Any]:
 
 def section_jobs(args: argparse.Namespace) -> dict[str, Any]:
     n = 5_000 if args.quick else args.job_blocks
-    order = ["ours", "plain", "ours"]
-    if args.icechunk:
-        order += ["icechunk", "ours"]
+    order = [i for i in args.job_order.split(",") if args.icechunk or i != "icechunk"]
     res: dict[str, Any] = {"blocks": n, "load_before": loadavg(), "jobs": []}
     with cluster_process() as client:
         for impl in order:

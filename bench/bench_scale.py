@@ -224,6 +224,11 @@ def main() -> None:
     ap.add_argument("--bigjob-block-steps", type=int, default=100, help="steps per dask block")
     ap.add_argument("--bigjob-repeats", type=int, default=1)
     ap.add_argument("--job-blocks", type=int, default=100_000)
+    ap.add_argument(
+        "--job-order",
+        default="ours,plain,ours,icechunk,ours",
+        help="jobs section: implementations in the order run (ours, plain, icechunk)",
+    )
     ap.add_argument("--writers", type=int, default=16)
     ap.add_argument("--s3-repeats", type=int, default=3)
     ap.add_argument("--no-s3", action="store_true", help="no SeaweedFS server (local only)")
