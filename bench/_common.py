@@ -188,3 +188,98 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS_DIR / name
     path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     return path
+
+
+def dir_bytes(root: Path) -> int:
+    """Total size in bytes of the files below ``root`` (0 if it does not exist)."""
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except FileNotFoundError:
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            elif e.is_file(follow_symlinks=False):
+                total += e.stat(follow_symlinks=False).st_size
+    return total
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100, linear interpolation; ``nan`` for no data)."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    pos = (len(s) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def proc_io() -> dict[str, int]:
+    """``/proc/self/io`` of this process (all threads): ``syscr``, ``rchar``, ``wchar``, ..."""
+    with open("/proc/self/io") as f:
+        return {k: int(v) for k, v in (line.split(":") for line in f)}
+
+
+class StorageCounter:
+    """Count the calls an ``icechunk_dask`` storage object receives, by method.
+
+    The methods of the one instance are wrapped (pickled copies, e.g. on workers,
+    are not counted). ``reads`` counts ``get``, ``get_range`` and ``get_range_then``
+    (whatever the backend implements them with); ``bytes_read`` their result sizes.
+    """
+
+    READS = ("get", "get_range", "get_range_then")
+    OTHERS = ("put", "put_if_absent", "list", "list_objects", "delete", "exists")
+
+    def __init__(self, storage: Any) -> None:
+        self.calls: dict[str, int] = {}
+        self.bytes_read = 0
+        self.keys_read: list[str] = []
+        for name in (*self.READS, *self.OTHERS):
+            inner = getattr(storage, name, None)
+            if inner is not None:
+                setattr(storage, name, self._wrap(name, inner))
+
+    def _wrap(self, name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        if name == "list_objects":
+
+            def listing(*args: Any, **kwargs: Any) -> Any:
+                self.calls[name] = self.calls.get(name, 0) + 1
+                return inner(*args, **kwargs)
+
+            return listing
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            out = await inner(*args, **kwargs)
+            if name in self.READS:
+                self.keys_read.append(str(args[0]) if args else "")
+                if isinstance(out, bytes | bytearray | memoryview):
+                    self.bytes_read += len(out)
+            return out
+
+        return counted
+
+    @property
+    def reads(self) -> int:
+        """Number of read calls so far."""
+        return sum(self.calls.get(n, 0) for n in self.READS)
+
+    @property
+    def total(self) -> int:
+        """Number of calls of any kind so far."""
+        return sum(self.calls.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counts so far, as plain data."""
+        return {"calls": dict(self.calls), "reads": self.reads, "bytes_read": self.bytes_read}
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.calls.clear()
+        self.keys_read.clear()
+        self.bytes_read = 0
