@@ -13,6 +13,7 @@ import pytest
 import zarr
 
 from icechunk_dask import (
+    BasicConflictSolver,
     Conflict,
     ConflictType,
     RebaseFailedError,
@@ -146,20 +147,59 @@ def test_changes_under_what_the_other_side_deleted() -> None:
     ("deleted", "kind"),
     [("g/a", ConflictType.DELETE_OF_UPDATED_ARRAY), ("g", ConflictType.DELETE_OF_UPDATED_GROUP)],
 )
-def test_deleting_what_the_other_side_changed(deleted: str, kind: ConflictType) -> None:
+@pytest.mark.parametrize("theirs", ["chunks", "metadata"])
+def test_deleting_what_the_other_side_changed(
+    deleted: str, kind: ConflictType, theirs: str
+) -> None:
+    """A delete_dir of what they changed is one DeleteOf... conflict, which a solver may settle."""
     repo = _repo()
     one, two = repo.writable_session("main"), repo.writable_session("main")
-    _a(one)[:2, :2] = 5
+    if theirs == "chunks":
+        _a(one)[:2, :2] = 5
+    else:
+        _a(one).attrs["x"] = 1
     run(two.store.delete_dir(deleted))
     sid, conflicts = _conflicts(repo, one, two)
-    assert (
+    assert conflicts == [
         Conflict(
             kind,
             "/" + deleted,
             description=f"changed by commit {sid} while this session deleted it",
         )
-        in conflicts
+    ]
+    # BasicConflictSolver's default: the deletion wins
+    three, four = repo.writable_session("main"), repo.writable_session("main")
+    _a(three)[2:, 2:] = 8
+    _a(three).attrs["y"] = 2
+    run(four.store.delete_dir(deleted))
+    three.commit("three")
+    with pytest.raises(RebaseFailedError):
+        four.commit("four", rebase_with=BasicConflictSolver(**{_option(kind): True}))
+    four.commit("four", rebase_with=BasicConflictSolver())
+    listed = run(_list(repo.readonly_session("main"), ""))
+    assert not any(k.startswith(deleted + "/") for k in listed)
+    assert ("b/zarr.json" in listed) and (deleted != "g/a" or "g/zarr.json" in listed)
+
+
+def _option(kind: ConflictType) -> str:
+    if kind is ConflictType.DELETE_OF_UPDATED_ARRAY:
+        return "fail_on_delete_of_updated_array"
+    return "fail_on_delete_of_updated_group"
+
+
+def test_deleting_and_recreating_an_array_they_wrote_stays_a_conflict() -> None:
+    repo = _repo()
+    one, two = repo.writable_session("main"), repo.writable_session("main")
+    _a(one)[:2, :2] = 5
+    run(two.store.delete_dir("g/a"))
+    zarr.open_group(two.store, path="g").create_array(
+        "a", shape=(2,), chunks=(1,), dtype="i4", fill_value=0
     )
+    _, conflicts = _conflicts(repo, one, two)
+    assert {c.conflict_type for c in conflicts} == {
+        ConflictType.DELETE_OF_UPDATED_ARRAY,
+        ConflictType.CHUNKS_UPDATED_IN_UPDATED_ARRAY,
+    }
 
 
 async def _list(s: Session, prefix: str) -> list[str]:
