@@ -168,3 +168,21 @@ def test_a_layer_of_another_node_or_box_is_refused() -> None:
         run(w.load("b", BOX, [layer]))
     with pytest.raises(CorruptObjectError):
         run(w.load(NODE, "1", [layer]))
+
+
+def test_merges_and_compactions_refuse_a_layer_of_another_node_or_box() -> None:
+    w = _writer(max_layers=1)
+    layer = _layer(w, {"x": _ref(1)})  # a manifest of node "a", box "0"
+    for node, box in (("b", BOX), (NODE, "1")):
+        with pytest.raises(CorruptObjectError):  # merged into the new layer
+            run(write_box(w, node, box, [layer], ["y"], [_ref(2)]))
+        with pytest.raises(CorruptObjectError):  # compacted
+            run(stack_box(w, node, box, [layer, layer]))
+
+
+def test_keys_are_stored_whole_by_default() -> None:
+    w = _writer()
+    (new,) = run(write_box(w, NODE, BOX, [], ["c/0", "c/1"], [_ref(1), _ref(2)]))
+    assert _entries(w, [new]) == {"c/0": _ref(1), "c/1": _ref(2)}
+    (merged,) = run(write_box(w, NODE, BOX, [new], ["c/2"], [_ref(3)]))
+    assert _entries(w, [merged]) == {"c/0": _ref(1), "c/1": _ref(2), "c/2": _ref(3)}
