@@ -149,3 +149,25 @@ def test_deletions_win_unless_told_to_fail(kind: ConflictType, option: str) -> N
 def test_the_choice_must_be_a_version_selection() -> None:
     with pytest.raises(InvalidInputError, match="must be a VersionSelection, got 'use_ours'"):
         BasicConflictSolver(on_chunk_conflict="use_ours")  # type: ignore[arg-type]
+
+
+def test_the_failure_messages_in_full() -> None:
+    eleven = [_of(ConflictType.ZARR_METADATA_DOUBLE_UPDATE, f"/k{i}") for i in range(11)]
+    with pytest.raises(RebaseFailedError) as info:
+        ConflictDetector().solve(eleven, _changes(), "dev")
+    shown = "; ".join(f"'/k{i}': ZarrMetadataDoubleUpdate at /k{i}" for i in range(10))
+    assert str(info.value) == (
+        f"cannot commit to 'dev': commits that landed since this session started changed "
+        f"the same data: {shown} (and 1 more). Nothing was committed; start a new session on "
+        "the branch tip and redo the conflicting writes (or commit with "
+        "rebase_with=BasicConflictSolver(...) to settle chunk collisions)"
+    )
+    with pytest.raises(RebaseFailedError) as info:
+        ConflictDetector().solve(eleven[:2], _changes(), "dev")
+    assert "'/k1': ZarrMetadataDoubleUpdate at /k1. Nothing was committed" in str(info.value)
+    with pytest.raises(RebaseFailedError) as info:
+        ConflictDetector().solve([Conflict(ConflictType.BRANCH_RESET, "/")], _changes(), "dev")
+    assert str(info.value) == (
+        "branch 'dev' was reset to a history that does not contain this session's base "
+        "snapshot; nothing was committed. Start a new session and redo the writes"
+    )
