@@ -168,6 +168,7 @@ def test_build_layers_at_the_root_node_and_with_nothing_to_build() -> None:
     assert record.layers == {}  # no key in box 1.0
     run(build_layers(assets, record, [(0, "0.0")], [BoxTarget("", ENC, (4, 4))]))
     assert record.chunks == {}
+    assert (record.layers[""].encoding, record.layers[""].split) == (ENC, (4, 4))
     (layer,) = record.layers[""].boxes["0.0"]
     assert layer.n_set == 2
     assert set(run(assets.get_manifest(layer.id, "", "0.0"))) == {"c/0/0", "c/1/0"}
