@@ -141,8 +141,9 @@ def test_build_layers_moves_the_boxes_entries_into_layers_stacked_on_older_ones(
     record.chunks.update(other)
     old = Layer(new_id(), 1)
     record.layers = {"g/a": NodeManifests(ENC, (2, 4), {"0.0": (old,)})}
-    targets = [None, BoxTarget("g/a", ENC, (2, 4))]
-    run(build_layers(assets, record, [(1, "0.0"), (0, "9.9")], targets))
+    targets = [None, BoxTarget("zz", ENC, (2, 4)), BoxTarget("g/a", ENC, (2, 4))]
+    # no layout, then no keys: skipped, and the next target is still built
+    run(build_layers(assets, record, [(0, "9.9"), (1, "0.0"), (2, "0.0")], targets))
     # box 1.0 (rows 2-3) was not asked for; the other node and a non-chunk key stay
     assert record.chunks == {
         "g/a/c/2/0": refs["g/a/c/2/0"],
@@ -175,3 +176,11 @@ def test_build_layers_at_the_root_node_and_with_nothing_to_build() -> None:
     empty = ChangeSet(repo._assets.config.repo_id, "base")
     run(build_layers(assets, empty, [(0, "0.0")], [BoxTarget("x", ENC, (4, 4))]))
     assert empty.layers == {} and empty.chunks == {}
+
+
+def test_a_small_box_does_not_stop_the_assignment_of_the_big_ones() -> None:
+    arrays = (_array("a", 4), _array("b", 4))
+    plan = WritePlan(arrays, tuple((_row(0, t), _row(1, t)) for t in range(4)))
+    # "a": boxes of one row (4 keys each); "b": one box of 16 keys
+    got = assign_boxes(plan, [_target(1), _target(4, "b")], 2, frozenset(), 5)
+    assert got == {("root",): ((1, "0.0"),)}
