@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from icechunk_dask import Repository, RepositoryConfig, in_memory_storage
+from icechunk_dask import CorruptObjectError, Repository, RepositoryConfig, in_memory_storage
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._layers import LayerWriter
 from icechunk_dask._prebuilt import (
@@ -142,7 +142,7 @@ def test_loaded_entries_are_older_than_the_records_own(box: _Box) -> None:
     cache: LoadedBoxes = {}
     assert apply_loaded(cs, {"a": {"0.0"}}, cache) is False  # not loaded: nothing changes
     assert cs.chunks == {"a/c/0/0": None} and set(cs.layers["a"].boxes) == {"0.0", "1.0"}
-    run(preload(box.assets, [(cs.layers, {"a": {"0.0"}, "zz": None})], cache))
+    run(preload(box.assets, [(cs.layers, {"zz": None, "a": {"0.0"}})], cache))
     assert cache == {("a", "0.0", (l0.id,)): {"a/c/0/0": _ref(1), "a/c/1/0": _ref(1)}}
     assert apply_loaded(cs, {"a": {"0.0"}}, cache) is True
     assert cs.chunks == {"a/c/0/0": None, "a/c/1/0": _ref(1)}
@@ -185,3 +185,40 @@ def test_merging_records_loads_only_the_colliding_boxes(box: _Box) -> None:
     assert flat.chunks == {"a/c/0/0": _ref(1), "a/c/1/0": _ref(1), "a/c/2/0": _ref(2)}
     kept = run(merge_records(box.assets, box.record(), [layered]))
     assert kept.layers == layered.layers and not kept.chunks
+
+
+def test_layers_are_read_as_the_node_and_box_that_hold_them(box: _Box) -> None:
+    layer = box.layer("a", "0.0", {"c/0/0": _ref(1)})  # a manifest of node "a", box "0.0"
+    wrong_node = {"b": _nm({"0.0": (layer,)})}
+    with pytest.raises(CorruptObjectError):
+        run(lookup_layered(box.assets, wrong_node, "b/c/0/0"))
+    with pytest.raises(CorruptObjectError):
+        run(layered_keys(box.assets, wrong_node))
+    with pytest.raises(CorruptObjectError):
+        run(box_entries(box.assets, "a", "1.0", [layer]))
+    wrong_box = {"a": _nm({"1.0": (layer,)})}  # keys of box 0.0 looked up in box 1.0
+    with pytest.raises(CorruptObjectError):
+        run(lookup_layered(box.assets, wrong_box, "a/c/2/0"))
+
+
+def test_materialize_loads_only_the_boxes_asked_for(box: _Box) -> None:
+    l0 = box.layer("a", "0.0", {"c/0/0": _ref(1)})
+    l1 = box.layer("a", "1.0", {"c/2/0": _ref(2)})
+    cs = box.record()
+    cs.layers = {"a": _nm({"0.0": (l0,), "1.0": (l1,)})}
+    run(materialize(box.assets, cs, {"a": ["1.0"]}))
+    assert cs.chunks == {"a/c/2/0": _ref(2)}
+    assert cs.layers == {"a": _nm({"0.0": (l0,)})}
+
+
+def test_a_merge_loads_the_box_from_the_record_that_holds_it(box: _Box) -> None:
+    l0 = box.layer("a", "0.0", {"c/0/0": _ref(1)})
+    l1 = box.layer("a", "1.0", {"c/2/0": _ref(2)})
+    into = box.record()
+    into.layers = {"a": _nm({"1.0": (l1,)})}  # the node, without the colliding box
+    into.chunks["a/c/1/0"] = _ref(3)  # a write into box 0.0
+    rec = box.record()
+    rec.layers = {"a": _nm({"0.0": (l0,)})}
+    merged = run(merge_records(box.assets, into, [rec]))
+    assert merged.chunks == {"a/c/0/0": _ref(1), "a/c/1/0": _ref(3)}
+    assert merged.layers == {"a": _nm({"1.0": (l1,)})}
