@@ -20,9 +20,11 @@ from icechunk_dask import (
     NotFoundError,
     Repository,
     RepositoryConfig,
+    StorageError,
     in_memory_storage,
 )
 from icechunk_dask._commit import validate_metadata
+from icechunk_dask.storage import FaultyStorage, Storage
 
 _ARRAY = {
     "zarr_format": 3,
@@ -105,3 +107,64 @@ def test_one_rebase_is_enough_for_one_commit_landed_first() -> None:
     with pytest.raises(ConflictError, match="rebase_tries=0 never rebases") as info:
         stale.commit("stale", rebase_tries=0)
     assert info.value.kind == ErrorKind.COMMIT_CONFLICT
+
+
+class _AckAndReadBackLost(FaultyStorage):
+    """The first branch-entry write lands unacknowledged, and reading it back fails once."""
+
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner, fail_on={"put_if_absent": 1}, fail_after_apply={"put_if_absent"})
+        self.readback_failed = False
+
+    async def get(self, key: str) -> bytes:
+        if self.injected and not self.readback_failed and key.startswith("refs/branch.main/"):
+            self.readback_failed = True
+            raise StorageError(f"injected failure: get {key}")
+        return await super().get(key)
+
+
+def _messages(storage: Storage) -> list[str]:
+    return [info.message for info in Repository.open(storage).ancestry(branch="main")]
+
+
+@pytest.mark.parametrize("later", [0, 1, 2])
+def test_a_commit_of_unknown_outcome_is_found_below_commits_that_landed_since(
+    later: int,
+) -> None:
+    inner = in_memory_storage()
+    s = Repository.create(inner).writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(40,), chunks=(10,), dtype="i4", fill_value=0)
+    s.commit("base")
+    faulty = _AckAndReadBackLost(inner)
+    session = Repository.open(faulty).writable_session("main")
+    zarr.open_array(session.store, path="a")[0:10] = 7
+    with pytest.raises(StorageError, match="may or may not have landed"):
+        session.commit("unknown outcome")
+    ours = Repository.open(inner).lookup_branch("main")
+    for i in range(later):  # other commits land on top of it
+        other = Repository.open(inner).writable_session("main")
+        zarr.open_array(other.store, path="a")[10 * (i + 1) : 10 * (i + 2)] = i + 1
+        other.commit(f"later {i}")
+    assert session.commit("unknown outcome") == ours
+    assert _messages(inner).count("unknown outcome") == 1
+    assert len(_messages(inner)) == 3 + later  # the repository's first commit, base, ours, later
+
+
+def test_a_commit_of_unknown_outcome_on_a_reset_branch_is_committed_again() -> None:
+    inner = in_memory_storage()
+    repo = Repository.create(inner)
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(40,), chunks=(10,), dtype="i4", fill_value=0)
+    base = s.commit("base")
+    faulty = _AckAndReadBackLost(inner)
+    session = Repository.open(faulty).writable_session("main")
+    zarr.open_array(session.store, path="a")[0:10] = 7
+    with pytest.raises(StorageError, match="may or may not have landed"):
+        session.commit("unknown outcome")
+    lost = Repository.open(inner).lookup_branch("main")
+    Repository.open(inner).reset_branch("main", base)  # our snapshot is no longer on main
+    again = session.commit("unknown outcome")
+    assert again != lost
+    assert _messages(inner).count("unknown outcome") == 1
+    back = zarr.open_array(Repository.open(inner).readonly_session("main").store, path="a")[:]
+    assert list(back[:10]) == [7] * 10
