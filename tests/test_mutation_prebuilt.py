@@ -199,6 +199,8 @@ def test_layers_are_read_as_the_node_and_box_that_hold_them(box: _Box) -> None:
     wrong_box = {"a": _nm({"1.0": (layer,)})}  # keys of box 0.0 looked up in box 1.0
     with pytest.raises(CorruptObjectError):
         run(lookup_layered(box.assets, wrong_box, "a/c/2/0"))
+    with pytest.raises(CorruptObjectError):
+        run(layered_keys(box.assets, wrong_box))
     for layers, where in ((wrong_node, {"b": None}), (wrong_box, {"a": {"1.0"}})):
         with pytest.raises(CorruptObjectError):
             run(preload(box.assets, [(layers, where)], {}))
