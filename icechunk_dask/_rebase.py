@@ -182,7 +182,11 @@ def _conflicts(
     view: dict[str, bytes | None] = {**tip_snap.meta, **cs.meta}
     arrays = tip_snap.arrays | array_paths(cs.meta)
     our_nodes = set(group_by_node(cs.chunks, arrays))
-    our_meta_nodes = {k.rpartition("/")[0] for k in cs.meta}
+    # metadata this session removed with a delete_dir: a deletion (DeleteOf...), not a change
+    deleted = {
+        k for k, doc in cs.meta.items() if doc is None and any(_covers(p, k) for p in cs.cleared)
+    }
+    our_meta_nodes = {k.rpartition("/")[0] for k in cs.meta if k not in deleted}
     ours = [*cs.chunks, *cs.meta]
     conflicts: list[Conflict] = []
     for log in logs:
@@ -194,7 +198,7 @@ def _conflicts(
                 keys=(key,),
                 description=f"metadata also changed by {by}",
             )
-            for key in sorted(cs.meta.keys() & log.meta_keys)
+            for key in sorted((cs.meta.keys() - deleted) & log.meta_keys)
             if tip_snap.meta.get(key) != cs.meta[key]
         )
         conflicts.extend(_chunk_conflicts(cs.chunks.keys() & log.chunk_keys, arrays, view, by))

@@ -17,6 +17,9 @@
 #   MUTATION_JOBS     mutants tested in parallel (default: number of CPUs)
 #   MUTATION_WORKDIR  scratch folder (default ${TMPDIR:-/tmp}/icechunk-dask-mutation)
 #   MUTATION_RESUME   1 = keep the scratch copy and mutmut's results of an earlier run
+#   MUTATION_RECHECK  1 = with MUTATION_RESUME=1: test the survivors (and the mutants without
+#                     tests) of the earlier run again, with the tests as they are now (mutmut
+#                     keeps every verdict it has; new tests only get their statistics taken)
 #
 # Output: per module a summary (killed / survived / timeout / no tests, kill ratio, time)
 # and the diff of every survivor, in $MUTATION_WORKDIR/<module>.txt; a table of all modules
@@ -88,6 +91,20 @@ for module in "${order[@]}"; do
         for t in $selection; do echo "    $t"; done
     } >"$dir/setup.cfg"
     [[ -d "$dir/.git" ]] || git -C "$dir" init -q  # mutmut's change detection wants a repository
+    meta="$dir/mutants/$module.meta"
+    if [[ "${MUTATION_RESUME:-0}" == "1" && "${MUTATION_RECHECK:-0}" == "1" && -f "$meta" ]]; then
+        python - "$meta" <<'PY'
+import json, sys
+path = sys.argv[1]
+meta = json.load(open(path))
+codes = meta["exit_code_by_key"]
+again = [k for k, v in codes.items() if v in (0, 5, 33)]  # survived, no tests
+for k in again:
+    codes[k] = None
+json.dump(meta, open(path, "w"))
+print(f"run.sh: {len(again)} survivors and mutants without tests to check again", file=sys.stderr)
+PY
+    fi
 
     echo "== $module: mutmut run (budget ${budget}s, $jobs jobs; tests: $selection)" >&2
     start=$SECONDS

@@ -1,0 +1,170 @@
+"""The commit protocol's checks (``_commit``), at their edges.
+
+``test_bad_input.py`` covers bad metadata one level deep; these pin which keys
+are checked (nested, at the root, look-alikes), the chunk-shape rule per axis,
+the messages, and the rebase count (found missing by mutation testing,
+issue 13).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import zarr
+
+from icechunk_dask import (
+    ConflictError,
+    ErrorKind,
+    InvalidInputError,
+    NotFoundError,
+    Repository,
+    RepositoryConfig,
+    StorageError,
+    in_memory_storage,
+)
+from icechunk_dask._commit import validate_metadata
+from icechunk_dask.storage import FaultyStorage, Storage
+
+_ARRAY = {
+    "zarr_format": 3,
+    "node_type": "array",
+    "shape": [8, 6],
+    "data_type": "int64",
+    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [4, 3]}},
+    "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+    "fill_value": 0,
+    "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+}
+
+
+def _doc(**changes: object) -> bytes:
+    return json.dumps({**_ARRAY, **changes}).encode()
+
+
+@pytest.mark.parametrize("key", ["zarr.json", "a/zarr.json", "g/h/a/zarr.json"])
+def test_every_zarr_json_is_checked_at_any_depth(key: str) -> None:
+    validate_metadata(key, _doc())
+    validate_metadata(key, json.dumps({"zarr_format": 3, "node_type": "group"}).encode())
+    with pytest.raises(InvalidInputError, match="is not valid JSON"):
+        validate_metadata(key, b"{nope")
+    with pytest.raises(InvalidInputError) as info:
+        validate_metadata(key, _doc(zarr_format=2))
+    assert str(info.value).startswith(f"{key!r} is not Zarr v3 metadata")
+    with pytest.raises(InvalidInputError, match="has node_type None"):
+        validate_metadata(key, json.dumps({"zarr_format": 3}).encode())
+    with pytest.raises(InvalidInputError, match="not valid Zarr v3 array metadata"):
+        validate_metadata(key, _doc(data_type="no-such-type"))
+
+
+@pytest.mark.parametrize("key", ["a/zarr.json.bak", "a/my-zarr.json", "zarr.json/c/0", "a/c/0"])
+def test_other_keys_are_not_metadata(key: str) -> None:
+    validate_metadata(key, b"\x00 any bytes")
+
+
+def test_a_chunk_length_of_zero_is_refused_where_data_could_be() -> None:
+    grid = {"name": "regular", "configuration": {"chunk_shape": [4, 0]}}
+    with pytest.raises(InvalidInputError) as info:
+        validate_metadata("a/zarr.json", _doc(chunk_grid=grid))
+    # newer zarr refuses it while parsing; older zarr accepts it and the commit's own check
+    # names the axis
+    message = str(info.value)
+    assert message.startswith("'a/zarr.json' ") and message.endswith("Nothing was committed")
+    assert "[4, 0]" in message or "chunk length 0 on axis 1 of length 6" in message
+
+
+def _repo() -> Repository:
+    repo = Repository.create(in_memory_storage(), RepositoryConfig())
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(4,), chunks=(2,), dtype="i4", fill_value=0)
+    s.commit("base")
+    return repo
+
+
+def test_committing_to_a_deleted_branch_is_refused() -> None:
+    repo = _repo()
+    repo.create_branch("dev", repo.lookup_branch("main"))
+    s = repo.writable_session("dev")
+    zarr.open_array(s.store, path="a")[:] = 1
+    repo.delete_branch("dev")
+    with pytest.raises(NotFoundError, match="branch 'dev' was deleted; nothing was committed"):
+        s.commit("lost")
+
+
+def test_one_rebase_is_enough_for_one_commit_landed_first() -> None:
+    repo = _repo()
+    one, two = repo.writable_session("main"), repo.writable_session("main")
+    zarr.open_array(one.store, path="a")[:2] = 1
+    zarr.open_array(two.store, path="a")[2:] = 2
+    first = one.commit("one")
+    sid = two.commit("two", rebase_tries=1)
+    assert [s.id for s in repo.ancestry(snapshot_id=sid)][:2] == [sid, first]
+    stale = repo.writable_session("main")
+    zarr.open_array(stale.store, path="a")[:2] = 3
+    mover = repo.writable_session("main")
+    zarr.open_array(mover.store, path="a")[2:] = 4
+    mover.commit("moves the tip")
+    with pytest.raises(ConflictError, match="rebase_tries=0 never rebases") as info:
+        stale.commit("stale", rebase_tries=0)
+    assert info.value.kind == ErrorKind.COMMIT_CONFLICT
+
+
+class _AckAndReadBackLost(FaultyStorage):
+    """The first branch-entry write lands unacknowledged, and reading it back fails once."""
+
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner, fail_on={"put_if_absent": 1}, fail_after_apply={"put_if_absent"})
+        self.readback_failed = False
+
+    async def get(self, key: str) -> bytes:
+        if self.injected and not self.readback_failed and key.startswith("refs/branch.main/"):
+            self.readback_failed = True
+            raise StorageError(f"injected failure: get {key}")
+        return await super().get(key)
+
+
+def _messages(storage: Storage) -> list[str]:
+    return [info.message for info in Repository.open(storage).ancestry(branch="main")]
+
+
+@pytest.mark.parametrize("later", [0, 1, 2])
+def test_a_commit_of_unknown_outcome_is_found_below_commits_that_landed_since(
+    later: int,
+) -> None:
+    inner = in_memory_storage()
+    s = Repository.create(inner).writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(40,), chunks=(10,), dtype="i4", fill_value=0)
+    s.commit("base")
+    faulty = _AckAndReadBackLost(inner)
+    session = Repository.open(faulty).writable_session("main")
+    zarr.open_array(session.store, path="a")[0:10] = 7
+    with pytest.raises(StorageError, match="may or may not have landed"):
+        session.commit("unknown outcome")
+    ours = Repository.open(inner).lookup_branch("main")
+    for i in range(later):  # other commits land on top of it
+        other = Repository.open(inner).writable_session("main")
+        zarr.open_array(other.store, path="a")[10 * (i + 1) : 10 * (i + 2)] = i + 1
+        other.commit(f"later {i}")
+    assert session.commit("unknown outcome") == ours
+    assert _messages(inner).count("unknown outcome") == 1
+    assert len(_messages(inner)) == 3 + later  # the repository's first commit, base, ours, later
+
+
+def test_a_commit_of_unknown_outcome_on_a_reset_branch_is_committed_again() -> None:
+    inner = in_memory_storage()
+    repo = Repository.create(inner)
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(40,), chunks=(10,), dtype="i4", fill_value=0)
+    base = s.commit("base")
+    faulty = _AckAndReadBackLost(inner)
+    session = Repository.open(faulty).writable_session("main")
+    zarr.open_array(session.store, path="a")[0:10] = 7
+    with pytest.raises(StorageError, match="may or may not have landed"):
+        session.commit("unknown outcome")
+    lost = Repository.open(inner).lookup_branch("main")
+    Repository.open(inner).reset_branch("main", base)  # our snapshot is no longer on main
+    again = session.commit("unknown outcome")
+    assert again != lost
+    assert _messages(inner).count("unknown outcome") == 1
+    back = zarr.open_array(Repository.open(inner).readonly_session("main").store, path="a")[:]
+    assert list(back[:10]) == [7] * 10
