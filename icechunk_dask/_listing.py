@@ -125,16 +125,20 @@ class Listing:
         )
         children: set[str] = set()
         exact: set[str] = set()  # keys that must be checked one by one
+
+        def changed(nhead: str) -> bool:
+            """Whether this workspace deleted keys under ``nhead`` (its emptiness is unknown)."""
+            return any(k.startswith(nhead) for k in deleted) or any(
+                p.startswith(nhead) for p in cleared
+            )
+
         for node, nm in snap.nodes.items():
             nhead = f"{node}/" if node else ""
             if any(p == "" or nhead.startswith(p + "/") for p in cleared):
                 continue
             if nhead.startswith(head) and nhead != head:
                 child = nhead[len(head) :].split("/", 1)[0]
-                changed = any(k.startswith(nhead) for k in deleted) or any(
-                    p.startswith(nhead) for p in cleared
-                )
-                if not changed and nm.surely_nonempty:
+                if not changed(nhead) and nm.surely_nonempty:
                     children.add(child)
                     continue
             elif not head.startswith(nhead):
@@ -145,8 +149,7 @@ class Listing:
                 and nm.encoding[0] == "default"
                 and "" not in nm.boxes
                 and (nm.exact or nm.surely_nonempty)
-                and not any(k.startswith(nhead) for k in deleted)
-                and not any(p.startswith(nhead) for p in cleared)
+                and not changed(nhead)
             ):
                 if nm.surely_nonempty:
                     children.add("c")
