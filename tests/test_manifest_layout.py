@@ -376,3 +376,45 @@ def test_bulk_box_grouping_matches_the_key_by_key_rule(
             coords = parse_chunk_suffix(k[len(head) :], encoding, 2)
             want.setdefault(FLAT if coords is None else box_key(coords, split), []).append(k)
         assert got == {b: sorted(ks) for b, ks in want.items()}
+
+
+@pytest.mark.parametrize("split", [(1, 1), (7, 3), (10**6, 1000), (2**62, 13)])
+@pytest.mark.parametrize(
+    ("lead", "encoding"),
+    [(0, ("default", "/")), (2, ("default", "/")), (0, ("v2", ".")), (0, ("default", "."))],
+)
+def test_bulk_box_parser_reads_numbers_of_any_length(
+    split: tuple[int, int], lead: int, encoding: tuple[str, str]
+) -> None:
+    """Coordinates of 1 to 17 digits (and a leading zero) land in the key-by-key rule's box."""
+    from icechunk_dask.format import box_key, group_boxes
+    from icechunk_dask.format._boxes import _bulk_boxes
+
+    rng = random.Random(sum(split) + lead)
+    name, sep = encoding
+    head = "gé/ü/" if lead else ""
+    keys = []
+    for _ in range(500):
+        digits = [rng.randrange(1, 18), rng.randrange(1, 5)]
+        parts = [str(rng.randrange(10 ** (w - 1), 10**w)) for w in digits]
+        if rng.random() < 0.1:
+            parts[0] = "0" + parts[0]
+        body = sep.join(parts)
+        keys.append(head + (f"c{sep}{body}" if name == "default" else body))
+    boxes = _bulk_boxes(keys, encoding, split, lead=lead)
+    assert boxes is not None  # the bulk path itself, not the fallback
+    for k, row in zip(keys, boxes.tolist(), strict=True):
+        coords = parse_chunk_suffix(k[len(head) :], encoding, 2)
+        assert coords is not None
+        assert ".".join(map(str, row)) == box_key(coords, split)
+    # and the grouping, whether it counts boxes (few possible) or sorts them (huge extents)
+    names, order, bounds = group_boxes(keys, encoding, split, lead=lead)
+    got = {
+        names[i]: sorted(keys[j] for j in order[bounds[i] : bounds[i + 1]].tolist())
+        for i in range(len(names))
+    }
+    want: dict[str, list[str]] = {}
+    for k, row in zip(keys, boxes.tolist(), strict=True):
+        want.setdefault(".".join(map(str, row)), []).append(k)
+    assert got == {b: sorted(ks) for b, ks in want.items()}
+    assert sorted(order.tolist()) == list(range(len(keys)))

@@ -107,32 +107,48 @@ def _batch_boxes(
 ) -> np.ndarray | None:
     """One batch of :func:`_bulk_boxes`.
 
-    Exactly :func:`parse_chunk_suffix`'s rule, in C-level string operations:
-    the joined tokens must line up as ``c``, then ``ndim`` ASCII digit strings
-    per key (default encoding), or ``ndim`` digit strings (v2).
+    Exactly :func:`parse_chunk_suffix`'s rule, on the keys' joined UTF-8 bytes
+    with NumPy: split at the separator (a byte no multi-byte character
+    contains), the tokens must line up as ``c``, then ``ndim`` ASCII digit
+    strings per key (default encoding), or ``ndim`` digit strings (v2).
     """
     name, sep = encoding
     n, ndim = len(suffixes), len(split)
-    if name not in ("default", "v2"):
+    if name not in ("default", "v2") or len(sep) != 1 or not sep.isascii():
         return None
     if lead and sep != "/":
         return None
     first = lead + (1 if name == "default" else 0)  # the first coordinate's token
     width = first + ndim
-    tokens = sep.join(suffixes).split(sep)
-    if len(tokens) != n * width:
+    data = np.frombuffer(sep.join(suffixes).encode(), dtype=np.uint8)
+    cuts = np.flatnonzero(data == ord(sep))
+    if len(cuts) + 1 != n * width:
         return None
-    if name == "default" and tokens[lead::width].count("c") != n:
-        return None
+    starts = np.concatenate(([0], cuts + 1))  # token i is data[starts[i]:ends[i]]
+    ends = np.concatenate((cuts, [len(data)]))
+    if name == "default":
+        at = starts[lead::width]
+        if not (ends[lead::width] - at == 1).all() or not (data[at] == ord("c")).all():
+            return None
+    digits = data - np.uint8(ord("0"))  # wraps around: anything but a digit is > 9
+    not_digit = np.concatenate(([0], np.cumsum(digits > 9, dtype=np.int32)))
     out = np.zeros((n, ndim), dtype=np.int64)
     for d, extent in enumerate(split):
-        column = tokens[first + d :: width]
-        digits = "".join(column)
-        if not (digits.isascii() and digits.isdigit()) or "" in column:
+        lo, hi = starts[first + d :: width], ends[first + d :: width]
+        sizes = hi - lo
+        if (sizes <= 0).any() or (not_digit[hi] - not_digit[lo]).any():
             return None
+        longest = int(sizes.max())
         # a box that spans every number of that many digits: its index is 0, no parse needed
-        if extent < 10 ** max(map(len, column)):
-            out[:, d] = np.fromiter(map(int, column), dtype=np.int64, count=n) // extent
+        if extent >= 10**longest:
+            continue
+        if longest > 18:  # beyond int64: the general path
+            return None
+        values = np.zeros(n, dtype=np.int64)
+        for k in range(longest, 0, -1):  # the k-th digit from the right, where there is one
+            pos = hi - k
+            values = values * 10 + np.where(pos >= lo, digits[np.maximum(pos, 0)], np.uint8(0))
+        out[:, d] = values // extent
     return out
 
 
@@ -162,11 +178,19 @@ def group_boxes(
         for b in names:
             bounds.append(bounds[-1] + len(groups[b]))
         return names, order, bounds
-    extents = boxes.max(axis=0) + 1
-    if math.prod(int(e) for e in extents) < 2**62:  # one integer per box: sort 1-D
-        flat = np.ravel_multi_index(tuple(boxes.T), tuple(int(e) for e in extents))
+    extents = tuple(int(e) for e in boxes.max(axis=0) + 1)
+    total = math.prod(extents)
+    if total <= 4 * n + 2**16:  # few possible boxes: count them, no sort
+        flat = np.ravel_multi_index(tuple(boxes.T), extents)
+        unique_flat = np.flatnonzero(np.bincount(flat, minlength=total))
+        rank = np.zeros(total, dtype=np.int64)
+        rank[unique_flat] = np.arange(len(unique_flat))
+        inverse = rank[flat]
+        unique = np.stack(np.unravel_index(unique_flat, extents), axis=1)
+    elif total < 2**62:  # one integer per box: sort 1-D
+        flat = np.ravel_multi_index(tuple(boxes.T), extents)
         unique_flat, inverse = np.unique(flat, return_inverse=True)
-        unique = np.stack(np.unravel_index(unique_flat, tuple(int(e) for e in extents)), axis=1)
+        unique = np.stack(np.unravel_index(unique_flat, extents), axis=1)
     else:
         unique, inverse = np.unique(boxes, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
