@@ -39,6 +39,11 @@ _TMP = TMP_PREFIX
 _PAGE = 4096
 #: Keys per thread of a deletion, and threads deleting at most.
 _DELETE_PART, _DELETE_THREADS = 128, 8
+#: Listings examine files relative to their folder's descriptor, deletions unlink in it.
+_SCAN_BY_FD = os.scandir in os.supports_fd and os.stat in os.supports_dir_fd
+_UNLINK_AT = os.unlink in os.supports_dir_fd
+#: A descriptor that only names a folder (unlinking needs no read permission on it).
+_FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -359,40 +364,75 @@ class LocalFileSystemStorage(Storage):
         while stack:
             folder, rel = stack.pop()
             try:
-                entries = os.scandir(folder)
+                # entries of a scan by descriptor are examined relative to it (fstatat):
+                # no path lookup per file
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if _SCAN_BY_FD else None
+                entries = os.scandir(folder if fd is None else fd)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # nothing there, or removed while walking
             except OSError as e:
                 raise os_error(e, f"list {prefix!r} in {self.url}", folder) from e
-            with entries:
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append((Path(entry.path), f"{rel}{entry.name}/"))
+            try:
+                with entries:
+                    for entry in entries:
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                stack.append((folder / entry.name, f"{rel}{entry.name}/"))
+                                continue
+                            if entry.name.startswith(_TMP) != temporary:
+                                continue
+                            key = rel + entry.name
+                            if not key.startswith(prefix):
+                                continue
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:  # deleted while listing
                             continue
-                        if entry.name.startswith(_TMP) != temporary:
-                            continue
-                        key = rel + entry.name
-                        if not key.startswith(prefix):
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:  # deleted while listing
-                        continue
-                    except OSError as e:
-                        raise self._error(e, "examine", rel + entry.name) from e
-                    yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+                        except OSError as e:
+                            raise self._error(e, "examine", rel + entry.name) from e
+                        yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
     def _delete_sync(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            path = self._path(key)
-            if not self._can_exist(key):
-                continue
-            try:
-                os.unlink(path)
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                continue  # no object there: deleting it is a no-op
-            except OSError as e:
-                raise self._error(e, "delete", key) from e
+        if not _UNLINK_AT:  # pragma: no cover - platforms without unlinkat
+            for key in keys:
+                self._unlink(key, None, self._path(key))
+            return
+        folders: dict[str, int | None] = {}  # parent folder -> its descriptor (None: absent)
+        try:
+            for key in keys:
+                self._path(key)  # checks the key
+                if not self._can_exist(key):
+                    continue  # no object can be there: deleting it is a no-op
+                parent, _, name = key.rpartition("/")
+                if parent not in folders:
+                    folders[parent] = self._open_folder(parent, key)
+                self._unlink(key, folders[parent], name)
+        finally:
+            for fd in folders.values():
+                if fd is not None:
+                    os.close(fd)
+
+    def _open_folder(self, folder: str, key: str) -> int | None:
+        """A descriptor of ``folder`` to unlink in (``None``: there is no such folder)."""
+        try:
+            return os.open(self.root / folder, _FOLDER_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise self._error(e, "delete", key) from e
+
+    def _unlink(self, key: str, folder: int | None, name: str | Path) -> None:
+        """Delete ``key``: ``name`` in the ``folder`` descriptor, or a whole path."""
+        if not self._can_exist(key) or (folder is None and isinstance(name, str)):
+            return  # no object can be there, or no folder: deleting it is a no-op
+        try:
+            os.unlink(name, dir_fd=folder)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return  # no object there: deleting it is a no-op
+        except OSError as e:
+            raise self._error(e, "delete", key) from e
 
     def _exists_sync(self, key: str) -> bool:
         path = self._path(key)
