@@ -168,8 +168,24 @@ async def commit_changes(
             with contextlib.suppress(Exception):
                 await clear_markers(assets, session_id, cs.writers)
             return snap.id
-        await asyncio.sleep(min(1.0, 0.005 * 2 ** min(attempt, 8)) * random.random())
+        await asyncio.sleep(_backoff(attempt))
         attempt += 1
+
+
+#: The first and the longest wait between two attempts of a commit (seconds, before jitter).
+_FIRST_WAIT, _LONGEST_WAIT = 0.005, 0.1
+
+
+def _backoff(attempt: int) -> float:
+    """How long to wait after losing the race ``attempt + 1`` times (jittered, doubling).
+
+    Losing means another commit landed: every round has a winner, so the wait
+    only spreads the contenders over about one attempt's time. It stays short
+    (at most :data:`_LONGEST_WAIT`): with 16 writers committing at once, the
+    last one loses 15 rounds, and a wait doubling up to a second made its
+    commit take seconds longer than the rounds themselves.
+    """
+    return min(_LONGEST_WAIT, _FIRST_WAIT * 2.0 ** min(attempt, 16)) * random.random()
 
 
 async def _landed(assets: AssetManager, branch: str, base: str, candidates: set[str]) -> str | None:
