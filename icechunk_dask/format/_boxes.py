@@ -180,7 +180,7 @@ def group_boxes(
         return names, order, bounds
     extents = tuple(int(e) for e in boxes.max(axis=0) + 1)
     total = math.prod(extents)
-    if total <= 4 * n + 2**16:  # few possible boxes: count them, no sort
+    if total <= n + 2**16:  # few possible boxes (memory as for ``flat``): count, no sort
         flat = np.ravel_multi_index(tuple(boxes.T), extents)
         unique_flat = np.flatnonzero(np.bincount(flat, minlength=total))
         rank = np.zeros(total, dtype=np.int64)
