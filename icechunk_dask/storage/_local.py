@@ -363,14 +363,20 @@ class LocalFileSystemStorage(Storage):
         stack = [(base, f"{head}/" if head else "")]
         while stack:
             folder, rel = stack.pop()
+            fd = None
             try:
                 # entries of a scan by descriptor are examined relative to it (fstatat):
                 # no path lookup per file
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if _SCAN_BY_FD else None
+                if _SCAN_BY_FD:
+                    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 entries = os.scandir(folder if fd is None else fd)
             except (FileNotFoundError, NotADirectoryError):
+                if fd is not None:
+                    os.close(fd)
                 continue  # nothing there, or removed while walking
             except OSError as e:
+                if fd is not None:
+                    os.close(fd)
                 raise os_error(e, f"list {prefix!r} in {self.url}", folder) from e
             try:
                 with entries:
