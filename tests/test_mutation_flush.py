@@ -9,10 +9,38 @@ by mutation testing, issue 13).
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import json
+from typing import Any
 
-from icechunk_dask._flush import group_by_node
-from icechunk_dask.format import ChunkRef, new_id
+import numpy as np
+import pytest
+import zarr
+
+from icechunk_dask import Repository, RepositoryConfig, in_memory_storage
+from icechunk_dask._flush import (
+    _keeps_layout,
+    _Layout,
+    _layout_of,
+    _nodes_to_rewrite,
+    _per_box,
+    _under,
+    _write_node,
+    group_by_node,
+    planned_layout,
+)
+from icechunk_dask._layers import LayerWriter
+from icechunk_dask._manifests import load_box, load_node
+from icechunk_dask._sync import run
+from icechunk_dask.format import (
+    ChunkRef,
+    Layer,
+    NodeManifests,
+    RepoConfig,
+    Snapshot,
+    array_layout,
+    new_id,
+)
 from icechunk_dask.format._locate import node_of
 
 _OID = new_id()
@@ -101,3 +129,276 @@ def test_a_key_named_c_and_directories_seen_twice() -> None:
     _check(keys, frozenset({"h"}))
     _check(keys, frozenset())
     assert group_by_node({}, frozenset({"a"})) == {}
+
+
+# -- the commit's layout decisions (``_under``, ``_keeps_layout``, ``_layout_of``, ...) --------
+
+ENC = ("default", "/")
+
+
+def _doc(shape: list[int], chunks: list[int], **extra: object) -> bytes:
+    doc: dict[str, object] = {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": shape,
+        "data_type": "int32",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        **extra,
+    }
+    return json.dumps(doc).encode()
+
+
+def _cfg(**changes: object) -> RepoConfig:
+    return dataclasses.replace(Repository.create(in_memory_storage())._assets.config, **changes)
+
+
+@pytest.mark.parametrize(
+    ("path", "prefix", "under"),
+    [
+        ("a", "", True),
+        ("", "", True),
+        ("a", "a", True),
+        ("a/b", "a", True),
+        ("a/b/c", "a", True),
+        ("ab", "a", False),
+        ("a", "a/b", False),
+        ("", "a", False),
+        ("b/a", "a", False),
+    ],
+)
+def test_under(path: str, prefix: str, under: bool) -> None:
+    assert _under(path, prefix) is under
+
+
+@pytest.mark.parametrize(
+    ("nm", "layout", "keeps"),
+    [
+        (NodeManifests(legacy=("m",)), None, False),  # format 1: always rewritten
+        (NodeManifests(ENC, (2,), legacy=("m",)), (ENC, (2,)), False),
+        (NodeManifests(), None, True),  # a directory of keys stays one
+        (NodeManifests(), (ENC, (2,)), False),  # an array replaced a directory of keys
+        (NodeManifests(ENC, (2,)), None, False),  # ... or the reverse
+        (NodeManifests(ENC, (2, 4)), (ENC, (2, 4)), True),
+        (NodeManifests(ENC, (2, 4)), (ENC, (8, 1)), True),  # a layout is kept for life
+        (NodeManifests(ENC, (2, 4)), (("default", "."), (2, 4)), False),
+        (NodeManifests(ENC, (2, 4)), (("v2", "/"), (2, 4)), False),
+        (NodeManifests(ENC, (2, 4)), (ENC, (2,)), False),  # another number of dimensions
+        (NodeManifests(ENC, (2,)), (ENC, (2, 4)), False),
+    ],
+)
+def test_keeps_layout(nm: NodeManifests, layout: _Layout, keeps: bool) -> None:
+    assert _keeps_layout(nm, layout) is keeps
+
+
+def test_layout_of_reads_the_arrays_metadata_and_the_split_overrides() -> None:
+    cfg = _cfg(manifest_box_refs=4)
+    doc = _doc([8, 8], [1, 1], dimension_names=["t", "x"])
+    meta = {"a/zarr.json": doc, "zarr.json": doc, "ab/zarr.json": doc, "bad/zarr.json": b"{"}
+    arrays = frozenset({"a", "", "ab", "bad", "gone"})
+    want = array_layout(json.loads(doc), 4)
+    assert want is not None
+    assert _layout_of("a", meta, arrays, cfg) == want
+    assert _layout_of("", meta, arrays, cfg) == want  # the root array's document
+    assert _layout_of("g", meta, arrays, cfg) is None  # no array
+    assert _layout_of("gone", meta, arrays, cfg) is None  # no document
+    assert _layout_of("bad", meta, arrays, cfg) is None  # not JSON
+    assert _layout_of("a", meta, frozenset({"ab"}), cfg) is None
+    # the first pattern that matches the whole path wins
+    split = {"a": {"t": 3}, "a.*": {"t": 5}, ".*": {"x": 2}}
+    cfg = _cfg(manifest_box_refs=4, manifest_splits=split)
+    assert _layout_of("a", meta, arrays, cfg) == array_layout(json.loads(doc), 4, {"t": 3})
+    assert _layout_of("ab", meta, arrays, cfg) == array_layout(json.loads(doc), 4, {"t": 5})
+    assert _layout_of("", meta, arrays, cfg) == array_layout(json.loads(doc), 4, {"x": 2})
+    assert len({_layout_of(n, meta, arrays, cfg) for n in ("a", "ab", "")}) == 3
+
+
+def test_planned_layout() -> None:
+    cfg = _cfg(manifest_box_refs=4)
+    doc = _doc([8], [1])
+    new = array_layout(json.loads(doc), 4)
+    kept = NodeManifests(ENC, (3,), {"0": (Layer("m", 1),)})
+    snap = Snapshot(
+        "s",
+        None,
+        "t",
+        "m",
+        {},
+        {"a/zarr.json": doc, "d/zarr.json": doc},
+        {"a": kept, "d": NodeManifests(), "f": NodeManifests(legacy=("m",))},
+    )
+    meta = {"a/zarr.json": doc, "d/zarr.json": doc, "f/zarr.json": doc, "n/zarr.json": doc}
+    assert planned_layout(snap, meta, set(), cfg, "a") == (ENC, (3,))  # kept for life
+    assert planned_layout(snap, meta, set(), cfg, "n") == new  # a new node
+    assert planned_layout(snap, meta, {"a"}, cfg, "a") == new  # re-created after delete_dir
+    assert planned_layout(snap, meta, {""}, cfg, "a") == new
+    assert planned_layout(snap, meta, {"ab"}, cfg, "a") == (ENC, (3,))
+    assert planned_layout(snap, meta, set(), cfg, "d") is None  # a directory became an array
+    assert planned_layout(snap, meta, set(), cfg, "f") is None  # f was no array (and format 1)
+    assert planned_layout(snap, {}, set(), cfg, "a") is None  # no longer an array
+    assert planned_layout(snap, {}, set(), cfg, "x") is None
+
+
+def test_per_box_groups_a_nodes_changes_by_box() -> None:
+    refs: list[ChunkRef | None] = [_ref(i) for i in range(5)]
+    keys = ["c/0", "c/3", "c/1", "zz", "c/2"]
+    assert _per_box(keys, refs, "", None, (2,)) == {"": (keys, refs)}
+    assert _per_box(keys, refs, "", ENC, None) == {"": (keys, refs)}
+    got = _per_box(keys, refs, "", ENC, (2,))
+    assert got == {
+        "0": (["c/0", "c/1"], [refs[0], refs[2]]),
+        "1": (["c/3", "c/2"], [refs[1], refs[4]]),
+        "": (["zz"], [refs[3]]),
+    }
+    one = _per_box(["c/0", "c/1"], refs[:2], "", ENC, (4,))
+    assert one == {"0": (["c/0", "c/1"], refs[:2])}
+    # whole keys with the node's prefix: kept with "/" separators, stripped first for "."
+    whole = _per_box(["g/a/c/0", "g/a/c/5"], refs[:2], "g/a/", ENC, (4,))
+    assert whole == {"0": (["g/a/c/0"], [refs[0]]), "1": (["g/a/c/5"], [refs[1]])}
+    dotted = _per_box(["g/a/c.0", "g/a/c.5"], refs[:2], "g/a/", ("default", "."), (4,))
+    assert dotted == {"0": (["c.0"], [refs[0]]), "1": (["c.5"], [refs[1]])}
+    single = _per_box(["g/a/c.0", "g/a/c.1"], refs[:2], "g/a/", ("default", "."), (4,))
+    assert single == {"0": (["c.0", "c.1"], refs[:2])}
+
+
+def test_nodes_to_rewrite() -> None:
+    layout = (ENC, (2,))
+    nodes = {
+        "keep": NodeManifests(ENC, (2,)),
+        "old": NodeManifests(legacy=("m",)),
+        "dir": NodeManifests(),
+        "gone": NodeManifests(ENC, (2,)),
+        "g": NodeManifests(),
+        "x": NodeManifests(),
+        "cut": NodeManifests(ENC, (2,)),
+        "cutsib": NodeManifests(ENC, (2,)),
+        "other": NodeManifests(legacy=("m",)),
+    }
+    layouts = {"keep": layout, "old": layout, "dir": layout, "cut": layout, "other": None}
+    arrays = frozenset({"keep", "old", "dir", "g/new", "cut", "cutsib"})
+    before = frozenset({"keep", "old", "gone", "cut", "cutsib"})
+    touched = {"keep", "old", "dir"}
+    redo = _nodes_to_rewrite(nodes, touched, layouts, arrays, before, {"cut/sub", "cutsib"})
+    # old: format 1 and changed; dir: became an array; gone: no longer an array;
+    # g: an array was created under it; cut: a delete_dir inside it
+    assert redo == {"old", "dir", "gone", "g", "cut"}
+    # an array added above existing nodes takes their keys
+    redo = _nodes_to_rewrite(
+        {"top/a": NodeManifests(), "topx": NodeManifests()},
+        set(),
+        {},
+        frozenset({"top"}),
+        frozenset(),
+        set(),
+    )
+    assert redo == {"top/a"}
+    assert (
+        _nodes_to_rewrite({"": NodeManifests()}, set(), {}, frozenset(), frozenset(), {""}) == set()
+    )
+
+
+def test_write_node_keeps_its_layout_stacks_prebuilt_layers_and_drops_empty_nodes() -> None:
+    repo = Repository.create(in_memory_storage(), RepositoryConfig(manifest_max_layers=8))
+    writer = LayerWriter(repo._assets)
+
+    def write(*args: Any, **kw: Any) -> NodeManifests | None:
+        return run(_write_node(writer, *args, **kw))
+
+    layout = (ENC, (2,))
+    new = write("a", None, layout, ["c/0", "c/3"], [_ref(0), _ref(3)], "")
+    assert new is not None and (new.encoding, new.split) == layout
+    assert sorted(new.boxes) == ["0", "1"]
+    # an existing node keeps its layout whatever the metadata says now
+    again = write("a", new, (ENC, (8,)), ["a/c/1"], [_ref(1)], "a/")
+    assert again is not None and (again.encoding, again.split) == layout
+    assert again.boxes["1"] == new.boxes["1"]
+    both = {"c/0": _ref(0), "c/1": _ref(1)}  # stored as suffixes
+    assert run(load_box(repo._assets, "a", "0", again.boxes["0"])) == both
+    flat = write("d", None, None, ["x", "y"], [_ref(1), _ref(2)], "")
+    assert flat is not None and (flat.encoding, flat.split, list(flat.boxes)) == (None, None, [""])
+    # deleting every key of a box drops the box, of every box the node
+    fewer = write("a", again, layout, ["c/3"], [None], "")
+    assert fewer is not None and sorted(fewer.boxes) == ["0"]
+    assert write("a", fewer, layout, ["c/0", "c/1"], [None, None], "") is None
+    # pre-built layers go on top of their boxes, under the box's own changes
+    base = write("b", None, layout, ["c/0", "c/2", "c/3"], [_ref(0), _ref(2), _ref(3)], "")
+    assert base is not None
+    pre_layer = run(writer.write("b", "1", ["c/2", "c/3"], [_ref(7), _ref(8)]))
+    only = run(writer.write("b", "2", ["c/4"], [_ref(4)]))
+    pre = NodeManifests(ENC, (2,), {"1": (pre_layer,), "2": (only,)})
+    stacked = write("b", base, layout, ["c/3"], [_ref(9)], "", pre)
+    assert stacked is not None
+    assert stacked.boxes["2"] == (only,)  # stacked alone: no layer written
+    assert stacked.boxes["0"] == base.boxes["0"]
+    box1 = run(load_box(repo._assets, "b", "1", stacked.boxes["1"]))
+    assert box1 == {"c/2": _ref(7), "c/3": _ref(9)}
+    # whole keys with "." separators are stripped for the boxes' layers
+    dotted = write(
+        "g/a", None, (("default", "."), (2,)), ["g/a/c.0", "g/a/c.3"], [_ref(0), _ref(3)], "g/a/"
+    )
+    assert dotted is not None
+    first = run(repo._assets.get_manifest(dotted.boxes["0"][0].id, "g/a", "0"))
+    assert first == {"c.0": _ref(0)}
+
+
+# -- whole commits (``write_snapshot``) ---------------------------------------------------------
+
+
+def _base(repo: Repository) -> str:
+    s = repo.writable_session("main")
+    root = zarr.open_group(s.store, mode="w")
+    g = root.create_group("g")
+    for parent, name in ((root, "a"), (root, "ab"), (g, "a"), (g, "b")):
+        arr = parent.create_array(name, shape=(4,), chunks=(1,), dtype="i4", fill_value=0)
+        arr[:] = np.arange(1, 5)
+    return s.commit("base")
+
+
+def test_a_commit_drops_exactly_the_nodes_under_a_deleted_directory() -> None:
+    repo = Repository.create(in_memory_storage(), RepositoryConfig(manifest_box_refs=2))
+    base = _base(repo)
+    s = repo.writable_session("main")
+    run(s.store.delete_dir("a"))
+    run(s.store.delete_dir("g/a"))
+    zarr.open_array(s.store, path="g/b")[0] = 9
+    sid = s.commit("cut")
+    snap = run(repo._assets.get_snapshot(sid))
+    assert set(snap.nodes) == {"ab", "g/b"}
+    assert snap.parent_id == base and snap.message == "cut"
+    assert "a/zarr.json" not in snap.meta and "ab/zarr.json" in snap.meta
+    view = repo.readonly_session("main").store
+    assert zarr.open_array(view, path="ab")[:].tolist() == [1, 2, 3, 4]
+    assert zarr.open_array(view, path="g/b")[:].tolist() == [9, 2, 3, 4]
+    log = run(repo._assets.get_transaction_log(sid))
+    assert (log.snapshot_id, log.parent_id) == (sid, base)
+    assert set(log.cleared) == {"a", "g/a"}
+    assert set(log.meta_keys) == {"a/zarr.json", "g/a/zarr.json"}
+    assert set(log.chunk_keys) == {"g/b/c/0"}
+    assert dict(log.layers) == {}
+    # the root cleared: every node goes
+    s = repo.writable_session("main")
+    run(s.store.delete_dir(""))
+    assert run(repo._assets.get_snapshot(s.commit("all"))).nodes == {}
+
+
+def test_an_array_recreated_after_delete_dir_gets_its_new_layout() -> None:
+    repo = Repository.create(in_memory_storage(), RepositoryConfig(manifest_box_refs=2))
+    _base(repo)
+    s = repo.writable_session("main")
+    run(s.store.delete_dir("a"))
+    arr = zarr.create_array(s.store, name="a", shape=(2, 8), chunks=(1, 1), dtype="i4")
+    arr[:] = 5
+    sid = s.commit("again")
+    nm = run(repo._assets.get_snapshot(sid)).nodes["a"]
+    assert nm.split is not None and len(nm.split) == 2
+    assert zarr.open_array(repo.readonly_session("main").store, path="a")[:].sum() == 80
+    # a delete_dir inside a node rewrites it without the deleted keys
+    s = repo.writable_session("main")
+    run(s.store.delete_dir("a/c/1"))
+    sid = s.commit("half")
+    back = zarr.open_array(repo.readonly_session("main").store, path="a")[:]
+    assert back.tolist() == [[5] * 8, [0] * 8]
+    keys = run(load_node(repo._assets, "a", run(repo._assets.get_snapshot(sid)).nodes["a"]))
+    assert sorted(keys) == [f"c/0/{j}" for j in range(8)]
