@@ -323,14 +323,17 @@ def test_write_node_keeps_its_layout_stacks_prebuilt_layers_and_drops_empty_node
     assert fewer is not None and sorted(fewer.boxes) == ["0"]
     assert write("a", fewer, layout, ["c/0", "c/1"], [None, None], "") is None
     # pre-built layers go on top of their boxes, under the box's own changes
-    base = write("b", None, layout, ["c/0", "c/2", "c/3"], [_ref(0), _ref(2), _ref(3)], "")
+    base = write(
+        "b", None, layout, ["c/0", "c/2", "c/3", "c/4"], [_ref(i) for i in (0, 2, 3, 4)], ""
+    )
     assert base is not None
     pre_layer = run(writer.write("b", "1", ["c/2", "c/3"], [_ref(7), _ref(8)]))
-    only = run(writer.write("b", "2", ["c/4"], [_ref(4)]))
+    only = run(writer.write("b", "2", ["c/5"], [_ref(5)]))
     pre = NodeManifests(ENC, (2,), {"1": (pre_layer,), "2": (only,)})
     stacked = write("b", base, layout, ["c/3"], [_ref(9)], "", pre)
     assert stacked is not None
-    assert stacked.boxes["2"] == (only,)  # stacked alone: no layer written
+    # stacked alone (no changes in the box): no layer written, the old ones kept below
+    assert stacked.boxes["2"] == (only, *base.boxes["2"])
     assert stacked.boxes["0"] == base.boxes["0"]
     box1 = run(load_box(repo._assets, "b", "1", stacked.boxes["1"]))
     assert box1 == {"c/2": _ref(7), "c/3": _ref(9)}
@@ -402,3 +405,17 @@ def test_an_array_recreated_after_delete_dir_gets_its_new_layout() -> None:
     assert back.tolist() == [[5] * 8, [0] * 8]
     keys = run(load_node(repo._assets, "a", run(repo._assets.get_snapshot(sid)).nodes["a"]))
     assert sorted(keys) == [f"c/0/{j}" for j in range(8)]
+
+
+def test_write_node_compacts_a_box_with_too_many_stacked_layers_as_its_node_and_box() -> None:
+    storage = in_memory_storage()
+    repo = Repository.create(storage, RepositoryConfig(manifest_max_layers=1))
+    writer = LayerWriter(repo._assets)
+    layout = (ENC, (2,))
+    base = run(_write_node(writer, "b", None, layout, ["c/4"], [_ref(4)], ""))
+    assert base is not None
+    pre = NodeManifests(ENC, (2,), {"2": (run(writer.write("b", "2", ["c/5"], [_ref(5)])),)})
+    got = run(_write_node(writer, "b", base, layout, [], [], "", pre))
+    assert got is not None and len(got.boxes["2"]) == 1  # 2 layers > 1: compacted
+    fresh = Repository.open(storage)._assets  # nothing cached: the header is checked
+    assert run(load_box(fresh, "b", "2", got.boxes["2"])) == {"c/4": _ref(4), "c/5": _ref(5)}
