@@ -419,3 +419,13 @@ def test_write_node_compacts_a_box_with_too_many_stacked_layers_as_its_node_and_
     assert got is not None and len(got.boxes["2"]) == 1  # 2 layers > 1: compacted
     fresh = Repository.open(storage)._assets  # nothing cached: the header is checked
     assert run(load_box(fresh, "b", "2", got.boxes["2"])) == {"c/4": _ref(4), "c/5": _ref(5)}
+
+
+def test_metadata_created_and_deleted_in_one_session_commits_as_nothing() -> None:
+    repo = Repository.create(in_memory_storage())
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="x", shape=(2,), chunks=(1,), dtype="i4")
+    run(s.store.delete("x/zarr.json"))  # never committed: a deletion of nothing
+    assert s.changes().meta["x/zarr.json"] is None
+    snap = run(repo._assets.get_snapshot(s.commit("nothing of x")))
+    assert "x/zarr.json" not in snap.meta and "zarr.json" in snap.meta
