@@ -110,8 +110,24 @@ def test_a_manifest_copied_over_another_is_refused() -> None:
     )
     _refused(data, msg)
     _refused(data, msg, node="a/b", box="0.1")
-    with pytest.raises(CorruptObjectError, match="is manifest 'OTHER', not the one its key"):
+    with pytest.raises(CorruptObjectError) as info:
         manifest_object_ids(data, KEY)
+    assert str(info.value) == (
+        "object 'manifests/M1' is manifest 'OTHER', not the one its key names: an object was "
+        "copied over another; the repository is damaged"
+    )
+    assert info.value.key == KEY
+
+
+def test_a_damaged_manifest_is_reported_with_its_key() -> None:
+    data = encode_manifest("M1", "a/b", "0.1", ENTRIES)
+    for bad in (data[:10], data[:-1], data[:-1] + bytes([data[-1] ^ 1])):
+        with pytest.raises(CorruptObjectError, match=r"^object 'manifests/M1' ") as info:
+            decode_manifest(bad, KEY)
+        assert info.value.key == KEY
+        with pytest.raises(CorruptObjectError, match=r"^object 'manifests/M1' ") as info:
+            manifest_object_ids(bad, KEY)
+        assert info.value.key == KEY
 
 
 @pytest.mark.parametrize(
