@@ -26,8 +26,8 @@ from icechunk_dask.format._refs_codec import (
 )
 
 COUNTS = struct.Struct("<QQQQ")
-WRONG_SIZE = "chunk reference columns have the wrong size"
-DISAGREE = "chunk reference columns disagree in length"
+WRONG_SIZE = "^chunk reference columns have the wrong size$"
+DISAGREE = "^chunk reference columns disagree in length$"
 
 
 def _u64(*values: int) -> bytes:
@@ -250,3 +250,15 @@ def test_object_ids_checks_the_size_with_inline_bytes_and_long_keys() -> None:
     refs: list[ChunkRef | None] = [(b"inline bytes", 0, 12, 1), ("obj", 0, 1, 2)]
     data = encode_refs(["a long key " * 5, "another long key"], refs)
     assert object_ids(data) == ["obj"]
+
+
+def test_the_general_form_keeps_64_bit_values() -> None:
+    """Offsets, lengths and checksums are unsigned 64-bit in every path (a checksum of
+    2**64 - 1 next to a small one must not make a float column)."""
+    big = 2**64 - 1
+    refs: list[ChunkRef | None] = [("o", big, 2**63 + 1, big), None, (b"x", 0, 1, 2**63 + 5)]
+    data = encode_refs(["a", "b", "c"], refs)
+    assert data[32 + 5 + 3 + 3 :][: 3 * 8] == _u64(big, 0, 0)
+    assert data[32 + 5 + 3 + 3 + 24 :][:24] == _u64(2**63 + 1, 0, 1)
+    assert data[32 + 5 + 3 + 3 + 48 :][:24] == _u64(big, 0, 2**63 + 5)
+    assert decode_refs(data) == (["a", "b", "c"], refs)
