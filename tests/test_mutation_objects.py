@@ -289,3 +289,20 @@ def test_scratch_round_trip_and_refusals() -> None:
         decode_scratch, short, "scratch/x",
         "object 'scratch/x' cannot be decoded: ValueError('chunk reference columns have the wrong size')",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("decode", "data"),
+    [
+        (RepoConfig.decode, RepoConfig("R", 2, "t").encode()),
+        (TransactionLog.decode, TransactionLog("K", None, set(), {"a"}).encode()),
+        (BranchRef.decode, BranchRef("S", None, "x", "t").encode("b", 1)),
+        (TagRef.decode, TagRef("S", "x", "t").encode("v")),
+        (decode_scratch, encode_scratch("B", {"a": ("o", 0, 1, 2)})),
+    ],
+)
+def test_damaged_objects_are_reported_with_their_key(decode: object, data: bytes) -> None:
+    for bad in (data[:10], data[:-1] + bytes([data[-1] ^ 1])):
+        with pytest.raises(CorruptObjectError, match=r"^object 'x/K' ") as info:
+            decode(bad, "x/K")  # type: ignore[operator]
+        assert info.value.key == "x/K"
