@@ -35,6 +35,8 @@ def test_array_paths() -> None:
     assert array_paths(meta) == frozenset({"", "g/a", "v2"})
     assert array_paths({}) == frozenset()
     assert array_paths({".zarray": b"{}"}) == frozenset({""})
+    # a deleted document first: skipped, the rest still read
+    assert array_paths({"x/zarr.json": None, "a/zarr.json": V3_ARRAY}) == frozenset({"a"})
 
 
 @pytest.mark.parametrize(
@@ -70,6 +72,8 @@ def test_node_of(key: str, arrays: set[str], want: tuple[str, str]) -> None:
         ("a/b/k", ("a/b", "k")),
         ("g/c/c/0", ("g", "c/c/0")),  # the first c component
         ("g/x/c", ("g/x", "c")),
+        ("g/c/c", ("g/c", "c")),  # a 0-d array's chunk, even in a directory named c
+        ("c/c", ("c", "c")),
         ("g/c/x", ("g", "c/x")),
     ],
 )
