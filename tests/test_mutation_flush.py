@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import zarr
 
-from icechunk_dask import Repository, RepositoryConfig, in_memory_storage
+from icechunk_dask import CorruptObjectError, Repository, RepositoryConfig, in_memory_storage
+from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._flush import (
     _keeps_layout,
     _Layout,
@@ -28,6 +29,7 @@ from icechunk_dask._flush import (
     _write_node,
     group_by_node,
     planned_layout,
+    write_snapshot,
 )
 from icechunk_dask._layers import LayerWriter
 from icechunk_dask._manifests import load_box, load_node
@@ -429,3 +431,84 @@ def test_metadata_created_and_deleted_in_one_session_commits_as_nothing() -> Non
     assert s.changes().meta["x/zarr.json"] is None
     snap = run(repo._assets.get_snapshot(s.commit("nothing of x")))
     assert "x/zarr.json" not in snap.meta and "zarr.json" in snap.meta
+
+
+# -- write_snapshot on hand-made change sets (pre-built layers, rewrites, damage) --------------
+
+
+class _Commit:
+    """A repository with a base commit, and ``write_snapshot`` called on hand-made changes."""
+
+    def __init__(self, **config: Any) -> None:
+        self.storage = in_memory_storage()
+        self.repo = Repository.create(self.storage, RepositoryConfig(**config))
+        self.assets = self.repo._assets
+        self.writer = LayerWriter(self.assets)
+
+    def base(self, build: Any) -> Snapshot:
+        s = self.repo.writable_session("main")
+        build(s.store)
+        return run(self.assets.get_snapshot(s.commit("base")))
+
+    def changes(self, parent: Snapshot) -> ChangeSet:
+        return ChangeSet(self.assets.config.repo_id, parent.id)
+
+    def write(self, parent: Snapshot, changes: ChangeSet, assets: Any = None) -> Snapshot:
+        return run(write_snapshot(assets or self.assets, parent, changes, "m", {}, "t"))
+
+
+def _square(store: Any) -> None:
+    zarr.create_array(store, name="a", shape=(4, 4), chunks=(1, 1), dtype="i4")[:] = 1
+    zarr.create_array(store, name="b", shape=(4, 4), chunks=(1, 1), dtype="i4")[:] = 2
+
+
+def test_prebuilt_layers_of_a_node_that_keeps_its_layout_are_stacked_as_they_are() -> None:
+    c = _Commit(manifest_box_refs=8)
+    parent = c.base(_square)
+    assert parent.nodes["a"].split == (2, 4)
+    # the arrays grow: their metadata now gives another split, the nodes keep theirs
+    grown = json.loads(parent.meta["a/zarr.json"])
+    grown["shape"] = [4, 8]
+    changes = c.changes(parent)
+    changes.meta["a/zarr.json"] = changes.meta["b/zarr.json"] = json.dumps(grown).encode()
+    layer = run(c.writer.write("a", "0.0", ["c/0/0"], [_ref(1)]))
+    changes.layers["a"] = NodeManifests(ENC, (2, 4), {"0.0": (layer,)})
+    # b's layers were built for another layout: loaded and written as changes
+    other = run(c.writer.write("b", "0.0", ["c/0/0"], [_ref(2)]))
+    changes.layers["b"] = NodeManifests(ENC, (1, 8), {"0.0": (other,)})
+    snap = c.write(parent, changes)
+    assert snap.nodes["a"].boxes["0.0"][0] == layer  # stacked, by id
+    assert snap.nodes["a"].split == (2, 4) and snap.nodes["b"].split == (2, 4)
+    assert other not in snap.nodes["b"].boxes["0.0"]
+    log = run(c.assets.get_transaction_log(snap.id))
+    assert dict(log.layers) == {"a": {"0.0": (layer.id,)}}
+    assert set(log.chunk_keys) == {"b/c/0/0"}  # only the loaded layers' keys
+    fresh = Repository.open(c.storage)._assets
+    assert run(load_box(fresh, "a", "0.0", snap.nodes["a"].boxes["0.0"]))["c/0/0"] == _ref(1)
+    assert run(load_box(fresh, "b", "0.0", snap.nodes["b"].boxes["0.0"]))["c/0/0"] == _ref(2)
+
+
+def test_a_root_array_is_rewritten_with_its_keys_as_they_are() -> None:
+    repo = Repository.create(in_memory_storage(), RepositoryConfig(manifest_box_refs=2))
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, shape=(2, 2), chunks=(1, 1), dtype="i4")[:] = [[1, 2], [3, 4]]
+    s.commit("root array")
+    s = repo.writable_session("main")
+    run(s.store.delete_dir("c/1"))  # inside the root node: it is rewritten
+    s.commit("half")
+    back = zarr.open_array(repo.readonly_session("main").store)[:]
+    assert back.tolist() == [[1, 2], [0, 0]]
+
+
+def test_a_rewritten_node_reads_its_manifests_as_that_node() -> None:
+    c = _Commit(manifest_box_refs=8)
+    parent = c.base(_square)
+    # a snapshot whose node "a" names a manifest of node "b" (an object copied over)
+    wrong = dict(parent.nodes)
+    wrong["a"] = parent.nodes["b"]
+    damaged = dataclasses.replace(parent, nodes=wrong)
+    changes = c.changes(damaged)
+    changes.cleared.add("a/c/1")  # a delete_dir inside "a": the node is rewritten
+    fresh = Repository.open(c.storage)._assets  # nothing cached: every header checked
+    with pytest.raises(CorruptObjectError, match="not the one expected there"):
+        c.write(damaged, changes, fresh)
