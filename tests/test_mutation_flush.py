@@ -405,7 +405,9 @@ def test_an_array_recreated_after_delete_dir_gets_its_new_layout() -> None:
     sid = s.commit("half")
     back = zarr.open_array(repo.readonly_session("main").store, path="a")[:]
     assert back.tolist() == [[5] * 8, [0] * 8]
-    keys = run(load_node(repo._assets, "a", run(repo._assets.get_snapshot(sid)).nodes["a"]))
+    rewritten = run(repo._assets.get_snapshot(sid)).nodes["a"]
+    assert (rewritten.encoding, rewritten.split) == (nm.encoding, nm.split)  # still in boxes
+    keys = run(load_node(repo._assets, "a", rewritten))
     assert sorted(keys) == [f"c/0/{j}" for j in range(8)]
 
 
