@@ -514,3 +514,19 @@ def test_a_rewritten_node_reads_its_manifests_as_that_node() -> None:
     fresh = Repository.open(c.storage)._assets  # nothing cached: every header checked
     with pytest.raises(CorruptObjectError, match="not the one expected there"):
         c.write(damaged, changes, fresh)
+
+
+def test_a_node_whose_every_chunk_is_deleted_leaves_the_snapshot() -> None:
+    repo = Repository.create(in_memory_storage())
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(2,), chunks=(1,), dtype="i4")[:] = 7
+    zarr.create_array(s.store, name="b", shape=(2,), chunks=(1,), dtype="i4")[:] = 8
+    s.commit("base")
+    s = repo.writable_session("main")
+    run(s.store.delete("a/c/0"))
+    run(s.store.delete("a/c/1"))
+    snap = run(repo._assets.get_snapshot(s.commit("empty a")))
+    assert set(snap.nodes) == {"b"}
+    view = repo.readonly_session("main").store
+    assert zarr.open_array(view, path="a")[:].tolist() == [0, 0]
+    assert zarr.open_array(view, path="b")[:].tolist() == [8, 8]
