@@ -133,6 +133,21 @@ def test_a_key_named_c_and_directories_seen_twice() -> None:
     assert group_by_node({}, frozenset({"a"})) == {}
 
 
+def test_an_array_inside_another_arrays_c_directory_is_never_taken_in_bulk() -> None:
+    # "a/c/x" is an array under "a": a bulk split of "a/c/" would take its keys
+    _check(["a/c/0", "a/c/x/c/0", "a/c/1", "a/c/x/c/1"], frozenset({"a", "a/c/x"}))
+    # "g" is no array (the c rule names it): a bulk split of "g/c/" would take "g/c/x"'s keys
+    _check(["g/c/0", "g/c/x/c/0", "g/c/1"], frozenset({"g/c/x"}))
+
+
+def test_bulk_nodes_are_found_with_the_views_arrays() -> None:
+    got = _check(["g/c/c/0", "g/c/c/1"], frozenset({"g/c"}))  # an array named c
+    assert got["g/c"][2] == "g/c/"
+    # a root array first, then arrays under it: each split off in bulk
+    got = _check(["c/0", "x/c/0", "y/c/0", "c/1", "x/c/1"], frozenset({"", "x", "y"}))
+    assert (got[""][2], got["x"][2], got["y"][2]) == ("", "x/", "y/")
+
+
 # -- the commit's layout decisions (``_under``, ``_keeps_layout``, ``_layout_of``, ...) --------
 
 ENC = ("default", "/")
