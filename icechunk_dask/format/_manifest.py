@@ -8,7 +8,6 @@ above the oldest may hold tombstones (``None``): keys deleted since.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -146,5 +145,5 @@ def manifest_object_ids(data: bytes, key: str) -> list[str]:
         )
     try:
         return object_ids(body)
-    except (ValueError, UnicodeDecodeError, struct.error) as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise CorruptObjectError(f"object {key!r} cannot be decoded: {e!r}", key=key) from e

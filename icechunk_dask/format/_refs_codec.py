@@ -194,6 +194,8 @@ def decode_refs(data: bytes) -> tuple[list[str], list[ChunkRef | None]]:
     ValueError
         If the columns are inconsistent (the caller reports the object key).
     """
+    if len(data) < _COUNTS.size:
+        raise ValueError("chunk reference columns have the wrong size")
     n, klen, ilen, blen = _COUNTS.unpack_from(data)
     pos = _COUNTS.size
     key_blob = bytes(data[pos : pos + klen])
@@ -246,6 +248,8 @@ def object_ids(data: bytes) -> list[str]:
     ValueError
         If the columns are inconsistent (the caller reports the object key).
     """
+    if len(data) < _COUNTS.size:
+        raise ValueError("chunk reference columns have the wrong size")
     n, klen, ilen, blen = _COUNTS.unpack_from(data)
     pos = _COUNTS.size + klen
     id_blob = bytes(data[pos : pos + ilen])
