@@ -8,22 +8,30 @@ issue 13).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import zarr
 
 from icechunk_dask import (
     ConflictError,
+    CorruptObjectError,
     ErrorKind,
     InvalidInputError,
     NotFoundError,
     Repository,
     RepositoryConfig,
+    Session,
     StorageError,
     in_memory_storage,
+    local_filesystem_storage,
 )
 from icechunk_dask._commit import validate_metadata
+from icechunk_dask._sync import run
 from icechunk_dask.storage import FaultyStorage, Storage
 
 _ARRAY = {
@@ -112,8 +120,12 @@ def test_one_rebase_is_enough_for_one_commit_landed_first() -> None:
 class _AckAndReadBackLost(FaultyStorage):
     """The first branch-entry write lands unacknowledged, and reading it back fails once."""
 
-    def __init__(self, inner: Storage) -> None:
-        super().__init__(inner, fail_on={"put_if_absent": 1}, fail_after_apply={"put_if_absent"})
+    def __init__(self, inner: Storage, *, deletes_fail: bool = False) -> None:
+        super().__init__(
+            inner,
+            fail_on={"put_if_absent": 1, **({"delete": range(1, 100)} if deletes_fail else {})},
+            fail_after_apply={"put_if_absent"},
+        )
         self.readback_failed = False
 
     async def get(self, key: str) -> bytes:
@@ -168,3 +180,92 @@ def test_a_commit_of_unknown_outcome_on_a_reset_branch_is_committed_again() -> N
     assert _messages(inner).count("unknown outcome") == 1
     back = zarr.open_array(Repository.open(inner).readonly_session("main").store, path="a")[:]
     assert list(back[:10]) == [7] * 10
+
+
+def _unknown_outcome_then_two_more(inner: Storage) -> tuple[Session, list[str]]:
+    """A session's commit lands unacknowledged, then two other commits land on top.
+
+    Returns the session (over ``inner``, with a failure on its first commit) and the three
+    snapshot ids, oldest first; the session's commit is to be retried.
+    """
+    s = Repository.create(inner).writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(40,), chunks=(10,), dtype="i4", fill_value=0)
+    s.commit("base")
+    session = Repository.open(_AckAndReadBackLost(inner)).writable_session("main")
+    zarr.open_array(session.store, path="a")[0:10] = 7
+    with pytest.raises(StorageError, match="may or may not have landed"):
+        session.commit("unknown outcome")
+    ids = [Repository.open(inner).lookup_branch("main")]
+    for i in (1, 2):
+        other = Repository.open(inner).writable_session("main")
+        zarr.open_array(other.store, path="a")[10 * i : 10 * (i + 1)] = i
+        ids.append(other.commit(f"later {i}"))
+    return session, ids
+
+
+def test_a_commit_of_unknown_outcome_is_found_through_snapshots_expired_since(
+    tmp_path: Path,
+) -> None:
+    inner = local_filesystem_storage(tmp_path / "repo", durable=False)
+    session, (ours, later, _tip) = _unknown_outcome_then_two_more(inner)
+    expired = Repository.open(inner).expire_snapshots(datetime.now(UTC))
+    assert {ours, later} <= expired  # the walk from the tip passes through both
+    assert session.commit("unknown outcome") == ours
+    assert _messages(inner)[0] == "later 2"  # nothing was committed again
+
+
+def test_a_cycle_above_a_commit_of_unknown_outcome_is_damage_not_a_hang(tmp_path: Path) -> None:
+    inner = local_filesystem_storage(tmp_path / "repo", durable=False)
+    session, (_ours, later, tip) = _unknown_outcome_then_two_more(inner)
+    snap = run(Repository.open(inner)._assets.get_snapshot(later))
+    looped = dataclasses.replace(snap, parent_id=tip)  # later 1 <-> later 2: neither is ours
+    (tmp_path / "repo" / "snapshots" / later).write_bytes(looped.encode())
+    with pytest.raises(CorruptObjectError, match="has a cycle"):
+        session.commit("unknown outcome")
+
+
+def test_a_retry_reads_no_history_below_the_session_base(tmp_path: Path) -> None:
+    inner = local_filesystem_storage(tmp_path / "repo", durable=False)
+    s = Repository.create(inner).writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(40,), chunks=(10,), dtype="i4", fill_value=0)
+    below = s.commit("below the base")
+    s = Repository.open(inner).writable_session("main")
+    zarr.open_array(s.store, path="a")[30:40] = 3
+    base = s.commit("base")
+    session = Repository.open(_AckAndReadBackLost(inner)).writable_session("main")
+    zarr.open_array(session.store, path="a")[0:10] = 7
+    with pytest.raises(StorageError, match="may or may not have landed"):
+        session.commit("unknown outcome")
+    Repository.open(inner).reset_branch("main", base)  # our snapshot is not on main: not found
+    (tmp_path / "repo" / "snapshots" / below).write_bytes(b"damaged, and never read")
+    again = session.commit("unknown outcome")  # looked for from the tip down to its base only
+    assert Repository.open(inner).lookup_branch("main") == again
+
+
+@pytest.mark.parametrize("outcome", ["acknowledged", "unknown, then found"])
+@pytest.mark.parametrize("deletes_fail", [False, True])
+def test_a_commit_clears_the_markers_of_merged_copies_at_best(
+    outcome: str, deletes_fail: bool
+) -> None:
+    inner = in_memory_storage()
+    s = Repository.create(inner).writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(40,), chunks=(10,), dtype="i4", fill_value=0)
+    s.commit("base")
+    storage: Storage = _AckAndReadBackLost(inner, deletes_fail=deletes_fail)
+    if outcome == "acknowledged":
+        storage = FaultyStorage(inner, fail_on={"delete": range(1, 100)} if deletes_fail else {})
+    session = Repository.open(storage).writable_session("main")
+    with session.allow_pickling():
+        copy = pickle.loads(pickle.dumps(session))  # a tracked copy, as a Dask task gets
+    zarr.open_array(copy.store, path="a")[10:20] = 8
+    session.merge(copy)
+    zarr.open_array(session.store, path="a")[0:10] = 7
+    assert run(inner.list("sessions/"))  # the copy's marker
+    if outcome != "acknowledged":
+        with pytest.raises(StorageError, match="may or may not have landed"):
+            session.commit("unknown outcome")
+    sid = session.commit("unknown outcome")  # a marker that cannot be deleted fails nothing
+    assert Repository.open(inner).lookup_branch("main") == sid
+    assert bool(run(inner.list("sessions/"))) == deletes_fail
+    back = zarr.open_array(Repository.open(inner).readonly_session("main").store, path="a")
+    assert list(back[:20]) == [7] * 10 + [8] * 10
