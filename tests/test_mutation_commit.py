@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -269,3 +270,13 @@ def test_a_commit_clears_the_markers_of_merged_copies_at_best(
     assert bool(run(inner.list("sessions/"))) == deletes_fail
     back = zarr.open_array(Repository.open(inner).readonly_session("main").store, path="a")
     assert list(back[:20]) == [7] * 10 + [8] * 10
+
+
+def test_a_retry_on_a_branch_whose_log_was_removed_says_the_branch_is_gone(
+    tmp_path: Path,
+) -> None:
+    inner = local_filesystem_storage(tmp_path / "repo", durable=False)
+    session, _ids = _unknown_outcome_then_two_more(inner)
+    shutil.rmtree(tmp_path / "repo" / "refs" / "branch.main")  # damage: no log at all
+    with pytest.raises(NotFoundError, match="branch 'main' was deleted; nothing was committed"):
+        session.commit("unknown outcome")
