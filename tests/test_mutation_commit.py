@@ -14,6 +14,7 @@ import pickle
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import zarr
@@ -31,7 +32,7 @@ from icechunk_dask import (
     in_memory_storage,
     local_filesystem_storage,
 )
-from icechunk_dask._commit import validate_metadata
+from icechunk_dask._commit import _check_chunk_shape, validate_metadata
 from icechunk_dask._sync import run
 from icechunk_dask.storage import FaultyStorage, Storage
 
@@ -80,6 +81,37 @@ def test_a_chunk_length_of_zero_is_refused_where_data_could_be() -> None:
     message = str(info.value)
     assert message.startswith("'a/zarr.json' ") and message.endswith("Nothing was committed")
     assert "[4, 0]" in message or "chunk length 0 on axis 1 of length 6" in message
+
+
+def _parsed(shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> SimpleNamespace:
+    """Array metadata as zarr 3.1 parses it (zarr 3.4 reads a chunk length 0 as 1)."""
+    grid = SimpleNamespace() if chunks is None else SimpleNamespace(chunk_shape=chunks)
+    return SimpleNamespace(shape=shape, chunk_grid=grid)
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "axis"),
+    [((8, 6), (4, 0), 1), ((6, 8), (0, 4), 0), ((1,), (0,), 0), ((0, 5, 7), (0, 1, 0), 2)],
+)
+def test_the_commit_refuses_a_chunk_length_of_zero_that_zarr_parsed(
+    shape: tuple[int, ...], chunks: tuple[int, ...], axis: int
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        _check_chunk_shape("g/a/zarr.json", _parsed(shape, chunks))
+    assert str(info.value) == (
+        f"'g/a/zarr.json' has chunk length 0 on axis {axis} of length {shape[axis]}: no "
+        "data could ever be stored. Use chunks of at least 1 element. Nothing was committed"
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks"),
+    [((0,), (0,)), ((0, 4), (0, 1)), ((1, 1), (1, 1)), ((3,), (5,)), ((4,), None)],
+)
+def test_chunk_lengths_of_zero_on_empty_axes_and_other_grids_pass(
+    shape: tuple[int, ...], chunks: tuple[int, ...] | None
+) -> None:
+    _check_chunk_shape("a/zarr.json", _parsed(shape, chunks))
 
 
 def _repo() -> Repository:
