@@ -8,6 +8,7 @@ issue 13).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import pickle
@@ -322,3 +323,53 @@ def test_a_retry_on_a_branch_whose_log_was_removed_says_the_branch_is_gone(
     shutil.rmtree(tmp_path / "repo" / "refs" / "branch.main")  # damage: no log at all
     with pytest.raises(NotFoundError, match="branch 'main' was deleted; nothing was committed"):
         session.commit("unknown outcome")
+
+
+class _OthersLandFirst(FaultyStorage):
+    """Before each of the first ``times`` branch-entry writes, another commit lands."""
+
+    def __init__(self, inner: Storage, times: int) -> None:
+        super().__init__(inner)
+        self.times = times
+        self.landed: list[str] = []
+
+    async def put_if_absent(self, key: str, data: bytes) -> bool:
+        if key.startswith("refs/branch.main/") and len(self.landed) < self.times:
+            # in a thread: the other commit runs on the event loop this call waits on
+            self.landed.append(await asyncio.to_thread(self._other_commit, len(self.landed)))
+        return await super().put_if_absent(key, data)
+
+    def _other_commit(self, i: int) -> str:
+        other = Repository.open(self.inner).writable_session("main")
+        zarr.open_array(other.store, path="a")[10 * (i + 1) : 10 * (i + 2)] = i + 1
+        return other.commit(f"other {i}")
+
+
+@pytest.mark.parametrize("tries", [1, 2])
+def test_rebase_tries_rebases_over_commits_that_keep_landing_first(tries: int) -> None:
+    inner = in_memory_storage()
+    s = Repository.create(inner).writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(40,), chunks=(10,), dtype="i4", fill_value=0)
+    s.commit("base")
+    for times in (tries, tries + 1):  # as many commits land first as it may rebase; one more
+        storage = _OthersLandFirst(inner, times)
+        session = Repository.open(storage).writable_session("main")
+        start = session.snapshot_id
+        zarr.open_array(session.store, path="a")[0:10] = 7
+        if times == tries:
+            sid = session.commit("ours", rebase_tries=tries)
+            assert [i.id for i in Repository.open(inner).ancestry(branch="main")][:2] == [
+                sid,
+                storage.landed[-1],
+            ]
+            continue
+        with pytest.raises(ConflictError) as info:
+            session.commit("ours", rebase_tries=tries)
+        assert info.value.kind == ErrorKind.COMMIT_CONFLICT
+        assert str(info.value) == (
+            f"branch 'main' moved to {storage.landed[-1]} since this session started at "
+            f"{start}, and {tries} rebases were not enough: other commits kept landing first. "
+            "Nothing was committed; retry (a higher rebase_tries rebases onto the new tip when "
+            "the changes do not conflict)"
+        )
+        assert Repository.open(inner).lookup_branch("main") == storage.landed[-1]
