@@ -26,6 +26,7 @@ from icechunk_dask import (
     ErrorKind,
     InvalidInputError,
     NotFoundError,
+    RebaseFailedError,
     Repository,
     RepositoryConfig,
     Session,
@@ -373,3 +374,18 @@ def test_rebase_tries_rebases_over_commits_that_keep_landing_first(tries: int) -
             "the changes do not conflict)"
         )
         assert Repository.open(inner).lookup_branch("main") == storage.landed[-1]
+
+
+def test_a_failed_rebase_names_the_branch() -> None:
+    repo = _repo()
+    repo.create_branch("dev", repo.lookup_branch("main"))
+    one, two = repo.writable_session("dev"), repo.writable_session("dev")
+    zarr.open_array(one.store, path="a")[:2] = 1
+    zarr.open_array(two.store, path="a")[:2] = 2  # the same chunk
+    landed = one.commit("one")
+    with pytest.raises(RebaseFailedError) as info:
+        two.commit("two")
+    assert str(info.value).startswith(
+        "cannot commit to 'dev': commits that landed since this session started changed the "
+        f"same data: '/a': 1 chunk(s) also written by commit {landed} ('a/c/0')."
+    )
