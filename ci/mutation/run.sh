@@ -16,6 +16,9 @@
 #                     reports what it checked so far and resumes with MUTATION_RESUME=1
 #   MUTATION_JOBS     mutants tested in parallel (default: number of CPUs)
 #   MUTATION_WORKDIR  scratch folder (default ${TMPDIR:-/tmp}/icechunk-dask-mutation)
+#   MUTATION_TIMEOUT  mutmut's timeout_multiplier (default 15, mutmut's own): a mutant is
+#                     stopped after this many times the normal time of its tests plus one
+#                     second (wall clock); a mutant that hangs costs that long
 #   MUTATION_RESUME   1 = keep the scratch copy and mutmut's results of an earlier run (mutants
 #                     whose worker failed, exit code 255, are tested again)
 #   MUTATION_RECHECK  1 = with MUTATION_RESUME=1: test the survivors (and the mutants without
@@ -93,6 +96,7 @@ for module in "${order[@]}"; do
         echo "only_mutate ="
         echo "    $module"
         echo "process_isolation = forkserver"
+        echo "timeout_multiplier = ${MUTATION_TIMEOUT:-15}"
         echo "pytest_add_cli_args ="
         printf '    %s\n' -p no:cacheprovider -m "not slow" -x \
             -o disable_test_id_escaping_and_forfeit_all_rights_to_community_support=true
