@@ -409,4 +409,9 @@ def test_a_commit_of_unknown_outcome_keeps_the_kind_of_the_storage_error() -> No
     with pytest.raises(StorageError) as info:
         session.commit("unknown outcome")
     assert info.value.kind == ErrorKind.GENERIC
-    assert str(info.value).startswith("a custom storage's own failure. The commit may or may not")
+    landed = session.commit("unknown outcome")  # it had landed: found, not written again
+    assert str(info.value) == (
+        f"a custom storage's own failure. The commit may or may not have landed (snapshot "
+        f"{landed}): call commit again on this session, it finds out and returns the snapshot "
+        "if it landed, or commits it otherwise"
+    )
