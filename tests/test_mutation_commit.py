@@ -31,6 +31,7 @@ from icechunk_dask import (
     RepositoryConfig,
     Session,
     StorageError,
+    _commit,
     in_memory_storage,
     local_filesystem_storage,
 )
@@ -415,3 +416,28 @@ def test_a_commit_of_unknown_outcome_keeps_the_kind_of_the_storage_error() -> No
         f"{landed}): call commit again on this session, it finds out and returns the snapshot "
         "if it landed, or commits it otherwise"
     )
+
+
+def test_a_commit_that_keeps_losing_backs_off_exponentially_up_to_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inner = in_memory_storage()
+    s = Repository.create(inner).writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(120,), chunks=(10,), dtype="i4", fill_value=0)
+    s.commit("base")
+    storage = _OthersLandFirst(inner, 10)
+    session = Repository.open(storage).writable_session("main")
+    zarr.open_array(session.store, path="a")[0:10] = 7
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def record(seconds: float) -> None:  # the pause asked for, not waited
+        pauses.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(_commit.asyncio, "sleep", record)
+    monkeypatch.setattr(_commit.random, "random", lambda: 0.5)  # the jitter's factor
+    sid = session.commit("ours", rebase_tries=10)
+    assert Repository.open(inner).lookup_branch("main") == sid
+    # after each lost race: 5 ms doubling per attempt, times the jitter, at most 1 s
+    assert pauses == [0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5]
