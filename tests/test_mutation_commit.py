@@ -63,9 +63,15 @@ def test_every_zarr_json_is_checked_at_any_depth(key: str) -> None:
         validate_metadata(key, b"{nope")
     with pytest.raises(InvalidInputError) as info:
         validate_metadata(key, _doc(zarr_format=2))
-    assert str(info.value).startswith(f"{key!r} is not Zarr v3 metadata")
-    with pytest.raises(InvalidInputError, match="has node_type None"):
+    assert str(info.value) == (
+        f'{key!r} is not Zarr v3 metadata (no "zarr_format": 3); write arrays and groups '
+        "with zarr (zarr_format=3). Nothing was committed"
+    )
+    with pytest.raises(InvalidInputError) as info:
         validate_metadata(key, json.dumps({"zarr_format": 3}).encode())
+    assert str(info.value) == (
+        f"{key!r} has node_type None; Zarr v3 knows 'array' and 'group'. Nothing was committed"
+    )
     with pytest.raises(InvalidInputError, match="not valid Zarr v3 array metadata"):
         validate_metadata(key, _doc(data_type="no-such-type"))
 
