@@ -34,13 +34,15 @@
 # workers are forked from a fork server that never ran a test (process_isolation =
 # forkserver): forking the main process after the stats run copies zarr's and asyncio's
 # event-loop threads' state without the threads, and every mutant then hangs until timeout.
-# The fork server first collects the selection (mutmut's default warm-up); pytest 9 keeps the
-# ids it generated on each parametrize mark and, when a worker forked from it runs pytest
-# again, escapes them a second time: a non-ASCII parameter ('naïve' -> 'na\\xefve') gets an
-# id that differs from the one in mutmut's statistics, pytest refuses the test list (exit 4),
-# the worker dies with exit code 255 and mutmut files the mutant as "timeout" without having
-# run a test. Ids are therefore not escaped at all (-o disable_test_id_escaping...), and a
-# resumed run tests such mutants again; the report warns about any that are left.
+# mutmut's default warm-up (the fork server collects the selection before forking) is not
+# used: pytest 9 keeps the ids it generated on each parametrize mark and, when a worker forked
+# from it runs pytest again, escapes them a second time, so a non-ASCII parameter ('naïve' ->
+# 'na\\xefve') gets an id that differs from the one in mutmut's statistics; pytest refuses the
+# test list (exit 4), the worker dies with exit code 255 and mutmut files the mutant as
+# "timeout" without having run a test. (Turning id escaping off instead makes pytest fail on
+# bytes parameters.) The fork server only imports libraries that are no pytest plugins (zarr
+# and hypothesis are: pytest could not rewrite their asserts, a warning, so an error here). A
+# resumed run tests mutants with exit code 255 again; the report warns about any left.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 repo="$(pwd -P)"
@@ -98,11 +100,13 @@ for module in "${order[@]}"; do
         echo "process_isolation = forkserver"
         echo "timeout_multiplier = ${MUTATION_TIMEOUT:-15}"
         echo "pytest_add_cli_args ="
-        printf '    %s\n' -p no:cacheprovider -m "not slow" -x \
-            -o disable_test_id_escaping_and_forfeit_all_rights_to_community_support=true
+        printf '    %s\n' -p no:cacheprovider -m "not slow" -x
+        echo "forkserver_warmup = import"
+        echo "preload_modules_file = preload.txt"
         echo "pytest_add_cli_args_test_selection ="
         for t in $selection; do echo "    $t"; done
     } >"$dir/setup.cfg"
+    printf '%s\n' numpy numcodecs dask dask.array distributed xarray >"$dir/preload.txt"
     [[ -d "$dir/.git" ]] || git -C "$dir" init -q  # mutmut's change detection wants a repository
     meta="$dir/mutants/$module.meta"
     if [[ "${MUTATION_RESUME:-0}" == "1" && -f "$meta" ]]; then
