@@ -9,16 +9,21 @@ temporary), when early writeback starts, and the storage's identity.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import pickle
+import shutil
+import signal
+import time
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from icechunk_dask._exceptions import InvalidInputError, NotFoundError
+from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
 from icechunk_dask.storage import LocalFileSystemStorage, _local, local_filesystem_storage
 
 LONG = "x" * 256  # one byte more than a file name can have
@@ -216,3 +221,72 @@ def test_relative_and_home_paths_become_absolute(
     assert local_filesystem_storage("rel/repo").root == tmp_path / "rel" / "repo"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert local_filesystem_storage("~/repo").root == tmp_path / "home" / "repo"
+
+
+def _scandir_order(folder: Path) -> list[str]:
+    return [entry.name for entry in os.scandir(folder)]
+
+
+def test_a_folder_removed_while_listing_does_not_end_the_listing(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    for name in ("a", "b", "c"):
+        (storage.root / name).mkdir(parents=True)
+        (storage.root / name / "obj").write_bytes(b"x")
+    # the walk takes folders last in, first out
+    first, removed, last = reversed(_scandir_order(storage.root))
+    walk = storage._walk_info_sync("", temporary=False)
+    assert next(walk).key == f"{first}/obj"
+    shutil.rmtree(storage.root / removed)
+    assert [info.key for info in walk] == [f"{last}/obj"]
+
+
+def test_a_file_removed_while_listing_does_not_end_the_listing(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    storage.root.mkdir()
+    for name in ("f1", "f2", "f3"):
+        (storage.root / name).write_bytes(b"x")
+    first, removed, last = _scandir_order(storage.root)
+    walk = storage._walk_info_sync("", temporary=False)
+    assert next(walk).key == first
+    (storage.root / removed).unlink()
+    assert [info.key for info in walk] == [last]
+
+
+async def test_a_folder_that_cannot_be_listed_fails_the_listing(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a/b", b"x")
+    (storage.root / "loop").symlink_to(storage.root / "loop")  # ELOOP, even for root
+    with pytest.raises(StorageError) as info:
+        [i async for i in storage.list_objects("loop/")]
+    assert str(info.value).startswith(
+        f"cannot list 'loop/' in {storage.url}: Too many levels of symbolic links (ELOOP) at "
+        f"{str(storage.root / 'loop')!r}; "
+    )
+
+
+def test_a_forked_child_deletes_with_threads_of_its_own(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    asyncio.run(storage.put("parent", b"x"))
+    asyncio.run(storage.delete(["parent"]))  # the parent's deletion threads exist now
+    asyncio.run(storage.put("child", b"x"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            asyncio.run(storage.delete(["child"]))
+            os._exit(0)
+        finally:
+            os._exit(1)
+    for _ in range(1200):  # a child on the parent's dead threads never finishes: 60 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's deletion never finished")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert asyncio.run(storage.list("")) == []
