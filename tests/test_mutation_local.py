@@ -25,6 +25,7 @@ import pytest
 
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
 from icechunk_dask.storage import LocalFileSystemStorage, _local, local_filesystem_storage
+from tests.fs_faults import SmallTmpfs
 
 LONG = "x" * 256  # one byte more than a file name can have
 
@@ -290,3 +291,27 @@ def test_a_forked_child_deletes_with_threads_of_its_own(tmp_path: Path) -> None:
         pytest.fail("the forked child's deletion never finished")
     assert os.waitstatus_to_exitcode(status) == 0
     assert asyncio.run(storage.list("")) == []
+
+
+async def test_a_deletion_the_filesystem_refuses_fails_with_the_key(tmp_path: Path) -> None:
+    with SmallTmpfs(tmp_path / "mnt", 1 << 20, inodes=64) as fs:
+        storage = local_filesystem_storage(fs.path / "repo", durable=False)
+        await storage.put("a/b", b"x")
+        fs.remount("ro")
+        with pytest.raises(StorageError) as info:
+            await storage.delete(["a/b"])
+        assert str(info.value).startswith(
+            f"cannot delete 'a/b' in {storage.url}: Read-only file system (EROFS) at "
+            f"{str(storage.root / 'a' / 'b')!r}; "
+        )
+        fs.remount("rw")
+        assert await storage.get("a/b") == b"x"
+
+
+async def test_a_symbolic_link_is_listed_as_itself_never_followed(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a/b", b"xyz")
+    (storage.root / "a" / "up").symlink_to(storage.root)  # a loop, if it were followed
+    infos = {i.key: i.size async for i in storage.list_objects("")}
+    assert infos == {"a/b": 3, "a/up": os.lstat(storage.root / "a" / "up").st_size}
