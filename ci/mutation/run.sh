@@ -17,8 +17,10 @@
 #   MUTATION_JOBS     mutants tested in parallel (default: number of CPUs)
 #   MUTATION_WORKDIR  scratch folder (default ${TMPDIR:-/tmp}/icechunk-dask-mutation)
 #   MUTATION_TIMEOUT  mutmut's timeout_multiplier (default 15, mutmut's own): a mutant is
-#                     stopped after this many times the normal time of its tests plus one
-#                     second (wall clock); a mutant that hangs costs that long
+#                     stopped after this many times the normal time of its tests plus 20
+#                     seconds (wall clock; the 20 s, mutmut's timeout_constant, cover a
+#                     worker's start: importing zarr and collecting its tests, slow on a busy
+#                     machine); a mutant that hangs costs that long
 #   MUTATION_RESUME   1 = keep the scratch copy and mutmut's results of an earlier run (mutants
 #                     whose worker failed, exit code 255, are tested again)
 #   MUTATION_RECHECK  1 = with MUTATION_RESUME=1: test the survivors (and the mutants without
@@ -99,6 +101,7 @@ for module in "${order[@]}"; do
         echo "    $module"
         echo "process_isolation = forkserver"
         echo "timeout_multiplier = ${MUTATION_TIMEOUT:-15}"
+        echo "timeout_constant = 20"
         echo "pytest_add_cli_args ="
         printf '    %s\n' -p no:cacheprovider -m "not slow" -x
         echo "forkserver_warmup = import"
