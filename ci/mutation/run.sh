@@ -16,7 +16,13 @@
 #                     reports what it checked so far and resumes with MUTATION_RESUME=1
 #   MUTATION_JOBS     mutants tested in parallel (default: number of CPUs)
 #   MUTATION_WORKDIR  scratch folder (default ${TMPDIR:-/tmp}/icechunk-dask-mutation)
-#   MUTATION_RESUME   1 = keep the scratch copy and mutmut's results of an earlier run
+#   MUTATION_TIMEOUT  mutmut's timeout_multiplier (default 15, mutmut's own): a mutant is
+#                     stopped after this many times the normal time of its tests plus 20
+#                     seconds (wall clock; the 20 s, mutmut's timeout_constant, cover a
+#                     worker's start: importing zarr and collecting its tests, slow on a busy
+#                     machine); a mutant that hangs costs that long
+#   MUTATION_RESUME   1 = keep the scratch copy and mutmut's results of an earlier run (mutants
+#                     whose worker failed, exit code 255, are tested again)
 #   MUTATION_RECHECK  1 = with MUTATION_RESUME=1: test the survivors (and the mutants without
 #                     tests) of the earlier run again, with the tests as they are now (mutmut
 #                     keeps every verdict it has; new tests only get their statistics taken)
@@ -30,6 +36,15 @@
 # workers are forked from a fork server that never ran a test (process_isolation =
 # forkserver): forking the main process after the stats run copies zarr's and asyncio's
 # event-loop threads' state without the threads, and every mutant then hangs until timeout.
+# mutmut's default warm-up (the fork server collects the selection before forking) is not
+# used: pytest 9 keeps the ids it generated on each parametrize mark and, when a worker forked
+# from it runs pytest again, escapes them a second time, so a non-ASCII parameter ('naïve' ->
+# 'na\\xefve') gets an id that differs from the one in mutmut's statistics; pytest refuses the
+# test list (exit 4), the worker dies with exit code 255 and mutmut files the mutant as
+# "timeout" without having run a test. (Turning id escaping off instead makes pytest fail on
+# bytes parameters.) The fork server only imports libraries that are no pytest plugins (zarr
+# and hypothesis are: pytest could not rewrite their asserts, a warning, so an error here). A
+# resumed run tests mutants with exit code 255 again; the report warns about any left.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 repo="$(pwd -P)"
@@ -85,24 +100,30 @@ for module in "${order[@]}"; do
         echo "only_mutate ="
         echo "    $module"
         echo "process_isolation = forkserver"
+        echo "timeout_multiplier = ${MUTATION_TIMEOUT:-15}"
+        echo "timeout_constant = 20"
         echo "pytest_add_cli_args ="
         printf '    %s\n' -p no:cacheprovider -m "not slow" -x
+        echo "forkserver_warmup = import"
+        echo "preload_modules_file = preload.txt"
         echo "pytest_add_cli_args_test_selection ="
         for t in $selection; do echo "    $t"; done
     } >"$dir/setup.cfg"
+    printf '%s\n' numpy numcodecs dask dask.array distributed xarray >"$dir/preload.txt"
     [[ -d "$dir/.git" ]] || git -C "$dir" init -q  # mutmut's change detection wants a repository
     meta="$dir/mutants/$module.meta"
-    if [[ "${MUTATION_RESUME:-0}" == "1" && "${MUTATION_RECHECK:-0}" == "1" && -f "$meta" ]]; then
-        python - "$meta" <<'PY'
+    if [[ "${MUTATION_RESUME:-0}" == "1" && -f "$meta" ]]; then
+        python - "$meta" "${MUTATION_RECHECK:-0}" <<'PY'
 import json, sys
-path = sys.argv[1]
+path, recheck = sys.argv[1], sys.argv[2] == "1"
 meta = json.load(open(path))
 codes = meta["exit_code_by_key"]
-again = [k for k, v in codes.items() if v in (0, 5, 33)]  # survived, no tests
+redo = (0, 5, 33, 255) if recheck else (255,)  # survived, no tests; worker error (see above)
+again = [k for k, v in codes.items() if v in redo]
 for k in again:
     codes[k] = None
 json.dump(meta, open(path, "w"))
-print(f"run.sh: {len(again)} survivors and mutants without tests to check again", file=sys.stderr)
+print(f"run.sh: {len(again)} mutants to check again", file=sys.stderr)
 PY
     fi
 
@@ -128,6 +149,11 @@ not_checked = sum(v == "not checked" for v in status.values())
 detected = s["killed"] + s["timeout"] + s["segfault"]
 judged = detected + s["survived"] + s["suspicious"]
 ratio = f"{100 * detected / judged:.1f} %" if judged else "-"
+codes = json.load(open(f"mutants/{module}.meta"))["exit_code_by_key"]
+errors = sum(v == 255 for v in codes.values())
+if errors:
+    print(f"run.sh: WARNING: {errors} mutants of {module} ended with exit code 255 (mutmut's "
+          "worker could not run pytest), filed as timeouts but never tested", file=sys.stderr)
 print(f"| `{module}` | {s['total']} | {s['killed']} | {s['timeout']} | {s['survived']} "
       f"| {s['no_tests']} | {not_checked} | {ratio} | {seconds} |")
 with open("survivors.txt", "w") as out:

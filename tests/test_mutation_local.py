@@ -1,0 +1,317 @@
+"""Local-filesystem storage (``storage/_local.py``) at its edges.
+
+``test_storage.py`` runs the storage contract and ``test_local_storage_errors.py`` the
+filesystem's failures; these pin what mutation testing found unchecked (issue 13): keys
+refused before any path is built, what reads, listings, deletions and lookups do with
+folders, files in the way and names no file can have, the files a write leaves (mode, no
+temporary), when early writeback starts, and the storage's identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import pickle
+import shutil
+import signal
+import time
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
+from icechunk_dask.storage import LocalFileSystemStorage, _local, local_filesystem_storage
+from tests.fs_faults import SmallTmpfs
+
+LONG = "x" * 256  # one byte more than a file name can have
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalFileSystemStorage:
+    return local_filesystem_storage(tmp_path / "repo", durable=False)
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("key", ["", "/a", "/", "..", "a/..", "../a", "a/../b"])
+async def test_keys_that_leave_the_root_are_refused(
+    storage: LocalFileSystemStorage, key: str
+) -> None:
+    for call in (
+        storage.get(key),
+        storage.get_range(key, 0, 1),
+        storage.put(key, b"x"),
+        storage.put_if_absent(key, b"x"),
+        storage.exists(key),
+        storage.delete([key]),
+    ):
+        with pytest.raises(InvalidInputError) as info:
+            await call
+        assert str(info.value) == f"invalid storage key {key!r}"
+    assert not storage.root.exists()
+
+
+async def test_dots_inside_a_name_are_a_key_like_any_other(
+    storage: LocalFileSystemStorage,
+) -> None:
+    for key in ("a..b", "...", "a/..b/c", ".hidden"):
+        await storage.put(key, key.encode())
+        assert await storage.get(key) == key.encode()
+
+
+async def test_reads_of_folders_files_in_the_way_and_impossible_names_find_nothing(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a/b", b"x")
+    for key in ("a", "a/b/c", f"a/{LONG}", f"{LONG}/b"):
+        with pytest.raises(NotFoundError) as info:
+            await storage.get(key)
+        assert str(info.value) == f"no object at {key!r} in {storage.url}"
+        with pytest.raises(NotFoundError):
+            await storage.get_range(key, 0, 1)
+        assert await storage.exists(key) is False
+    assert await storage.exists("a/b") is True
+
+
+async def test_a_range_from_past_the_end_to_the_end_is_empty(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("k", b"abcde")
+    assert await storage.get_range("k", 7, None) == b""
+    assert await storage.get_range("k", 5, None) == b""
+    assert await storage.get_range("k", 4, None) == b"e"
+    assert await storage.get_range_then("k", 1, 3, bytes.upper) == b"BCD"
+
+
+async def test_written_objects_are_plain_files_readable_by_all(
+    storage: LocalFileSystemStorage, umask_022: None
+) -> None:
+    await storage.put("a/b/c", b"data")
+    assert await storage.put_if_absent("refs/r", b"ref")
+    for key in ("a/b/c", "refs/r"):
+        mode = os.stat(storage.root / key).st_mode
+        assert oct(mode & 0o7777) == oct(0o644)
+    assert sorted(p.name for p in storage.root.rglob("*") if p.is_file()) == ["c", "r"]
+
+
+async def test_temporary_files_are_not_objects(storage: LocalFileSystemStorage) -> None:
+    await storage.put("a/b", b"x")
+    tmp = storage.root / "a" / f"{_local._TMP}left-behind"
+    tmp.write_bytes(b"partial")
+    assert await storage.list("") == ["a/b"]
+    assert await storage.list("a/") == ["a/b"]
+    assert [i.key async for i in storage.list_objects("")] == ["a/b"]
+    found = [i async for i in storage.list_temporary()]
+    assert [(i.key, i.size) for i in found] == [(f"a/{tmp.name}", 7)]
+
+
+async def test_listings_under_a_file_or_an_impossible_name_are_empty(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a", b"file")
+    await storage.put("b/c", b"x")
+    for prefix in ("a/", "a/b", f"{LONG}/", f"b/{LONG}/c"):
+        assert await storage.list(prefix) == []
+        assert [i async for i in storage.list_objects(prefix)] == []
+    assert await storage.list("b/c") == ["b/c"]
+    assert await storage.list("b/c/") == []
+
+
+async def test_listed_objects_carry_their_file_size_and_time(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("d/one", b"1")
+    await storage.put("d/e/three", b"333")
+    await storage.put("empty", b"")
+    when = datetime(2020, 5, 17, 12, 30, 15, tzinfo=UTC)
+    os.utime(storage.root / "d" / "e" / "three", (when.timestamp(), when.timestamp()))
+    infos = {i.key: i async for i in storage.list_objects("")}
+    assert {k: i.size for k, i in infos.items()} == {"d/one": 1, "d/e/three": 3, "empty": 0}
+    assert infos["d/e/three"].last_modified == when
+    st = os.stat(storage.root / "d" / "one")
+    assert infos["d/one"].last_modified == datetime.fromtimestamp(st.st_mtime, UTC)
+    assert [i.key async for i in storage.list_objects("d/e/")] == ["d/e/three"]
+    assert sorted([i.key async for i in storage.list_objects("d/")]) == ["d/e/three", "d/one"]
+
+
+async def test_a_deletion_goes_on_past_keys_with_nothing_to_delete(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("file", b"x")
+    await storage.put("dir/obj", b"x")
+    keys = [f"k/{i:04d}" for i in range(300)]  # more than one part of a parallel deletion
+    for k in keys:
+        await storage.put(k, b"x")
+    # no file could have the name; nothing there; a file in the way; a folder
+    await storage.delete([LONG, "missing", "file/below", "dir", *keys, "file"])
+    assert await storage.list("") == ["dir/obj"]
+
+
+async def test_a_barrier_before_anything_was_written_does_nothing(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "never-written")
+    await storage.durability_barrier()
+    assert not storage.root.exists()
+
+
+class _WritebackRecorder:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        real = _local._SYNC_FILE_RANGE
+
+        def record(fd: int, offset: int, length: int, flags: int) -> int:
+            self.calls.append((offset, length, flags))
+            assert os.fstat(fd).st_size == length  # the temporary file just written
+            return int(real(fd, offset, length, flags)) if real is not None else 0
+
+        monkeypatch.setattr(_local, "_SYNC_FILE_RANGE", record)
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_large_objects_start_their_writeback_when_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    recorder = _WritebackRecorder(monkeypatch)
+    storage = local_filesystem_storage(tmp_path / "repo", durable=durable)
+    size = _local._EARLY_WRITEBACK
+    assert size == 1 << 20
+    await storage.put("small", bytes(size - 1))
+    await storage.put("large", bytes(size))
+    await storage.put("larger", bytes(size + 1))
+    assert await storage.put_if_absent("created", bytes(size))  # fsynced instead (if durable)
+    expected = [(0, size, 2), (0, size + 1, 2)] if durable else []
+    assert recorder.calls == expected
+    assert await storage.get("larger") == bytes(size + 1)
+
+
+def test_the_c_functions_are_found_in_the_process() -> None:
+    assert _local._libc_function("no_such_function_in_libc") is None
+    syncfs = _local._libc_function("syncfs")
+    assert syncfs is not None and syncfs is not _local._libc_function("sync_file_range")
+    ctypes.set_errno(0)
+    assert syncfs(-1) == -1 and ctypes.get_errno() == 9  # EBADF: errno is kept
+
+
+def test_identity_url_repr_and_pickling(tmp_path: Path) -> None:
+    a = local_filesystem_storage(tmp_path / "repo", durable=False)
+    same = local_filesystem_storage(str(tmp_path / "repo"))
+    other = local_filesystem_storage(tmp_path / "other")
+    assert a == same and hash(a) == hash(same)
+    assert a != other and a != str(tmp_path / "repo")
+    assert a.url == f"file://{tmp_path / 'repo'}"
+    assert repr(a) == f"LocalFileSystemStorage({str(tmp_path / 'repo')!r})"
+    for durable in (True, False):
+        clone = pickle.loads(pickle.dumps(local_filesystem_storage(tmp_path, durable=durable)))
+        assert clone.root == tmp_path and clone.durable is durable
+
+
+def test_relative_and_home_paths_become_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert local_filesystem_storage("rel/repo").root == tmp_path / "rel" / "repo"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert local_filesystem_storage("~/repo").root == tmp_path / "home" / "repo"
+
+
+def _scandir_order(folder: Path) -> list[str]:
+    return [entry.name for entry in os.scandir(folder)]
+
+
+def test_a_folder_removed_while_listing_does_not_end_the_listing(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    for name in ("a", "b", "c"):
+        (storage.root / name).mkdir(parents=True)
+        (storage.root / name / "obj").write_bytes(b"x")
+    # the walk takes folders last in, first out
+    first, removed, last = reversed(_scandir_order(storage.root))
+    walk = storage._walk_info_sync("", temporary=False)
+    assert next(walk).key == f"{first}/obj"
+    shutil.rmtree(storage.root / removed)
+    assert [info.key for info in walk] == [f"{last}/obj"]
+
+
+def test_a_file_removed_while_listing_does_not_end_the_listing(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    storage.root.mkdir()
+    for name in ("f1", "f2", "f3"):
+        (storage.root / name).write_bytes(b"x")
+    first, removed, last = _scandir_order(storage.root)
+    walk = storage._walk_info_sync("", temporary=False)
+    assert next(walk).key == first
+    (storage.root / removed).unlink()
+    assert [info.key for info in walk] == [last]
+
+
+async def test_a_folder_that_cannot_be_listed_fails_the_listing(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a/b", b"x")
+    (storage.root / "loop").symlink_to(storage.root / "loop")  # ELOOP, even for root
+    with pytest.raises(StorageError) as info:
+        [i async for i in storage.list_objects("loop/")]
+    assert str(info.value).startswith(
+        f"cannot list 'loop/' in {storage.url}: Too many levels of symbolic links (ELOOP) at "
+        f"{str(storage.root / 'loop')!r}; "
+    )
+
+
+def test_a_forked_child_deletes_with_threads_of_its_own(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    asyncio.run(storage.put("parent", b"x"))
+    asyncio.run(storage.delete(["parent"]))  # the parent's deletion threads exist now
+    asyncio.run(storage.put("child", b"x"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            asyncio.run(storage.delete(["child"]))
+            os._exit(0)
+        finally:
+            os._exit(1)
+    for _ in range(1200):  # a child on the parent's dead threads never finishes: 60 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's deletion never finished")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert asyncio.run(storage.list("")) == []
+
+
+async def test_a_deletion_the_filesystem_refuses_fails_with_the_key(tmp_path: Path) -> None:
+    with SmallTmpfs(tmp_path / "mnt", 1 << 20, inodes=64) as fs:
+        storage = local_filesystem_storage(fs.path / "repo", durable=False)
+        await storage.put("a/b", b"x")
+        fs.remount("ro")
+        with pytest.raises(StorageError) as info:
+            await storage.delete(["a/b"])
+        assert str(info.value).startswith(
+            f"cannot delete 'a/b' in {storage.url}: Read-only file system (EROFS) at "
+            f"{str(storage.root / 'a' / 'b')!r}; "
+        )
+        fs.remount("rw")
+        assert await storage.get("a/b") == b"x"
+
+
+async def test_a_symbolic_link_is_listed_as_itself_never_followed(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a/b", b"xyz")
+    (storage.root / "a" / "up").symlink_to(storage.root)  # a loop, if it were followed
+    infos = {i.key: i.size async for i in storage.list_objects("")}
+    assert infos == {"a/b": 3, "a/up": os.lstat(storage.root / "a" / "up").st_size}
