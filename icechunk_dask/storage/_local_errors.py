@@ -78,7 +78,8 @@ def os_error(e: OSError, action: str, path: str | os.PathLike[str]) -> IcechunkD
     """Turn ``e``, raised while trying to ``action``, into a typed error naming the path.
 
     ``path`` is where the object lives; the path the system reported is named instead
-    when it is more precise (a folder above it), but never a temporary file.
+    when it is more precise (a folder above it), but never a temporary file nor a name
+    relative to a folder's descriptor (``unlinkat``, ``fstatat``).
 
     Returns
     -------
@@ -87,7 +88,11 @@ def os_error(e: OSError, action: str, path: str | os.PathLike[str]) -> IcechunkD
         :class:`StorageError`; raise it ``from e``.
     """
     reported = e.filename if isinstance(e.filename, str) else None
-    if reported is None or os.path.basename(reported).startswith(TMP_PREFIX):
+    if (
+        reported is None
+        or not os.path.isabs(reported)
+        or os.path.basename(reported).startswith(TMP_PREFIX)
+    ):
         reported = os.fspath(path)
     code = errno.errorcode.get(e.errno or 0, "")
     what = f"{e.strerror or e} ({code})" if code else str(e.strerror or e)
