@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import zarr
+from numcodecs import Zstd
 
 from icechunk_dask import Repository, Session, local_filesystem_storage
 
@@ -38,3 +41,20 @@ def make_array(
 def read_array(session: Session, name: str = "a") -> np.ndarray:
     """Read a whole array through a session."""
     return np.asarray(zarr.open_array(session.store, path=name, mode="r")[...])
+
+
+_PREFIX = struct.Struct("<4sBBHIQI")  # magic, format, kind, flags, header_len, body_len, crc
+
+
+def as_format(data: bytes, version: int) -> bytes:
+    """The same envelope as written by format ``version`` (valid checksum).
+
+    Before format 3 a compressed body is zlib's (flag bit 0), not Zstandard's (bit 1).
+    """
+    magic, _, kind, flags, hlen, _, _ = _PREFIX.unpack_from(data)
+    head, body = data[_PREFIX.size : _PREFIX.size + hlen], data[_PREFIX.size + hlen :]
+    if version < 3 and flags & 2:
+        body, flags = zlib.compress(Zstd().decode(body), 1), (flags & ~2) | 1
+    prefix = _PREFIX.pack(magic, version, kind, flags, hlen, len(body), 0)[:-4]
+    crc = zlib.crc32(body, zlib.crc32(head, zlib.crc32(prefix)))
+    return prefix + crc.to_bytes(4, "little") + head + body

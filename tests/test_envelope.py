@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from numcodecs import Zstd
 
 from icechunk_dask import CorruptObjectError, Repository, local_filesystem_storage
 from icechunk_dask.format import ObjectKind, decode_object, encode_object
@@ -34,26 +35,37 @@ def _envelope(kind: int, flags: int, head: bytes, body: bytes, version: int = 1)
     return prefix + crc.to_bytes(4, "little") + head + body
 
 
-# -- the stored bytes are pinned: a change of the format must be deliberate (format 2) ---------
+def _unpacked(data: bytes) -> bytes:
+    """Magic, format, kind and flags, the header and the decompressed body of an envelope."""
+    head_len = PREFIX.unpack_from(data)[4]
+    return (
+        data[:8]
+        + data[PREFIX.size : PREFIX.size + head_len]
+        + Zstd().decode(data[PREFIX.size + head_len :])
+    )
+
+
+# -- the stored bytes are pinned: a change of the format must be deliberate (format 3) ---------
 
 GOLDEN = {
     # compact JSON with sorted keys, no body (the default), nothing to compress
     "header only": (
         lambda: encode_object(ObjectKind.TAG_REF, HEADER),
         72,
-        "17edc0cec5d9d06ac401625c4f7212bb0f905764ae84dd8bb7fbe58567e6e8a9",
+        "64e140af5825eb35d38082a1b98b299efff18852129b5b675c23b9d714ece6cc",
     ),
-    # the body compressed by default, with zlib level 1 (flag bit 0)
+    # the body compressed by default, with Zstandard level 1 (flag bit 1); the compressed
+    # bytes depend on the zstd library's version, so the pinned form holds the body unpacked
     "compressed": (
-        lambda: encode_object(ObjectKind.MANIFEST, HEADER, BODY),
-        463,
-        "43fd64bc48cc382fa266db51e869b0a96f234714493e1eae8bcd422e08e87de2",
+        lambda: _unpacked(encode_object(ObjectKind.MANIFEST, HEADER, BODY)),
+        1785,
+        "c0d70cad6680a91e512cd9271b2938dcd2bc8ed08f4ccdab929b3570ed6dcb33",
     ),
     # compress=False stores the body as it is
     "raw": (
         lambda: encode_object(ObjectKind.SNAPSHOT, HEADER, b"raw body", compress=False),
         80,
-        "56725cb2705e3365562baa9307dda693f040d5b834273591decc97458c974cba",
+        "f2366782f050027ed7dcd0cb01988298f19f07baf428a7ded9149931c6f3a944",
     ),
 }
 
@@ -69,9 +81,9 @@ def test_encoding_layout_and_round_trip() -> None:
     data = encode_object(ObjectKind.MANIFEST, HEADER, BODY)
     magic, version, kind, flags, head_len, body_len, _ = PREFIX.unpack_from(data)
     head = b'{"alpha":{"a":true,"b":null},"zeta":[1,2.5,"x"]}'
-    assert (magic, version, kind, flags, head_len) == (b"ICDK", 2, 3, 1, len(head))
+    assert (magic, version, kind, flags, head_len) == (b"ICDK", 3, 3, 2, len(head))
     assert data[PREFIX.size : PREFIX.size + head_len] == head
-    assert zlib.decompress(data[PREFIX.size + head_len :], wbits=15) == BODY
+    assert Zstd().decode(data[PREFIX.size + head_len :]) == BODY
     assert body_len == len(data) - PREFIX.size - head_len
     assert decode_object(data, "k", ObjectKind.MANIFEST) == (HEADER, BODY)
     assert decode_object(encode_object(ObjectKind.TAG_REF, {}), "k", ObjectKind.TAG_REF) == (
@@ -111,9 +123,19 @@ def test_an_unknown_kind_is_refused() -> None:
     assert str(e.value) == "object 'refs/tag.v1.json' is a kind 99, expected a tag_ref"
 
 
-@pytest.mark.parametrize("flags", [2, 0x8001, 0xFFFF])
-def test_unknown_flags_are_refused(flags: int) -> None:
-    data = _envelope(int(ObjectKind.CONFIG), flags, b"{}", b"")
+def test_zlib_bodies_of_formats_1_and_2_are_read() -> None:
+    for version in (1, 2):
+        data = _envelope(int(ObjectKind.MANIFEST), 1, b"{}", zlib.compress(BODY, 1), version)
+        assert decode_object(data, "k", ObjectKind.MANIFEST) == ({}, BODY)
+
+
+@pytest.mark.parametrize(
+    ("flags", "version"),
+    [(2, 1), (2, 2), (3, 3), (4, 3), (0x8001, 3), (0xFFFF, 3)],
+    ids=["zstd-in-format-1", "zstd-in-format-2", "zlib-and-zstd", "bit-2", "high", "all"],
+)
+def test_unknown_flags_are_refused(flags: int, version: int) -> None:
+    data = _envelope(int(ObjectKind.CONFIG), flags, b"{}", b"", version)
     with pytest.raises(CorruptObjectError) as e:
         decode_object(data, "config.json", ObjectKind.CONFIG)
     assert e.value.key == "config.json"
@@ -124,13 +146,14 @@ def test_unknown_flags_are_refused(flags: int) -> None:
     ("flags", "head", "body", "why"),
     [
         (1, b"{}", b"not zlib", "Error -3 while decompressing data"),
+        (2, b"{}", b"not zstd", "Zstd decompression error"),
         (0, b"{not json", b"", "Expecting property name"),
         (0, b"\xff\xfe", b"", "Expecting value"),
     ],
-    ids=["body", "json", "utf8"],
+    ids=["zlib-body", "zstd-body", "json", "utf8"],
 )
 def test_an_undecodable_envelope_is_refused(flags: int, head: bytes, body: bytes, why: str) -> None:
-    data = _envelope(int(ObjectKind.MANIFEST), flags, head, body)
+    data = _envelope(int(ObjectKind.MANIFEST), flags, head, body, 3)
     with pytest.raises(CorruptObjectError) as e:
         decode_object(data, "manifests/m", ObjectKind.MANIFEST)
     assert e.value.key == "manifests/m"

@@ -9,7 +9,6 @@ are built here with a valid envelope (found missing by mutation testing, issue 1
 from __future__ import annotations
 
 import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from icechunk_dask.format._manifest import (
     manifest_object_ids,
 )
 from icechunk_dask.format._refs_codec import ChunkRef, encode_refs, ref_columns
+from tests.helpers import as_format
 
 PREFIX = struct.Struct("<4sBBHIQI")
 KEY = "manifests/M1"
@@ -36,11 +36,7 @@ ENTRIES: dict[str, ChunkRef | None] = {
 
 def _as_version(data: bytes, version: int) -> bytes:
     """The same envelope, marked as written in another format version (valid checksum)."""
-    magic, _, kind, flags, hlen, blen, _ = PREFIX.unpack_from(data)
-    prefix = PREFIX.pack(magic, version, kind, flags, hlen, blen, 0)[:-4]
-    rest = data[PREFIX.size :]
-    crc = zlib.crc32(rest, zlib.crc32(prefix))
-    return prefix + crc.to_bytes(4, "little") + rest
+    return as_format(data, version)
 
 
 def _manifest(header: dict[str, object], body: bytes) -> bytes:

@@ -10,7 +10,6 @@ issue 13).
 from __future__ import annotations
 
 import struct
-import zlib
 
 import pytest
 
@@ -20,6 +19,7 @@ from icechunk_dask._manifests import box_of, load_box, load_node, lookup
 from icechunk_dask._sync import run
 from icechunk_dask.format import FLAT, ChunkRef, Layer, NodeManifests, new_id, shard_of
 from icechunk_dask.format._manifest import encode_manifest
+from tests.helpers import as_format
 
 ENC = ("default", "/")
 PREFIX = struct.Struct("<4sBBHIQI")
@@ -43,11 +43,7 @@ class _Repo:
         """A format-1 manifest (no box, not named by its key) stored by hand."""
         mid = new_id()
         data = encode_manifest(mid, node, "", entries)
-        magic, _, kind, flags, hlen, blen, _ = PREFIX.unpack_from(data)
-        prefix = PREFIX.pack(magic, 1, kind, flags, hlen, blen, 0)[:-4]
-        rest = data[PREFIX.size :]
-        crc = zlib.crc32(rest, zlib.crc32(prefix))
-        run(self.storage.put(f"manifests/{mid}", prefix + crc.to_bytes(4, "little") + rest))
+        run(self.storage.put(f"manifests/{mid}", as_format(data, 1)))
         return mid
 
     def fresh(self) -> Repository:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import zlib
 
 import pytest
 
@@ -20,6 +19,7 @@ from icechunk_dask import CorruptObjectError
 from icechunk_dask.format import Layer, NodeManifests, ObjectKind, Snapshot, decode_object
 from icechunk_dask.format import encode_object as _encode_object
 from icechunk_dask.format._snapshot import key_id
+from tests.helpers import as_format
 
 PREFIX = struct.Struct("<4sBBHIQI")
 ARRAY = b'{"zarr_format": 3, "node_type": "array", "shape": [2]}'
@@ -27,10 +27,7 @@ ARRAY = b'{"zarr_format": 3, "node_type": "array", "shape": [2]}'
 
 def _v1(data: bytes) -> bytes:
     """The same envelope marked as format 1 (valid checksum)."""
-    magic, _, kind, flags, hlen, blen, _ = PREFIX.unpack_from(data)
-    prefix = PREFIX.pack(magic, 1, kind, flags, hlen, blen, 0)[:-4]
-    rest = data[PREFIX.size :]
-    return prefix + zlib.crc32(rest, zlib.crc32(prefix)).to_bytes(4, "little") + rest
+    return as_format(data, 1)
 
 
 def _snap(**changes: object) -> Snapshot:
