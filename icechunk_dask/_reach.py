@@ -4,9 +4,13 @@
 and every tag): the snapshots of their histories (expired snapshots skipped,
 as every history walk does, but the snapshot a ref names always included),
 the transaction logs of those snapshots, the manifests they name, and the
-chunk objects those manifests reference. Inline chunks live in their
-manifest and name no object; a pack (one object holding many chunks) is
-reachable, whole, as soon as one reachable reference points into it.
+chunk objects their *visible* references point into. A box's manifests are
+layers, newest first: an entry that a newer layer of the same box replaces or
+deletes is hidden in that stack, and a chunk whose references are hidden in
+every reachable stack is not reachable (the manifest itself still is, while
+a stack names it). Inline chunks live in their manifest and name no object;
+a pack (one object holding many chunks) is reachable, whole, as soon as one
+visible reference points into it.
 
 Memory stays bounded for large repositories: snapshot and manifest ids are
 kept as strings (there are few), chunk-object ids only as a sorted array of
@@ -32,18 +36,29 @@ from icechunk_dask._exceptions import (
     InvalidInputError,
     NotFoundError,
 )
-from icechunk_dask.format import EXPIRED_PREFIX, Snapshot, key_id, manifest_object_ids
+from icechunk_dask.format import (
+    EXPIRED_PREFIX,
+    ChunkRef,
+    Snapshot,
+    decode_manifest,
+    key_id,
+    manifest_object_ids,
+)
 
 __all__ = [
     "KINDS",
     "KindCount",
     "Reachable",
+    "Stack",
     "as_utc",
     "history_snapshots",
     "kind_of",
     "live_refs",
+    "lower_layers",
     "manifest_chunks",
+    "needed_layers",
     "reachable",
+    "visible_keys",
 ]
 
 #: Object kinds by key prefix, in the order garbage collection deletes them: what refers
@@ -242,18 +257,93 @@ async def history_snapshots(
                 )
 
 
-async def manifest_chunks(assets: AssetManager, manifest_id: str) -> list[str]:
-    """Chunk objects manifest ``manifest_id`` references (``CorruptObjectError`` if missing)."""
-    key = f"manifests/{manifest_id}"
+async def _get_manifest(assets: AssetManager, key: str) -> bytes:
     try:
-        data = await assets.storage.get(key)
+        return await assets.storage.get(key)
     except NotFoundError:
         raise CorruptObjectError(
             f"manifest {key!r} is referenced but missing: the repository is damaged (run "
             "icechunk-dask verify)",
             key=key,
         ) from None
+
+
+async def manifest_chunks(assets: AssetManager, manifest_id: str) -> list[str]:
+    """Chunk objects manifest ``manifest_id`` references (``CorruptObjectError`` if missing)."""
+    key = f"manifests/{manifest_id}"
+    data = await _get_manifest(assets, key)
     return await asyncio.to_thread(manifest_object_ids, data, key)
+
+
+#: Layer ids of one box, newest first.
+Stack = tuple[str, ...]
+
+
+async def _gather_bounded(jobs: Iterable[Any], at_once: int) -> None:
+    """Await the coroutines ``jobs``, at most ``at_once`` pending; fail on the first error."""
+    pending: set[asyncio.Task[Any]] = set()
+    try:
+        for job in jobs:
+            pending.add(asyncio.ensure_future(job))
+            if len(pending) >= at_once:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+        for result in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+    finally:
+        for task in pending:
+            task.cancel()
+
+
+def lower_layers(stacks: Iterable[Stack], whole: set[str]) -> set[str]:
+    """Layers of ``stacks`` below the top that no stack shows whole (not in ``whole``)."""
+    return {m for stack in stacks for m in stack[1:]} - whole
+
+
+def needed_layers(stacks: Iterable[Stack], lower: set[str]) -> list[Stack]:
+    """Each stack holding a layer of ``lower``, cut below its deepest such layer."""
+    out = []
+    for stack in stacks:
+        deepest = max((i for i, m in enumerate(stack) if m in lower), default=-1)
+        if deepest >= 0:
+            out.append(stack[: deepest + 1])
+    return out
+
+
+def visible_keys(
+    stacks: Iterable[Stack], entries: dict[str, dict[str, Any]], lower: set[str]
+) -> dict[str, set[str]]:
+    """The keys of each layer of ``lower`` that some stack shows (no newer layer has them).
+
+    ``stacks`` are cut below their deepest layer of ``lower`` (:func:`needed_layers`);
+    ``entries`` holds every layer they name: key -> reference or tombstone.
+    """
+    out: dict[str, set[str]] = {m: set() for m in lower}
+    for stack in stacks:
+        hidden: set[str] = set()
+        for i, manifest_id in enumerate(stack):
+            layer = entries[manifest_id]
+            if manifest_id in lower:
+                out[manifest_id].update(k for k in layer if k not in hidden)
+            if i < len(stack) - 1:
+                hidden.update(layer)
+    return out
+
+
+def _visible_objects(
+    stacks: list[Stack], entries: dict[str, dict[str, ChunkRef | None]], lower: set[str]
+) -> list[str]:
+    """Chunk objects the layers ``lower`` reference where some stack shows them."""
+    out: list[str] = []
+    for manifest_id, keys in visible_keys(stacks, entries, lower).items():
+        layer = entries[manifest_id]
+        for key in keys:
+            ref = layer[key]
+            if ref is not None and isinstance(ref[0], str):
+                out.append(ref[0])
+    return out
 
 
 async def reachable(assets: AssetManager, refs: dict[str, str] | None = None) -> Reachable:
@@ -277,10 +367,18 @@ async def reachable(assets: AssetManager, refs: dict[str, str] | None = None) ->
         If a reachable object is missing or damaged: what it references is unknown.
     """
     out = Reachable(refs=dict(refs) if refs is not None else await live_refs(assets))
+    whole: set[str] = set()  # manifests some stack shows entirely (its top, format-1 shards)
+    stacks: dict[tuple[str, str], set[Stack]] = {}  # (node, box) -> stacks of 2+ layers
     async for snap in history_snapshots(assets, out.refs.values(), set()):
         out.snapshots.add(snap.id)
-        for nm in snap.nodes.values():
+        for node, nm in snap.nodes.items():
             out.manifests.update(nm.manifest_ids())
+            whole.update(m for m in nm.legacy if m is not None)
+            for box, layers in nm.boxes.items():
+                if layers:
+                    whole.add(layers[0].id)
+                if len(layers) > 1:
+                    stacks.setdefault((node, box), set()).add(tuple(x.id for x in layers))
     limit = asyncio.Semaphore(_CONCURRENCY)
 
     async def one(manifest_id: str) -> None:
@@ -288,18 +386,25 @@ async def reachable(assets: AssetManager, refs: dict[str, str] | None = None) ->
             ids = await manifest_chunks(assets, manifest_id)
         out.add_chunks(ids)
 
-    pending: set[asyncio.Task[Any]] = set()
-    try:
-        for manifest_id in sorted(out.manifests):
-            pending.add(asyncio.ensure_future(one(manifest_id)))
-            if len(pending) >= 4 * _CONCURRENCY:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-        for result in await asyncio.gather(*pending, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
-    finally:
-        for task in pending:
-            task.cancel()
+    async def load(manifest_id: str, node: str, box: str) -> dict[str, ChunkRef | None]:
+        key = f"manifests/{manifest_id}"
+        async with limit:
+            data = await _get_manifest(assets, key)
+        return await asyncio.to_thread(decode_manifest, data, key, node=node, box=box)
+
+    async def hidden_below(node: str, box: str, group: set[Stack]) -> None:
+        lower = lower_layers(group, whole)
+        chosen = needed_layers(group, lower)
+        if not chosen:
+            return  # every layer of the box is some stack's top: read whole above
+        needed = sorted({m for st in chosen for m in st})
+        loaded = await asyncio.gather(*(load(m, node, box) for m in needed))
+        entries = dict(zip(needed, loaded, strict=True))
+        out.add_chunks(await asyncio.to_thread(_visible_objects, chosen, entries, lower))
+
+    await _gather_bounded((one(m) for m in sorted(whole)), 4 * _CONCURRENCY)
+    # decoded layers are held per box while it is examined: few boxes at a time
+    await _gather_bounded(
+        (hidden_below(n, b, g) for (n, b), g in sorted(stacks.items())), _CONCURRENCY
+    )
     return out

@@ -10,7 +10,9 @@ Checked, collecting every problem instead of stopping at the first:
   decode and name their snapshot;
 * manifests: each one a snapshot names decodes and is the manifest of the
   node and box the snapshot says;
-* chunk objects: each one a reference points into exists and is long enough
+* chunk objects: each one a visible reference points into exists and is long enough
+  (a reference that a newer layer of its box hides in every stack checked is not
+  visible: garbage collection may have deleted its chunk)
   (one streamed listing of ``chunks/``); with ``chunks``, every chunk is read
   and checked against its checksum (inline chunks too).
 """
@@ -23,6 +25,7 @@ from typing import Any
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._exceptions import ExpiredSnapshotError, IcechunkDaskError, NotFoundError
+from icechunk_dask._reach import Stack, lower_layers, needed_layers, visible_keys
 from icechunk_dask.format import (
     EXPIRED_PREFIX,
     ChunkRef,
@@ -159,6 +162,8 @@ class _Verifier:
         self.report = VerifyReport()
         self.seen: set[str] = set()  # snapshots visited (expired ones included)
         self.manifests: dict[str, tuple[str, str | None, str]] = {}  # id -> node, box, by
+        self.whole: set[str] = set()  # manifests some stack shows entirely
+        self.stacks: dict[tuple[str, str], set[Stack]] = {}  # (node, box) -> stacks of 2+
         self.needed: dict[str, tuple[int, str]] = {}  # chunk object -> end, referenced by
         self.verified: set[int] = set()
 
@@ -243,14 +248,38 @@ class _Verifier:
         for node, nm in snap.nodes.items():
             for shard in (m for m in nm.legacy if m is not None):
                 self.manifests.setdefault(shard, (node, None, key))
+            self.whole.update(m for m in nm.legacy if m is not None)
             for box, layers in nm.boxes.items():
                 for layer in layers:
                     self.manifests.setdefault(layer.id, (node, box, key))
+                if layers:
+                    self.whole.add(layers[0].id)
+                if len(layers) > 1:
+                    self.stacks.setdefault((node, box), set()).add(tuple(x.id for x in layers))
         return snap
+
+    async def visible(self) -> dict[str, set[str]]:
+        """The keys shown of each manifest that is below the top of every stack naming it."""
+        out: dict[str, set[str]] = {}
+        for (node, box), group in sorted(self.stacks.items()):
+            lower = lower_layers(group, self.whole)
+            chosen = needed_layers(group, lower)
+            entries: dict[str, dict[str, Any]] = {}
+            for mid in sorted({m for st in chosen for m in st}):
+                try:
+                    entries[mid] = await self.assets.get_manifest(mid, node, box)
+                except IcechunkDaskError:
+                    break  # reported when the manifest is checked; then every key counts
+            else:
+                out.update(visible_keys(chosen, entries, lower))
+        return out
 
     # -- manifests and chunks ----------------------------------------------------------
 
-    async def manifest(self, mid: str, node: str, box: str | None, by: str) -> None:
+    async def manifest(
+        self, mid: str, node: str, box: str | None, by: str, shown: set[str] | None = None
+    ) -> None:
+        """Check one manifest and note the chunk objects of its references (``shown`` only)."""
         key = f"manifests/{mid}"
         try:
             entries = await self.assets.get_manifest(mid, node, box)
@@ -259,7 +288,9 @@ class _Verifier:
             self.report.add(key, kind, str(e), by)
             return
         self.report.manifests += 1
-        refs = [(s, r) for s, r in entries.items() if r is not None]
+        refs = [
+            (s, r) for s, r in entries.items() if r is not None and (shown is None or s in shown)
+        ]
         self.report.chunk_refs += len(refs)
         where = f"{key} (node {node!r})"
         for _, (loc, off, length, _) in refs:
@@ -356,10 +387,11 @@ async def verify_repository(
         for key in sorted(await assets.storage.list(EXPIRED_PREFIX)):
             await v._marker(key_id(key), "")
     limit = asyncio.Semaphore(_CONCURRENCY)
+    shown = await v.visible()
 
     async def one(mid: str, where: tuple[str, str | None, str]) -> None:
         async with limit:
-            await v.manifest(mid, *where)
+            await v.manifest(mid, *where, shown.get(mid))
 
     await asyncio.gather(*(one(m, w) for m, w in sorted(v.manifests.items())))
     await v.chunk_objects()

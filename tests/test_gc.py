@@ -160,6 +160,66 @@ def test_a_pack_partly_referenced_is_kept_whole(tmp_path: Path) -> None:
     assert repo.verify(chunks=True).ok
 
 
+def _stacked(tmp_path: Path) -> tuple[Repository, str, set[str]]:
+    """Four chunk objects in one box, then one of them overwritten: a layer stacked on top."""
+    repo = _repo(tmp_path)
+    session = repo.writable_session("main")
+    array = make_array(session, "s", shape=(4 * 264, 128), chunks=CHUNKS)
+    array[:] = 1.0
+    first = session.commit("four chunks")
+    old = {k for k in files(tmp_path) if k.startswith("chunks/")}
+    assert len(old) == 4
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="s")[:264] = 2.0
+    session.commit("one chunk")
+    snap = run(repo._assets.get_snapshot(repo.lookup_branch("main")))
+    assert [len(layers) for layers in snap.nodes["s"].boxes.values()] == [2]  # stacked
+    return repo, first, old
+
+
+def test_a_reference_hidden_by_a_newer_layer_keeps_no_chunk(tmp_path: Path) -> None:
+    repo, _, old = _stacked(tmp_path)
+    repo.expire_snapshots(datetime.now(UTC))
+    age(tmp_path)
+    summary = repo.garbage_collect(datetime.now(UTC))
+    # the overwritten chunk's object is referenced only by the lower layer, where the new
+    # layer hides it; the lower layer itself stays (the tip's stack names it)
+    assert summary.chunks_deleted == 1 and summary.manifests_deleted == 0
+    left = {k for k in files(tmp_path) if k.startswith("chunks/")}
+    assert len(old - left) == 1 and len(old & left) == 3
+    expected = np.ones((4 * 264, 128))
+    expected[:264] = 2.0
+    np.testing.assert_array_equal(read_array(repo.readonly_session("main"), "s"), expected)
+    assert repo.verify(chunks=True).ok
+
+
+def test_a_hidden_reference_still_visible_in_a_live_snapshot_keeps_its_chunk(
+    tmp_path: Path,
+) -> None:
+    repo, first, old = _stacked(tmp_path)  # "four chunks" is not expired: still readable
+    age(tmp_path)
+    assert repo.garbage_collect(datetime.now(UTC)).chunks_deleted == 0
+    repo.create_tag("kept", first)
+    repo.expire_snapshots(datetime.now(UTC))  # a tagged snapshot never expires
+    age(tmp_path)
+    assert repo.garbage_collect(datetime.now(UTC)).objects_deleted == 0
+    assert old <= set(files(tmp_path))
+    np.testing.assert_array_equal(
+        read_array(repo.readonly_session(tag="kept"), "s"), np.ones((4 * 264, 128))
+    )
+
+
+def test_verify_checks_the_references_a_lower_layer_still_shows(tmp_path: Path) -> None:
+    repo, _, old = _stacked(tmp_path)
+    repo.expire_snapshots(datetime.now(UTC))
+    age(tmp_path)
+    repo.garbage_collect(datetime.now(UTC))
+    shown = sorted(k for k in old if (tmp_path / k).exists())
+    (tmp_path / shown[0]).unlink()  # a chunk the lower layer shows (not overwritten)
+    report = repo.verify()
+    assert [(p.key, p.kind) for p in report.problems] == [(shown[0], "missing")]
+
+
 def test_inline_chunks_name_no_object(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     session = repo.writable_session("main")
