@@ -264,14 +264,17 @@ class _Verifier:
         for (node, box), group in sorted(self.stacks.items()):
             lower = lower_layers(group, self.whole)
             chosen = needed_layers(group, lower)
-            entries: dict[str, dict[str, Any]] = {}
-            for mid in sorted({m for st in chosen for m in st}):
-                try:
-                    entries[mid] = await self.assets.get_manifest(mid, node, box)
-                except IcechunkDaskError:
-                    break  # reported when the manifest is checked; then every key counts
-            else:
-                out.update(visible_keys(chosen, entries, lower))
+            needed = sorted({m for st in chosen for m in st})
+            loaded = await asyncio.gather(
+                *(self.assets.get_manifest(m, node, box) for m in needed), return_exceptions=True
+            )
+            entries: dict[str, dict[str, Any]] = {
+                m: x
+                for m, x in zip(needed, loaded, strict=True)
+                if not isinstance(x, BaseException)
+            }
+            if len(entries) == len(needed):  # else the damage is reported when that manifest
+                out.update(visible_keys(chosen, entries, lower))  # is checked; every key counts
         return out
 
     # -- manifests and chunks ----------------------------------------------------------
