@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -315,3 +316,34 @@ async def test_a_symbolic_link_is_listed_as_itself_never_followed(
     (storage.root / "a" / "up").symlink_to(storage.root)  # a loop, if it were followed
     infos = {i.key: i.size async for i in storage.list_objects("")}
     assert infos == {"a/b": 3, "a/up": os.lstat(storage.root / "a" / "up").st_size}
+
+
+def test_storages_of_different_folders_hash_apart(tmp_path: Path) -> None:
+    a = local_filesystem_storage(tmp_path / "a")
+    b = local_filesystem_storage(tmp_path / "b")
+    assert hash(a) != hash(b)
+    assert hash(a) == hash(local_filesystem_storage(tmp_path / "a", durable=False))
+
+
+def test_the_walk_error_hook_passes_over_removed_folders_only() -> None:
+    assert _local._raise(FileNotFoundError(2, "gone")) is None
+    for error in (PermissionError(13, "no"), NotADirectoryError(20, "file"), OSError(5, "io")):
+        with pytest.raises(type(error)) as info:
+            _local._raise(error)
+        assert info.value is error
+
+
+def test_a_forked_child_forgets_the_deletion_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent_pool = _local._delete_pool()
+    monkeypatch.setattr(_local, "_POOL", parent_pool)  # restored after the test
+    monkeypatch.setattr(_local, "_POOL_LOCK", _local._POOL_LOCK)
+    old_lock = _local._POOL_LOCK
+    _local._forget_pool_after_fork()  # what runs in a forked child
+    assert _local._POOL is None
+    assert _local._POOL_LOCK is not old_lock
+    assert type(_local._POOL_LOCK) is type(threading.Lock())
+    own = _local._delete_pool()
+    try:
+        assert own is not parent_pool and _local._delete_pool() is own
+    finally:
+        own.shutdown()
