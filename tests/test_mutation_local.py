@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
 import pickle
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -26,7 +29,8 @@ import pytest
 
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
 from icechunk_dask.storage import LocalFileSystemStorage, _local, local_filesystem_storage
-from tests.fs_faults import SmallTmpfs
+from icechunk_dask.storage._base import ObjectInfo
+from tests.fs_faults import SmallTmpfs, without_dac_override
 
 LONG = "x" * 256  # one byte more than a file name can have
 
@@ -347,3 +351,66 @@ def test_a_forked_child_forgets_the_deletion_threads(monkeypatch: pytest.MonkeyP
         assert own is not parent_pool and _local._delete_pool() is own
     finally:
         own.shutdown()
+
+
+_LIST_IN_CHILD = """
+import asyncio, json, sys
+from icechunk_dask.storage import local_filesystem_storage
+storage = local_filesystem_storage(sys.argv[1], durable=False)
+async def main():
+    out = {}
+    for prefix in ("a/c/", "a/c/3", "a/"):
+        try:
+            out[prefix] = sorted([i.key async for i in storage.list_objects(prefix)])
+        except Exception as e:
+            out[prefix] = type(e).__name__
+        try:
+            out["list " + prefix] = sorted(await storage.list(prefix))
+        except Exception as e:
+            out["list " + prefix] = type(e).__name__
+    return out
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_a_listing_reads_only_the_folders_under_its_prefix(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    for key in ("a/1", "a/b/2", "a/c/3"):
+        asyncio.run(storage.put(key, b"x"))
+    (storage.root / "a" / "b").chmod(0)  # unreadable, but not under a/c/
+    try:
+        child = subprocess.run(
+            [*without_dac_override(), sys.executable, "-c", _LIST_IN_CHILD, str(storage.root)],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        (storage.root / "a" / "b").chmod(0o755)
+    assert json.loads(child.stdout) == {
+        "a/c/": ["a/c/3"],
+        "list a/c/": ["a/c/3"],
+        "a/c/3": ["a/c/3"],
+        "list a/c/3": ["a/c/3"],
+        "a/": "StorageError",  # the folder is unreadable in the child
+        "list a/": "StorageError",
+    }
+
+
+async def test_listings_are_read_a_page_at_a_time() -> None:
+    consumed = 0
+
+    def objects() -> Iterator[ObjectInfo]:
+        nonlocal consumed
+        for i in range(2 * _local._PAGE + 1):
+            consumed += 1
+            yield ObjectInfo(str(i), i, datetime(2020, 1, 1, tzinfo=UTC))
+
+    stream = LocalFileSystemStorage._stream(objects())
+    first = await anext(stream)
+    assert first.key == "0"
+    assert consumed == _local._PAGE
+    rest = [info.size async for info in stream]
+    assert rest == list(range(1, 2 * _local._PAGE + 1))

@@ -329,3 +329,20 @@ def test_boxes_follow_runs_of_shared_units() -> None:
     assert [p.nbytes for t in plan.tasks for p in t] == [32, 16, 32, 16]
     plan = plan_writes([a], group_shared=True, target_task_bytes=64, min_tasks=1)
     assert _boxes(plan) == [[(0, (0, 0), (1, 6))], [(0, (1, 0), (2, 6))]]
+
+
+def test_one_byte_blocks_and_empty_items() -> None:
+    a = _write(((1,) * 12,), (1,))
+    assert [t[0].nblocks for t in plan_writes([a], target_task_bytes=3, min_tasks=1).tasks] == [
+        3
+    ] * 4
+    nothing = ArrayWrite("z", (12,), (1,), (slice(0, 12),), ((1,) * 12,), 0)
+    plan = plan_writes([nothing], target_task_bytes=3, min_tasks=1)
+    assert [[p.nblocks for p in t] for t in plan.tasks] == [[3, 3, 3, 3]]
+
+
+def test_a_single_run_of_blocks_counts_all_its_blocks() -> None:
+    # the last axis is one run of four blocks (one unit): a box takes 2 rows of 4 blocks
+    a = _write(((1,) * 4, (1,) * 4), (1, 4))
+    plan = plan_writes([a], group_shared=True, target_task_bytes=8, min_tasks=1)
+    assert _boxes(plan) == [[(0, (0, 0), (2, 4))], [(0, (2, 0), (4, 4))]]
