@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import pickle
+import resource
 import shutil
 import signal
 import subprocess
@@ -414,3 +415,47 @@ async def test_listings_are_read_a_page_at_a_time() -> None:
     assert consumed == _local._PAGE
     rest = [info.size async for info in stream]
     assert rest == list(range(1, 2 * _local._PAGE + 1))
+
+
+def test_a_named_pipe_where_a_folder_should_be_is_listed_as_nothing(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    storage.root.mkdir()
+    fifo = storage.root / "p"
+    os.mkfifo(fifo)
+    found: list[list[str]] = []
+    walker = threading.Thread(
+        target=lambda: found.append([i.key for i in storage._walk_info_sync("p/", False)]),
+        daemon=True,
+    )
+    walker.start()
+    walker.join(30)  # opening the pipe as a folder would wait for a writer
+    if walker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let it go
+        walker.join()
+        pytest.fail("listing under a named pipe opened the pipe")
+    assert found == [[]]
+    assert [i.key for i in storage._walk_info_sync("", False)] == ["p"]
+
+
+def test_a_folder_opened_but_not_scanned_fails_the_listing_and_is_closed(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    (storage.root / "a").mkdir(parents=True)
+    (storage.root / "a" / "obj").write_bytes(b"x")
+    # a descriptor limit that lets the folder be opened, but not the scan's copy of it
+    first, second = os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_RDONLY)
+    os.close(first)
+    os.close(second)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (second, hard))
+    try:
+        with pytest.raises(StorageError) as info:
+            list(storage._walk_info_sync("a/", False))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert str(info.value).startswith(
+        f"cannot list 'a/' in {storage.url}: Too many open files (EMFILE) at "
+        f"{str(storage.root / 'a')!r}"
+    )
+    probe = os.open(os.devnull, os.O_RDONLY)  # the folder's descriptor was closed
+    os.close(probe)
+    assert probe == first
