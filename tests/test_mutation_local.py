@@ -459,3 +459,37 @@ def test_a_folder_opened_but_not_scanned_fails_the_listing_and_is_closed(tmp_pat
     probe = os.open(os.devnull, os.O_RDONLY)  # the folder's descriptor was closed
     os.close(probe)
     assert probe == first
+
+
+_EXAMINE_IN_CHILD = """
+import asyncio, sys
+from icechunk_dask.storage import local_filesystem_storage
+storage = local_filesystem_storage(sys.argv[1], durable=False)
+async def main():
+    return [i.key async for i in storage.list_objects("a/")]
+try:
+    print(asyncio.run(main()))
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_file_that_cannot_be_examined_fails_the_listing_with_its_key(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    asyncio.run(storage.put("a/obj", b"x"))
+    (storage.root / "a").chmod(0o444)  # names readable, files not reachable: stat fails
+    try:
+        child = subprocess.run(
+            [*without_dac_override(), sys.executable, "-c", _EXAMINE_IN_CHILD, str(storage.root)],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        (storage.root / "a").chmod(0o755)
+    assert child.stdout.startswith(
+        f"StorageError cannot examine 'a/obj' in {storage.url}: Permission denied (EACCES) at "
+        f"{str(storage.root / 'a' / 'obj')!r}; "
+    )
