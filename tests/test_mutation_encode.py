@@ -156,7 +156,19 @@ def test_a_root_array_has_no_key_prefix() -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["wrong shape", "fewer axes", "v2", "strings", "datetime", "0-d", "object", "list"],
+    [
+        "wrong shape",
+        "fewer axes",
+        "v2",
+        "strings",
+        "datetime",
+        "0-d",
+        "0-d array",
+        "object",
+        "list",
+        "masked",
+        "sharded",
+    ],
 )
 def test_steps_aside_with_none(case: str) -> None:
     kwargs: dict[str, Any] = {"shape": (4, 4), "chunks": (2, 2), "dtype": "int32"}
@@ -179,5 +191,12 @@ def test_steps_aside_with_none(case: str) -> None:
         values = np.ones((4, 4), dtype=object)
     elif case == "list":
         values = [[1] * 4] * 4
+    elif case == "masked":
+        values = np.ma.masked_array(values)
+    elif case == "sharded":
+        kwargs["shards"] = (4, 4)
+    elif case == "0-d array":
+        kwargs.update(shape=(), chunks=())
+        selection, values = (), np.array(1, dtype="int32")
     array = zarr.create_array(MemoryStore(), name="a", **kwargs)
     assert encode_chunks(array._async_array, selection, values) is None
