@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import json
 import os
 import pickle
@@ -493,3 +494,58 @@ def test_a_file_that_cannot_be_examined_fails_the_listing_with_its_key(tmp_path:
         f"StorageError cannot examine 'a/obj' in {storage.url}: Permission denied (EACCES) at "
         f"{str(storage.root / 'a' / 'obj')!r}; "
     )
+
+
+class _SyncfsRecorder:
+    """The C ``syncfs`` wrapped: which folder each call flushes, then the real call or a failure."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: int = 0) -> None:
+        self.flushed: list[tuple[int, int]] = []
+        real = _local._SYNCFS
+
+        def record(fd: int) -> int:
+            st = os.fstat(fd)
+            self.flushed.append((st.st_dev, st.st_ino))
+            if fail:
+                ctypes.set_errno(fail)
+                return -1
+            return int(real(fd)) if real is not None else 0
+
+        monkeypatch.setattr(_local, "_SYNCFS", record)
+
+
+async def test_a_durable_barrier_flushes_the_repository_filesystem_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = _SyncfsRecorder(monkeypatch)
+    storage = local_filesystem_storage(tmp_path / "repo")
+    await storage.put("a/b", b"x")
+    await storage.durability_barrier()
+    st = os.stat(storage.root)
+    assert recorder.flushed == [(st.st_dev, st.st_ino)]
+    await local_filesystem_storage(tmp_path / "repo", durable=False).durability_barrier()
+    assert len(recorder.flushed) == 1
+
+
+async def test_a_failed_flush_is_reported_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _SyncfsRecorder(monkeypatch, fail=errno.EIO)
+    storage = local_filesystem_storage(tmp_path / "repo")
+    await storage.put("a/b", b"x")
+    with pytest.raises(StorageError) as info:
+        await storage.durability_barrier()
+    assert str(info.value).startswith(
+        f"cannot flush {storage.url} to disk: Input/output error (EIO) at "
+        f"{str(storage.root)!r}; the device or filesystem reported an I/O error"
+    )
+
+
+async def test_deletions_run_on_the_storage_threads(storage: LocalFileSystemStorage) -> None:
+    await storage.put("k", b"x")
+    await storage.delete(["k"])
+    pool = _local._delete_pool()
+    assert pool is _local._delete_pool()
+    assert pool._max_workers == _local._DELETE_THREADS == 8
+    names = [t.name for t in threading.enumerate()]
+    assert any(n.startswith("icechunk_dask-delete_") for n in names), names
