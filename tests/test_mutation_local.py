@@ -549,3 +549,20 @@ async def test_deletions_run_on_the_storage_threads(storage: LocalFileSystemStor
     assert pool._max_workers == _local._DELETE_THREADS == 8
     names = [t.name for t in threading.enumerate()]
     assert any(n.startswith("icechunk_dask-delete_") for n in names), names
+
+
+async def test_temporary_files_anywhere_in_a_folder_hide_no_object(
+    storage: LocalFileSystemStorage,
+) -> None:
+    folder = storage.root / "a"
+    folder.mkdir(parents=True)
+    keys = []
+    for i in range(5):  # temporaries created before, between and after the objects
+        (folder / f"{_local._TMP}{i}").write_bytes(b"partial")
+        await storage.put(f"a/o{i}", b"x")
+        keys.append(f"a/o{i}")
+    (folder / f"{_local._TMP}last").write_bytes(b"partial")
+    assert sorted(await storage.list("")) == keys
+    assert sorted(await storage.list("a/")) == keys
+    assert sorted([i.key async for i in storage.list_objects("a/")]) == keys
+    assert len([i async for i in storage.list_temporary()]) == 6
