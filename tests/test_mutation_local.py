@@ -566,3 +566,54 @@ async def test_temporary_files_anywhere_in_a_folder_hide_no_object(
     assert sorted(await storage.list("a/")) == keys
     assert sorted([i.key async for i in storage.list_objects("a/")]) == keys
     assert len([i async for i in storage.list_temporary()]) == 6
+
+
+async def test_every_call_through_a_symbolic_link_loop_names_the_call_key_and_path(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a", b"x")
+    (storage.root / "loop").symlink_to(storage.root / "loop")  # ELOOP, even for root
+    advice = "too many levels of symbolic links: check the links along the repository path"
+    at_key = f"{str(storage.root / 'loop' / 'x')!r}; {advice}"
+    calls = [
+        ("read", storage.get("loop/x"), at_key),
+        ("read", storage.get_range("loop/x", 0, 1), at_key),
+        ("look up", storage.exists("loop/x"), at_key),
+        ("write", storage.put("loop/x", b"x"), at_key),
+        ("create", storage.put_if_absent("loop/x", b"x"), at_key),
+        ("delete", storage.delete(["loop/x"]), f"{str(storage.root / 'loop')!r}; {advice}"),
+    ]
+    for action, call, where in calls:
+        with pytest.raises(StorageError) as info:
+            await call
+        assert str(info.value) == (
+            f"cannot {action} 'loop/x' in {storage.url}: Too many levels of symbolic links "
+            f"(ELOOP) at {where}"
+        )
+    assert sorted(await storage.list("")) == ["a", "loop"]  # nothing left behind
+
+
+async def test_only_created_objects_are_fsynced_with_their_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(_local.os, "fsync", record)
+    durable = local_filesystem_storage(tmp_path / "repo")
+    await durable.put("a/b", b"x")
+    assert synced == []
+    assert await durable.put_if_absent("a/c", b"x")
+    assert len(synced) == 2
+    assert synced[0].startswith(str(durable.root / "a" / _local._TMP))
+    assert synced[1] == str(durable.root / "a")
+    assert not await durable.put_if_absent("a/c", b"y")
+    assert len(synced) == 3  # the loser's temporary file, never its folder
+    scratch = local_filesystem_storage(tmp_path / "repo", durable=False)
+    await scratch.put("a/d", b"x")
+    assert await scratch.put_if_absent("a/e", b"x")
+    assert len(synced) == 3
