@@ -617,3 +617,20 @@ async def test_only_created_objects_are_fsynced_with_their_folder(
     await scratch.put("a/d", b"x")
     assert await scratch.put_if_absent("a/e", b"x")
     assert len(synced) == 3
+
+
+def test_a_repository_path_that_is_or_lies_below_a_file_is_refused_in_full(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(InvalidInputError) as info:
+        local_filesystem_storage(tmp_path / "file")
+    assert str(info.value) == (
+        f"the repository path {str(tmp_path / 'file')!r} is a file, not a directory; "
+        "give the path of a directory (it is created if missing)"
+    )
+    with pytest.raises(InvalidInputError) as info:
+        local_filesystem_storage(tmp_path / "file" / "repo")
+    assert str(info.value) == (
+        f"the repository path {str(tmp_path / 'file' / 'repo')!r} lies below a file, not a "
+        "directory; give the path of a directory (it is created if missing)"
+    )
+    assert local_filesystem_storage(tmp_path).root == tmp_path  # an existing folder is fine
