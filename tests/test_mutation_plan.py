@@ -346,3 +346,29 @@ def test_a_single_run_of_blocks_counts_all_its_blocks() -> None:
     a = _write(((1,) * 4, (1,) * 4), (1, 4))
     plan = plan_writes([a], group_shared=True, target_task_bytes=8, min_tasks=1)
     assert _boxes(plan) == [[(0, (0, 0), (2, 4))], [(0, (2, 0), (4, 4))]]
+
+
+def test_an_empty_region_at_the_start_of_an_axis_is_fine() -> None:
+    assert normalize_region((slice(0, 0),), (4,), (0,), "a") == (slice(0, 0),)
+    assert normalize_region((slice(None, 0), slice(0, 4)), (4, 4), (0, 4), "a") == (
+        slice(0, 0),
+        slice(0, 4),
+    )
+
+
+def test_a_task_split_by_blocks_starts_counting_again() -> None:
+    arrays = [_write(((4,),), (4,), name=f"v{i}") for i in range(6)]
+    plan = plan_writes(arrays, min_tasks=1, max_blocks_per_task=3)
+    assert [len(t) for t in plan.tasks] == [3, 3]
+
+
+def test_overlaps_are_found_after_an_empty_region_and_in_either_order() -> None:
+    a = _write(((4,),), (4,), shape=(8,))
+    overlapping = _write(((2,),), (4,), start=(2,), shape=(8,))
+    empty = ArrayWrite("a", (8,), (4,), (slice(5, 5),), ((),), 1)
+    with pytest.raises(InvalidInputError) as info:
+        plan_writes([empty, a, overlapping])
+    assert "sources 1 and 2 both write to array 'a'" in str(info.value)
+    # the unit boxes [1, 2) and [0, 1) touch but do not overlap, whichever comes first
+    later = _write(((4,),), (4,), start=(4,), shape=(8,))
+    assert _boxes(plan_writes([later, a], min_tasks=1)) == [[(0, (0,), (1,)), (1, (0,), (1,))]]
