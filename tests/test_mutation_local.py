@@ -634,3 +634,17 @@ def test_a_repository_path_that_is_or_lies_below_a_file_is_refused_in_full(tmp_p
         "directory; give the path of a directory (it is created if missing)"
     )
     assert local_filesystem_storage(tmp_path).root == tmp_path  # an existing folder is fine
+
+
+async def test_a_folder_where_the_object_belongs_is_reported_in_full(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a/b", b"x")
+    for action, op in (("write", storage.put), ("create", storage.put_if_absent)):
+        with pytest.raises(StorageError) as info:
+            await op("a", b"y")
+        assert str(info.value) == (
+            f"cannot {action} 'a' in {storage.url}: Is a directory (EISDIR) at "
+            f"{str(storage.root / 'a')!r}; a folder stands where the object belongs: something "
+            "other than icechunk_dask changed the repository folder; restore it"
+        )
