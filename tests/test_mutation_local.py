@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
+import json
 import os
 import pickle
+import resource
 import shutil
 import signal
+import subprocess
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -25,7 +31,8 @@ import pytest
 
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
 from icechunk_dask.storage import LocalFileSystemStorage, _local, local_filesystem_storage
-from tests.fs_faults import SmallTmpfs
+from icechunk_dask.storage._base import ObjectInfo
+from tests.fs_faults import SmallTmpfs, without_dac_override
 
 LONG = "x" * 256  # one byte more than a file name can have
 
@@ -315,3 +322,329 @@ async def test_a_symbolic_link_is_listed_as_itself_never_followed(
     (storage.root / "a" / "up").symlink_to(storage.root)  # a loop, if it were followed
     infos = {i.key: i.size async for i in storage.list_objects("")}
     assert infos == {"a/b": 3, "a/up": os.lstat(storage.root / "a" / "up").st_size}
+
+
+def test_storages_of_different_folders_hash_apart(tmp_path: Path) -> None:
+    a = local_filesystem_storage(tmp_path / "a")
+    b = local_filesystem_storage(tmp_path / "b")
+    assert hash(a) != hash(b)
+    assert hash(a) == hash(local_filesystem_storage(tmp_path / "a", durable=False))
+
+
+def test_the_walk_error_hook_passes_over_removed_folders_only() -> None:
+    assert _local._raise(FileNotFoundError(2, "gone")) is None
+    for error in (PermissionError(13, "no"), NotADirectoryError(20, "file"), OSError(5, "io")):
+        with pytest.raises(type(error)) as info:
+            _local._raise(error)
+        assert info.value is error
+
+
+def test_a_forked_child_forgets_the_deletion_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent_pool = _local._delete_pool()
+    monkeypatch.setattr(_local, "_POOL", parent_pool)  # restored after the test
+    monkeypatch.setattr(_local, "_POOL_LOCK", _local._POOL_LOCK)
+    old_lock = _local._POOL_LOCK
+    _local._forget_pool_after_fork()  # what runs in a forked child
+    assert _local._POOL is None
+    assert _local._POOL_LOCK is not old_lock
+    assert type(_local._POOL_LOCK) is type(threading.Lock())
+    own = _local._delete_pool()
+    try:
+        assert own is not parent_pool and _local._delete_pool() is own
+    finally:
+        own.shutdown()
+
+
+_LIST_IN_CHILD = """
+import asyncio, json, sys
+from icechunk_dask.storage import local_filesystem_storage
+storage = local_filesystem_storage(sys.argv[1], durable=False)
+async def main():
+    out = {}
+    for prefix in ("a/c/", "a/c/3", "a/"):
+        try:
+            out[prefix] = sorted([i.key async for i in storage.list_objects(prefix)])
+        except Exception as e:
+            out[prefix] = type(e).__name__
+        try:
+            out["list " + prefix] = sorted(await storage.list(prefix))
+        except Exception as e:
+            out["list " + prefix] = type(e).__name__
+    return out
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_a_listing_reads_only_the_folders_under_its_prefix(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    for key in ("a/1", "a/b/2", "a/c/3"):
+        asyncio.run(storage.put(key, b"x"))
+    (storage.root / "a" / "b").chmod(0)  # unreadable, but not under a/c/
+    try:
+        child = subprocess.run(
+            [*without_dac_override(), sys.executable, "-c", _LIST_IN_CHILD, str(storage.root)],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        (storage.root / "a" / "b").chmod(0o755)
+    assert json.loads(child.stdout) == {
+        "a/c/": ["a/c/3"],
+        "list a/c/": ["a/c/3"],
+        "a/c/3": ["a/c/3"],
+        "list a/c/3": ["a/c/3"],
+        "a/": "StorageError",  # the folder is unreadable in the child
+        "list a/": "StorageError",
+    }
+
+
+async def test_listings_are_read_a_page_at_a_time() -> None:
+    consumed = 0
+
+    def objects() -> Iterator[ObjectInfo]:
+        nonlocal consumed
+        for i in range(2 * _local._PAGE + 1):
+            consumed += 1
+            yield ObjectInfo(str(i), i, datetime(2020, 1, 1, tzinfo=UTC))
+
+    stream = LocalFileSystemStorage._stream(objects())
+    first = await anext(stream)
+    assert first.key == "0"
+    assert consumed == _local._PAGE
+    rest = [info.size async for info in stream]
+    assert rest == list(range(1, 2 * _local._PAGE + 1))
+
+
+def test_a_named_pipe_where_a_folder_should_be_is_listed_as_nothing(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    storage.root.mkdir()
+    fifo = storage.root / "p"
+    os.mkfifo(fifo)
+    found: list[list[str]] = []
+    walker = threading.Thread(
+        target=lambda: found.append([i.key for i in storage._walk_info_sync("p/", False)]),
+        daemon=True,
+    )
+    walker.start()
+    walker.join(30)  # opening the pipe as a folder would wait for a writer
+    if walker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let it go
+        walker.join()
+        pytest.fail("listing under a named pipe opened the pipe")
+    assert found == [[]]
+    assert [i.key for i in storage._walk_info_sync("", False)] == ["p"]
+
+
+def test_a_folder_opened_but_not_scanned_fails_the_listing_and_is_closed(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    (storage.root / "a").mkdir(parents=True)
+    (storage.root / "a" / "obj").write_bytes(b"x")
+    # a descriptor limit that lets the folder be opened, but not the scan's copy of it
+    first, second = os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_RDONLY)
+    os.close(first)
+    os.close(second)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (second, hard))
+    try:
+        with pytest.raises(StorageError) as info:
+            list(storage._walk_info_sync("a/", False))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert str(info.value).startswith(
+        f"cannot list 'a/' in {storage.url}: Too many open files (EMFILE) at "
+        f"{str(storage.root / 'a')!r}"
+    )
+    probe = os.open(os.devnull, os.O_RDONLY)  # the folder's descriptor was closed
+    os.close(probe)
+    assert probe == first
+
+
+_EXAMINE_IN_CHILD = """
+import asyncio, sys
+from icechunk_dask.storage import local_filesystem_storage
+storage = local_filesystem_storage(sys.argv[1], durable=False)
+async def main():
+    return [i.key async for i in storage.list_objects("a/")]
+try:
+    print(asyncio.run(main()))
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_file_that_cannot_be_examined_fails_the_listing_with_its_key(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    asyncio.run(storage.put("a/obj", b"x"))
+    (storage.root / "a").chmod(0o444)  # names readable, files not reachable: stat fails
+    try:
+        child = subprocess.run(
+            [*without_dac_override(), sys.executable, "-c", _EXAMINE_IN_CHILD, str(storage.root)],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        (storage.root / "a").chmod(0o755)
+    assert child.stdout.startswith(
+        f"StorageError cannot examine 'a/obj' in {storage.url}: Permission denied (EACCES) at "
+        f"{str(storage.root / 'a' / 'obj')!r}; "
+    )
+
+
+class _SyncfsRecorder:
+    """The C ``syncfs`` wrapped: which folder each call flushes, then the real call or a failure."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: int = 0) -> None:
+        self.flushed: list[tuple[int, int]] = []
+        real = _local._SYNCFS
+
+        def record(fd: int) -> int:
+            st = os.fstat(fd)
+            self.flushed.append((st.st_dev, st.st_ino))
+            if fail:
+                ctypes.set_errno(fail)
+                return -1
+            return int(real(fd)) if real is not None else 0
+
+        monkeypatch.setattr(_local, "_SYNCFS", record)
+
+
+async def test_a_durable_barrier_flushes_the_repository_filesystem_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = _SyncfsRecorder(monkeypatch)
+    storage = local_filesystem_storage(tmp_path / "repo")
+    await storage.put("a/b", b"x")
+    await storage.durability_barrier()
+    st = os.stat(storage.root)
+    assert recorder.flushed == [(st.st_dev, st.st_ino)]
+    await local_filesystem_storage(tmp_path / "repo", durable=False).durability_barrier()
+    assert len(recorder.flushed) == 1
+
+
+async def test_a_failed_flush_is_reported_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _SyncfsRecorder(monkeypatch, fail=errno.EIO)
+    storage = local_filesystem_storage(tmp_path / "repo")
+    await storage.put("a/b", b"x")
+    with pytest.raises(StorageError) as info:
+        await storage.durability_barrier()
+    assert str(info.value).startswith(
+        f"cannot flush {storage.url} to disk: Input/output error (EIO) at "
+        f"{str(storage.root)!r}; the device or filesystem reported an I/O error"
+    )
+
+
+async def test_deletions_run_on_the_storage_threads(storage: LocalFileSystemStorage) -> None:
+    await storage.put("k", b"x")
+    await storage.delete(["k"])
+    pool = _local._delete_pool()
+    assert pool is _local._delete_pool()
+    assert pool._max_workers == _local._DELETE_THREADS == 8
+    names = [t.name for t in threading.enumerate()]
+    assert any(n.startswith("icechunk_dask-delete_") for n in names), names
+
+
+async def test_temporary_files_anywhere_in_a_folder_hide_no_object(
+    storage: LocalFileSystemStorage,
+) -> None:
+    folder = storage.root / "a"
+    folder.mkdir(parents=True)
+    keys = []
+    for i in range(5):  # temporaries created before, between and after the objects
+        (folder / f"{_local._TMP}{i}").write_bytes(b"partial")
+        await storage.put(f"a/o{i}", b"x")
+        keys.append(f"a/o{i}")
+    (folder / f"{_local._TMP}last").write_bytes(b"partial")
+    assert sorted(await storage.list("")) == keys
+    assert sorted(await storage.list("a/")) == keys
+    assert sorted([i.key async for i in storage.list_objects("a/")]) == keys
+    assert len([i async for i in storage.list_temporary()]) == 6
+
+
+async def test_every_call_through_a_symbolic_link_loop_names_the_call_key_and_path(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a", b"x")
+    (storage.root / "loop").symlink_to(storage.root / "loop")  # ELOOP, even for root
+    advice = "too many levels of symbolic links: check the links along the repository path"
+    at_key = f"{str(storage.root / 'loop' / 'x')!r}; {advice}"
+    calls = [
+        ("read", storage.get("loop/x"), at_key),
+        ("read", storage.get_range("loop/x", 0, 1), at_key),
+        ("look up", storage.exists("loop/x"), at_key),
+        ("write", storage.put("loop/x", b"x"), at_key),
+        ("create", storage.put_if_absent("loop/x", b"x"), at_key),
+        ("delete", storage.delete(["loop/x"]), f"{str(storage.root / 'loop')!r}; {advice}"),
+    ]
+    for action, call, where in calls:
+        with pytest.raises(StorageError) as info:
+            await call
+        assert str(info.value) == (
+            f"cannot {action} 'loop/x' in {storage.url}: Too many levels of symbolic links "
+            f"(ELOOP) at {where}"
+        )
+    assert sorted(await storage.list("")) == ["a", "loop"]  # nothing left behind
+
+
+async def test_only_created_objects_are_fsynced_with_their_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(_local.os, "fsync", record)
+    durable = local_filesystem_storage(tmp_path / "repo")
+    await durable.put("a/b", b"x")
+    assert synced == []
+    assert await durable.put_if_absent("a/c", b"x")
+    assert len(synced) == 2
+    assert synced[0].startswith(str(durable.root / "a" / _local._TMP))
+    assert synced[1] == str(durable.root / "a")
+    assert not await durable.put_if_absent("a/c", b"y")
+    assert len(synced) == 3  # the loser's temporary file, never its folder
+    scratch = local_filesystem_storage(tmp_path / "repo", durable=False)
+    await scratch.put("a/d", b"x")
+    assert await scratch.put_if_absent("a/e", b"x")
+    assert len(synced) == 3
+
+
+def test_a_repository_path_that_is_or_lies_below_a_file_is_refused_in_full(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(InvalidInputError) as info:
+        local_filesystem_storage(tmp_path / "file")
+    assert str(info.value) == (
+        f"the repository path {str(tmp_path / 'file')!r} is a file, not a directory; "
+        "give the path of a directory (it is created if missing)"
+    )
+    with pytest.raises(InvalidInputError) as info:
+        local_filesystem_storage(tmp_path / "file" / "repo")
+    assert str(info.value) == (
+        f"the repository path {str(tmp_path / 'file' / 'repo')!r} lies below a file, not a "
+        "directory; give the path of a directory (it is created if missing)"
+    )
+    assert local_filesystem_storage(tmp_path).root == tmp_path  # an existing folder is fine
+
+
+async def test_a_folder_where_the_object_belongs_is_reported_in_full(
+    storage: LocalFileSystemStorage,
+) -> None:
+    await storage.put("a/b", b"x")
+    for action, op in (("write", storage.put), ("create", storage.put_if_absent)):
+        with pytest.raises(StorageError) as info:
+            await op("a", b"y")
+        assert str(info.value) == (
+            f"cannot {action} 'a' in {storage.url}: Is a directory (EISDIR) at "
+            f"{str(storage.root / 'a')!r}; a folder stands where the object belongs: something "
+            "other than icechunk_dask changed the repository folder; restore it"
+        )
