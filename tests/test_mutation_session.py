@@ -1,0 +1,561 @@
+"""Mutation-campaign tests for icechunk_dask/_session.py (issue 13, part 4b).
+
+Fixed inputs, in-memory repositories: the full messages of every refusal of ``commit``,
+``fork`` and ``merge``, what a commit leaves behind, the pickled forms of sessions and
+forks (what a copy carries, the scratch object stored once), ``allow_pickling``'s nesting
+and hooks, and ``repr``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+
+from icechunk_dask import (
+    BasicConflictSolver,
+    ChangeSet,
+    ConflictDetector,
+    InvalidInputError,
+    NoChangesToCommitError,
+    PicklingNotAllowedError,
+    ReadOnlyError,
+    Repository,
+    RepositoryConfig,
+    Session,
+    SessionStateError,
+    UnmergedWritesError,
+    in_memory_storage,
+)
+from icechunk_dask import _session as session_module
+from icechunk_dask._fork import PICKLING_MESSAGE, UNMERGED_FORK_MESSAGE, UNMERGED_MESSAGE
+from icechunk_dask._session import ForkSession, _RefusedSession
+from icechunk_dask._sync import run
+
+
+def _repo() -> Repository:
+    repo = Repository.create(in_memory_storage(), RepositoryConfig())
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(4,), chunks=(2,), dtype="i4", fill_value=0)
+    s.commit("base")
+    return repo
+
+
+def _write(session: Session, value: int, where: slice = slice(None)) -> None:
+    zarr.open_array(session.store, path="a")[where] = value
+
+
+def _read(session: Session) -> list[int]:
+    return [int(x) for x in zarr.open_array(session.store, path="a", mode="r")[:]]
+
+
+def _set(session: Session, key: str, data: bytes) -> None:
+    run(session.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def _get(session: Session, key: str) -> bytes:
+    buf = run(session.store.get(key, default_buffer_prototype()))
+    assert buf is not None
+    return buf.to_bytes()
+
+
+def _keys(repo: Repository, prefix: str) -> list[str]:
+    return sorted(run(repo.storage.list(prefix)))
+
+
+# -- commit: refusals, in order, with their full messages ------------------------------
+
+
+def test_commit_refuses_bad_arguments_with_full_messages() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    _write(s, 1)
+    with pytest.raises(InvalidInputError) as e:
+        s.commit(b"bytes")  # type: ignore[arg-type]
+    assert str(e.value) == "the commit message must be a str, got b'bytes'"
+    for tries in (True, False, -1, "3", 1.0, None):
+        with pytest.raises(InvalidInputError) as e:
+            s.commit("m", rebase_tries=tries)  # type: ignore[arg-type]
+        assert str(e.value) == (
+            f"rebase_tries must be an int >= 0 (0: never rebase), got {tries!r}"
+        )
+    with pytest.raises(InvalidInputError) as e:
+        s.commit("m", metadata={"when": object})
+    assert str(e.value).startswith("commit metadata must be JSON-serialisable: ")
+    assert "is not JSON serializable" in str(e.value)
+    assert isinstance(e.value.__cause__, TypeError)
+    with pytest.raises(InvalidInputError) as e:
+        s.commit("m", metadata={"x": float("nan")} | {1j: 1})  # type: ignore[dict-item]
+    assert str(e.value).startswith("commit metadata must be JSON-serialisable: ")
+    for not_a_dict in ([1, 2], "text", 3):
+        with pytest.raises(InvalidInputError) as e:
+            s.commit("m", metadata=not_a_dict)  # type: ignore[arg-type]
+        assert str(e.value) == "commit metadata must be a dict"
+    with pytest.raises(InvalidInputError) as e:
+        s.commit("m", rebase_with=BasicConflictSolver)  # type: ignore[arg-type]
+    assert str(e.value) == (
+        "rebase_with takes a solver instance, got the class BasicConflictSolver; pass "
+        "BasicConflictSolver() (with its options)"
+    )
+    with pytest.raises(InvalidInputError) as e:
+        s.commit("m", rebase_with="theirs")  # type: ignore[arg-type]
+    assert str(e.value) == (
+        "rebase_with must be a conflict solver such as ConflictDetector() or "
+        "BasicConflictSolver(...), got 'theirs'"
+    )
+    # nothing was committed, the session is intact and still commits
+    assert s.has_uncommitted_changes and not s.read_only
+    assert s.commit("fine", rebase_tries=0, metadata={}) == repo.lookup_branch("main")
+
+
+def test_commit_accepts_zero_tries_falsy_metadata_and_a_solver() -> None:
+    repo = _repo()
+    for kw in (
+        {"rebase_tries": 0},
+        {"metadata": None},
+        {"metadata": {}},
+        {"rebase_with": ConflictDetector()},
+        {"rebase_with": BasicConflictSolver()},
+    ):
+        s = repo.writable_session("main")
+        _write(s, 1 + len(str(kw)))
+        assert s.commit("m", **kw) == repo.lookup_branch("main")  # type: ignore[arg-type]
+    s = repo.writable_session("main")
+    _write(s, 7)
+    sid = s.commit("with metadata", metadata={"k": [1, "x"], "n": None})
+    assert next(iter(repo.ancestry(snapshot_id=sid))).metadata == {"k": [1, "x"], "n": None}
+
+
+def test_commit_of_a_committed_session_and_of_a_fork_is_refused() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    fork = s.fork()
+    _write(fork, 3)
+    with pytest.raises(SessionStateError) as e:
+        fork.commit("fork")
+    assert str(e.value) == (
+        "a fork cannot commit: merge it into the session it was forked from "
+        "(session.merge(fork) or merge_sessions(session, fork)) and commit that one"
+    )
+    s.merge(fork)
+    sid = s.commit("merged")
+    with pytest.raises(SessionStateError) as e:
+        s.commit("again")
+    assert str(e.value) == (
+        f"this session was already committed (as snapshot {sid}); a session commits once. "
+        "Open a new one with repo.writable_session(branch) to commit more"
+    )
+    with pytest.raises(SessionStateError) as e:
+        s.commit("again", allow_empty=True)
+    ro = repo.readonly_session("main")
+    with pytest.raises(ReadOnlyError):
+        ro.commit("read-only")
+
+
+def test_a_commit_leaves_the_session_read_only_at_the_new_snapshot() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    base = s.snapshot_id
+    _write(s, 5)
+    assert s.has_uncommitted_changes
+    sid = s.commit("five")
+    assert sid != base
+    assert s.snapshot_id == sid == repo.lookup_branch("main")
+    assert s.read_only and not s.has_uncommitted_changes
+    assert _read(s) == [5, 5, 5, 5]
+    with pytest.raises(ReadOnlyError) as e:
+        _write(s, 6)
+    assert "it was committed" in str(e.value)
+    # the session's changes are gone: an empty change set on the new snapshot
+    assert s.changes().base == sid
+    assert not s.changes()
+
+
+def test_nothing_to_commit_and_allow_empty() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    with pytest.raises(NoChangesToCommitError) as e:
+        s.commit("nothing")
+    assert str(e.value) == (
+        "there are no changes to commit; write data through session.store first "
+        "(or pass allow_empty=True to record a commit anyway)"
+    )
+    assert not s.read_only
+    tip = repo.lookup_branch("main")
+    sid = s.commit("empty", allow_empty=True)
+    assert sid != tip and repo.lookup_branch("main") == sid
+
+
+def test_an_unmerged_fork_stops_the_commit_and_counts_in_the_message() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    _write(s, 1, slice(0, 2))
+    forks = [s.fork(), s.fork(), s.fork()]
+    _write(forks[0], 2, slice(2, 4))
+    _write(forks[1], 3, slice(2, 4))
+    with pytest.raises(UnmergedWritesError) as e:
+        s.commit("two lost")
+    assert str(e.value) == f"2 fork(s) {UNMERGED_FORK_MESSAGE}"
+    s.merge(forks[0])
+    with pytest.raises(UnmergedWritesError) as e:
+        s.commit("one lost")
+    assert str(e.value) == f"1 fork(s) {UNMERGED_FORK_MESSAGE}"
+    forks[1].discard_changes()
+    s.commit("all back")  # the third fork never wrote
+    assert _read(repo.readonly_session("main")) == [1, 1, 2, 2]
+
+
+def test_a_copy_that_wrote_and_never_came_back_stops_an_empty_commit() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    with s.allow_pickling():
+        copy = pickle.loads(pickle.dumps(s))
+    _write(copy, 9)  # leaves a marker in storage
+    with pytest.raises(UnmergedWritesError) as e:
+        s.commit("nothing of mine")
+    assert str(e.value) == f"some {UNMERGED_MESSAGE}"
+    s.merge(copy)
+    s.commit("merged")
+    assert _read(repo.readonly_session("main")) == [9, 9, 9, 9]
+
+
+def test_metadata_is_checked_before_anything_is_written() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    _set(s, "b/zarr.json", b'{"zarr_format": 2}')
+    before = _keys(repo, "")
+    with pytest.raises(InvalidInputError) as e:
+        s.commit("bad")
+    assert str(e.value).startswith("'b/zarr.json' is not Zarr v3 metadata")
+    assert _keys(repo, "") == before
+    run(s.store.delete("b/zarr.json"))
+    _write(s, 4)
+    s.commit("good")
+
+
+# -- lazy writes -----------------------------------------------------------------------
+
+
+def test_lazy_writes_never_delivered_are_named_in_order() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    _write(s, 1)
+    s._expect_job("job-one", "to_zarr of a")
+    s._expect_job("job-two", "store of b")
+    with pytest.raises(UnmergedWritesError) as e:
+        s.commit("m")
+    assert str(e.value) == (
+        "2 lazy write(s) built from this session never delivered their result: "
+        "to_zarr of a; store of b. Compute them before commit (dask.compute(...) and wait "
+        "for any distributed future), or call session.discard_changes() to drop them "
+        "deliberately. Nothing was committed"
+    )
+    assert not s.read_only and s.has_uncommitted_changes
+    s.discard_changes()
+    assert not s.has_uncommitted_changes
+    with pytest.raises(NoChangesToCommitError):
+        s.commit("the jobs were forgotten too")
+
+
+# -- fork and merge --------------------------------------------------------------------
+
+
+def test_fork_of_a_read_only_session_is_refused() -> None:
+    repo = _repo()
+    for s in (repo.readonly_session("main"), _committed(repo)):
+        with pytest.raises(SessionStateError) as e:
+            s.fork()
+        assert str(e.value) == (
+            "cannot fork a read-only or committed session; forks are for writing. Use "
+            "repo.writable_session(branch).fork()"
+        )
+
+
+def _committed(repo: Repository) -> Session:
+    s = repo.writable_session("main")
+    _write(s, 8)
+    s.commit("m")
+    return s
+
+
+def test_a_fork_sees_its_parents_changes_and_records_only_its_own() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    _write(s, 1, slice(0, 2))
+    _set(s, "a/zarr.json", _get(s, "a/zarr.json"))
+    fork = s.fork()
+    assert isinstance(fork, ForkSession) and fork.is_fork and not s.is_fork
+    assert fork.session_id == s.session_id and fork.branch == "main"
+    assert fork.snapshot_id == s.snapshot_id
+    assert _read(fork) == [1, 1, 0, 0]
+    assert not fork.has_uncommitted_changes
+    _write(fork, 2, slice(2, 4))
+    assert fork.has_uncommitted_changes
+    own = fork.changes()
+    assert sorted(own.chunks) == ["a/c/1"] and not own.meta
+    # a fork of the fork inherits both
+    grandchild = fork.fork()
+    assert _read(grandchild) == [1, 1, 2, 2]
+    _write(grandchild, 3, slice(0, 1))
+    fork.merge(grandchild)
+    s.merge(fork)
+    assert _read(s) == [3, 1, 2, 2]
+
+
+def test_a_fork_inherits_deletions_and_metadata_of_its_parent() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    g = zarr.create_group(s.store, path="g")
+    zarr.create_array(g.store, name="g/x", shape=(2,), chunks=(1,), dtype="i4", fill_value=0)
+    s.commit("g")
+    s = repo.writable_session("main")
+    zarr.open_array(s.store, path="g/x")[:] = 4
+    fork = s.fork()
+    run(fork.store.delete_dir("g"))
+    _write(fork, 6)
+    s.merge(fork)
+    assert "g/x/zarr.json" not in run(_list(s, ""))
+    # a fork of a session that deleted a directory does not see it
+    s2 = repo.writable_session("main")
+    run(s2.store.delete_dir("g"))
+    child = s2.fork()
+    assert "g/x/zarr.json" not in run(_list(child, ""))
+    assert "a/zarr.json" in run(_list(child, ""))
+    s2.merge(child)
+    s2.commit("deleted g")
+    assert sorted(run(_list(repo.readonly_session("main"), ""))) == [
+        "a/c/0",
+        "a/c/1",
+        "a/zarr.json",
+        "zarr.json",
+    ] or "g/zarr.json" not in run(_list(repo.readonly_session("main"), ""))
+
+
+async def _list(s: Session, prefix: str) -> list[str]:
+    return [k async for k in s.store.list_prefix(prefix)]
+
+
+def test_merge_refuses_other_objects_and_ignores_the_session_itself() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    _write(s, 1)
+    with pytest.raises(TypeError) as e:
+        s.merge(s.fork(), 42)  # type: ignore[arg-type]
+    assert str(e.value) == "merge accepts Session and ChangeSet objects, got int"
+    s.merge(s)  # a no-op
+    s.merge()
+    assert _read(s) == [1, 1, 1, 1]
+    fork = s.fork()
+    _write(fork, 2, slice(0, 2))
+    s.merge(fork.changes())  # a change record
+    assert _read(s) == [2, 2, 1, 1]
+    ro = repo.readonly_session("main")
+    with pytest.raises(ReadOnlyError):
+        ro.merge(ChangeSet(repo._assets.repo_id, ro.snapshot_id))
+
+
+# -- status and discard ----------------------------------------------------------------
+
+
+def test_status_names_what_the_session_and_its_parent_changed() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="b", shape=(2,), chunks=(1,), dtype="i4", fill_value=0)
+    _write(s, 1, slice(0, 2))
+    fork = s.fork()
+    _write(fork, 2, slice(2, 4))
+    diff = fork.status()
+    assert set(diff.new_arrays) == {"/b"}  # inherited metadata counts
+    assert diff.updated_chunks == {"/a": [(1,)]}
+    diff = s.status()
+    assert set(diff.new_arrays) == {"/b"}
+    assert diff.updated_chunks == {"/a": [(0,)]}
+    s.discard_changes()
+    assert not s.has_uncommitted_changes
+    assert s.status().is_empty()
+    with pytest.raises(ReadOnlyError):
+        repo.readonly_session("main").discard_changes()
+
+
+# -- pickling --------------------------------------------------------------------------
+
+
+def test_pickling_is_allowed_only_inside_allow_pickling_and_nests() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    assert not s.pickling_allowed
+    with pytest.raises(PicklingNotAllowedError) as e:
+        pickle.dumps(s)
+    assert str(e.value) == PICKLING_MESSAGE
+    with s.allow_pickling():
+        assert s.pickling_allowed
+        with s.allow_pickling():
+            assert s.pickling_allowed
+        assert s.pickling_allowed  # still inside the outer block
+        pickle.dumps(s)
+    assert not s.pickling_allowed
+    with pytest.raises(PicklingNotAllowedError):
+        pickle.dumps(s)
+    # a block that raises still ends
+    with pytest.raises(KeyError), s.allow_pickling():
+        raise KeyError("x")
+    assert not s.pickling_allowed
+    assert repo.readonly_session("main").pickling_allowed
+    assert s.fork().pickling_allowed
+
+
+def test_allow_pickling_enters_its_hooks_at_the_outermost_level_only() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    seen: list[str] = []
+
+    @contextlib.contextmanager
+    def hook(session: Session) -> Iterator[None]:
+        assert session is s
+        seen.append("enter")
+        try:
+            yield
+        finally:
+            seen.append("exit")
+
+    session_module.ALLOW_PICKLING_HOOKS.append(hook)
+    try:
+        with s.allow_pickling():
+            assert seen == ["enter"]
+            with s.allow_pickling():
+                assert seen == ["enter"]
+            assert seen == ["enter"]
+        assert seen == ["enter", "exit"]
+        with s.allow_pickling():
+            pass
+        assert seen == ["enter", "exit", "enter", "exit"]
+    finally:
+        session_module.ALLOW_PICKLING_HOOKS.remove(hook)
+
+
+def test_a_read_only_session_pickles_as_itself() -> None:
+    repo = _repo()
+    s = repo.readonly_session("main")
+    copy = pickle.loads(pickle.dumps(s))
+    assert type(copy) is Session
+    assert copy.read_only and not copy.is_fork
+    assert (copy.snapshot_id, copy.branch, copy.session_id) == (
+        s.snapshot_id,
+        "main",
+        s.session_id,
+    )
+    assert _read(copy) == [0, 0, 0, 0]
+    committed = _committed(repo)
+    copy = pickle.loads(pickle.dumps(committed))
+    assert copy.read_only and copy.snapshot_id == committed.snapshot_id
+
+
+def test_a_pickled_copy_carries_the_parents_uncommitted_state() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="b", shape=(2,), chunks=(1,), dtype="i4", fill_value=0)
+    _write(s, 1, slice(0, 2))
+    with s.allow_pickling():
+        data = pickle.dumps(s)
+    copy = pickle.loads(data)
+    assert isinstance(copy, ForkSession) and copy.is_fork and not copy.read_only
+    assert (copy.snapshot_id, copy.branch, copy.session_id) == (
+        s.snapshot_id,
+        "main",
+        s.session_id,
+    )
+    assert _read(copy) == [1, 1, 0, 0]
+    assert "b/zarr.json" in run(_list(copy, "b"))
+    assert not copy.has_uncommitted_changes  # inherited, not its own
+    _write(copy, 2, slice(2, 4))
+    assert sorted(copy.changes().chunks) == ["a/c/1"]
+    # a copy of the copy travels with the copy's own changes and what it inherited
+    again = pickle.loads(pickle.dumps(copy))
+    assert _read(again) == [1, 1, 2, 2]
+    assert sorted(again.changes().chunks) == ["a/c/1"]
+    s.merge(again)
+    s.commit("all")
+    assert _read(repo.readonly_session("main")) == [1, 1, 2, 2]
+
+
+def test_the_scratch_object_is_stored_once_per_version_of_the_chunks() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    with s.allow_pickling():
+        pickle.dumps(s)
+        assert _keys(repo, "scratch/") == []  # no uncommitted chunks: no scratch
+        zarr.create_array(s.store, name="b", shape=(2,), chunks=(1,), dtype="i4")
+        pickle.dumps(s)
+        assert _keys(repo, "scratch/") == []  # metadata travels in the pickle
+        _write(s, 1, slice(0, 2))
+        pickle.dumps(s)
+        first = _keys(repo, "scratch/")
+        assert len(first) == 1
+        pickle.dumps(s)
+        pickle.dumps(s)
+        assert _keys(repo, "scratch/") == first  # the same chunks: the same scratch
+        _write(s, 2, slice(2, 4))
+        copy = pickle.loads(pickle.dumps(s))
+        second = _keys(repo, "scratch/")
+        assert len(second) == 2
+    # a copy holding inherited chunks and no scratch of its own yet (an in-process fork)
+    # stores one when pickled; the copy above already has one and stores none
+    pickle.dumps(copy)
+    assert _keys(repo, "scratch/") == second
+    fork = s.fork()
+    pickle.dumps(fork)
+    third = _keys(repo, "scratch/")
+    assert len(third) == 3
+    pickle.dumps(fork)  # its cache
+    assert _keys(repo, "scratch/") == third
+    assert _read(pickle.loads(pickle.dumps(fork))) == [1, 1, 2, 2]
+
+
+def test_a_fork_without_inherited_chunks_stores_no_scratch() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    fork = s.fork()
+    _write(fork, 3)
+    copy = pickle.loads(pickle.dumps(fork))
+    assert _keys(repo, "scratch/") == []
+    assert _read(copy) == [3, 3, 3, 3]
+    assert copy.has_uncommitted_changes
+
+
+def test_the_stand_in_of_a_refused_session() -> None:
+    stand_in = _RefusedSession("sid", "snap")
+    assert (stand_in.session_id, stand_in.snapshot_id) == ("sid", "snap")
+    assert stand_in.read_only is False and stand_in.is_fork is False
+    copy = pickle.loads(pickle.dumps(stand_in))
+    assert isinstance(copy, _RefusedSession)
+    assert (copy.session_id, copy.snapshot_id) == ("sid", "snap")
+    with pytest.raises(PicklingNotAllowedError) as e:
+        copy.store  # noqa: B018
+    assert str(e.value) == PICKLING_MESSAGE
+
+
+# -- repr --------------------------------------------------------------------------------
+
+
+def test_repr_names_the_kind_branch_snapshot_and_changes() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    tip = s.snapshot_id
+    assert repr(s) == f"<Session writable branch='main' snapshot={tip} changes=0>"
+    _write(s, 1)
+    assert repr(s) == f"<Session writable branch='main' snapshot={tip} changes=2>"
+    fork = s.fork()
+    assert repr(fork) == f"<ForkSession fork branch='main' snapshot={tip} changes=0>"
+    ro = repo.readonly_session(snapshot_id=tip)
+    assert repr(ro) == f"<Session read-only branch=None snapshot={tip} changes=0>"
+    s.merge(fork)
+    sid = s.commit("m")
+    assert repr(s) == f"<Session read-only branch='main' snapshot={sid} changes=0>"
+    assert re.fullmatch(r"<Session read-only branch='main' snapshot=\S+ changes=0>", repr(s))
+    assert np.array_equal(_read(s), [1, 1, 1, 1])
