@@ -12,6 +12,7 @@ import contextlib
 import pickle
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ from icechunk_dask import (
     in_memory_storage,
 )
 from icechunk_dask import _session as session_module
+from icechunk_dask._buildboxes import BoxTarget, build_layers
 from icechunk_dask._fork import PICKLING_MESSAGE, UNMERGED_FORK_MESSAGE, UNMERGED_MESSAGE
 from icechunk_dask._session import ForkSession, _RefusedSession
 from icechunk_dask._sync import run
@@ -559,3 +561,36 @@ def test_repr_names_the_kind_branch_snapshot_and_changes() -> None:
     assert repr(s) == f"<Session read-only branch='main' snapshot={sid} changes=0>"
     assert re.fullmatch(r"<Session read-only branch='main' snapshot=\S+ changes=0>", repr(s))
     assert np.array_equal(_read(s), [1, 1, 1, 1])
+
+
+def _layered_record(repo: Repository) -> ChangeSet:
+    """A record whose two chunks of ``a`` are in a pre-built layer (as a Dask job's)."""
+    writer = repo.writable_session("main")
+    _write(writer, 7)
+    record = writer.changes()
+    target = BoxTarget("a", ("default", "/"), (4,))
+    run(build_layers(repo._assets, record, [(0, "0")], [target]))
+    assert not record.chunks and record.layers
+    return record
+
+
+def test_status_names_the_chunks_of_pre_built_layers_once() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    s.merge(_layered_record(repo))
+    assert s.status().updated_chunks == {"/a": [(0,), (1,)]}
+    _write(s, 8, slice(0, 1))  # also written directly, after the job
+    assert s.status().updated_chunks == {"/a": [(0,), (1,)]}
+    assert _read(s) == [8, 7, 7, 7]
+
+
+def test_status_of_a_session_whose_base_snapshot_expired() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    _write(s, 1, slice(0, 2))
+    for value in (2, 3):
+        other = repo.writable_session("main")
+        _write(other, value, slice(2, 4))
+        other.commit(f"{value}")
+    assert repo.expire_snapshots(datetime.now(UTC))  # s's base is expired now
+    assert s.status().updated_chunks == {"/a": [(0,)]}
