@@ -1,11 +1,197 @@
-"""Mutation-campaign tests for icechunk_dask/_listing.py (issue 13, part 4b)."""
+"""Mutation-campaign tests for icechunk_dask/_listing.py (issue 13, part 4b).
+
+Every listing of a session's view checked against the keys it must hold: for each
+scenario (committed nodes, uncommitted writes and deletions, ``delete_dir``, forks and
+pickled copies that inherit them, a root array, other chunk key encodings), ``list_prefix``
+of every prefix of every key and ``list_dir`` of every directory are compared with what
+the known key set gives.
+"""
 
 from __future__ import annotations
 
+import pickle
+
+import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 
 from icechunk_dask import Repository, RepositoryConfig, Session, in_memory_storage
 from icechunk_dask._sync import run
+
+
+def _repo() -> Repository:
+    return Repository.create(in_memory_storage(), RepositoryConfig())
+
+
+def _array(
+    s: Session,
+    name: str,
+    shape: tuple[int, ...] = (4,),
+    chunks: tuple[int, ...] = (2,),
+    **kw: object,
+) -> zarr.Array:
+    return zarr.create_array(
+        s.store, name=name, shape=shape, chunks=chunks, dtype="i4", fill_value=0, **kw
+    )
+
+
+def _group(s: Session, name: str) -> None:
+    zarr.create_group(s.store, path=name)
+
+
+async def _collect(it: object) -> set[str]:
+    return {k async for k in it}  # type: ignore[attr-defined]
+
+
+def list_prefix(s: Session, prefix: str) -> set[str]:
+    return run(_collect(s.store.list_prefix(prefix)))
+
+
+def list_dir(s: Session, prefix: str) -> set[str]:
+    return run(_collect(s.store.list_dir(prefix)))
+
+
+def check_view(s: Session, expected: set[str]) -> None:
+    """Every listing of ``s`` against the key set ``expected``."""
+    assert list_prefix(s, "") == expected
+    prefixes = {k[:i] for k in expected for i in range(len(k) + 1)}
+    prefixes |= {"x", "c/", "zz/", "a/c/9"}
+    for p in sorted(prefixes):
+        assert list_prefix(s, p) == {k for k in expected if k.startswith(p)}, p
+    dirs = {""} | {k[:i] for k in expected for i in range(len(k)) if k[i] == "/"}
+    dirs |= {"x", "nothere/deeper"}
+    for d in sorted(dirs):
+        head = f"{d}/" if d else ""
+        want = {k[len(head) :].split("/", 1)[0] for k in expected if k.startswith(head)}
+        assert list_dir(s, d) == want, d
+
+
+def _put(s: Session, key: str, data: bytes) -> None:
+    run(s.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def _committed_tree(repo: Repository) -> set[str]:
+    """Groups and arrays at several depths, some with chunks; return the keys."""
+    s = repo.writable_session("main")
+    _group(s, "")
+    _group(s, "g")
+    _group(s, "g/h")
+    _array(s, "g/a", (4, 4), (2, 2))[:] = 1  # four chunks
+    _array(s, "g/h/r", (4,), (2,))[:2] = 2  # one chunk of two
+    _array(s, "b")  # no chunk written
+    _array(s, "g/c")  # an array named like a chunk directory
+    zarr.open_array(s.store, path="g/c")[2:] = 3
+    _array(s, "v2", (4,), (2,), chunk_key_encoding={"name": "v2", "separator": "."})[:] = 4
+    s.commit("tree")
+    return {
+        "zarr.json",
+        "g/zarr.json",
+        "g/h/zarr.json",
+        "g/a/zarr.json",
+        "g/a/c/0/0",
+        "g/a/c/0/1",
+        "g/a/c/1/0",
+        "g/a/c/1/1",
+        "g/h/r/zarr.json",
+        "g/h/r/c/0",
+        "b/zarr.json",
+        "g/c/zarr.json",
+        "g/c/c/1",
+        "v2/zarr.json",
+        "v2/0",
+        "v2/1",
+    }
+
+
+def test_listings_of_a_committed_tree() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    check_view(repo.readonly_session("main"), keys)
+    check_view(repo.writable_session("main"), keys)
+
+
+def test_listings_with_uncommitted_writes_and_deletions() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    zarr.open_array(s.store, path="b")[:2] = 5  # first chunk of an empty array
+    run(s.store.delete("g/h/r/c/0"))  # the only chunk of r
+    run(s.store.delete("g/a/c/1/1"))
+    run(s.store.delete("v2/0"))
+    _array(s, "n/m")  # a new array under a new implicit path
+    _put(s, "g/a/c/1/1", b"\0" * 16)  # deleted, then written again
+    keys |= {"b/c/0", "n/zarr.json", "n/m/zarr.json"}
+    keys -= {"g/h/r/c/0", "v2/0"}
+    check_view(s, keys)
+    run(s.store.delete("g/a/c/1/1"))
+    keys.discard("g/a/c/1/1")
+    check_view(s, keys)
+    fork = s.fork()
+    check_view(fork, keys)
+    run(fork.store.delete("g/a/c/0/0"))
+    zarr.open_array(fork.store, path="g/h/r")[2:] = 6
+    fork_keys = (keys - {"g/a/c/0/0"}) | {"g/h/r/c/1"}
+    check_view(fork, fork_keys)
+    with s.allow_pickling():
+        copy = pickle.loads(pickle.dumps(s))
+    check_view(copy, keys)
+    again = pickle.loads(pickle.dumps(fork))
+    check_view(again, fork_keys)
+    s.merge(fork)
+    check_view(s, fork_keys)
+    s.commit("changes")
+    check_view(repo.readonly_session("main"), fork_keys)
+
+
+def test_listings_after_delete_dir() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    run(s.store.delete_dir("g/h"))
+    keys = {k for k in keys if not k.startswith("g/h/")}
+    check_view(s, keys)
+    fork = s.fork()
+    check_view(fork, keys)
+    run(fork.store.delete_dir("g/a/c"))  # the chunks only
+    fork_keys = {k for k in keys if not k.startswith("g/a/c/")}
+    check_view(fork, fork_keys)
+    zarr.open_array(fork.store, path="g/a")[:2, :2] = 9
+    fork_keys.add("g/a/c/0/0")
+    check_view(fork, fork_keys)
+    with fork.allow_pickling():
+        copy = pickle.loads(pickle.dumps(fork))
+    check_view(copy, fork_keys)
+    s.merge(fork)
+    check_view(s, fork_keys)
+    _group(s, "g/h")  # re-created after its deletion
+    fork_keys.add("g/h/zarr.json")
+    check_view(s, fork_keys)
+    s.commit("deleted")
+    check_view(repo.readonly_session("main"), fork_keys)
+    s = repo.writable_session("main")
+    run(s.store.delete_dir(""))
+    check_view(s, set())
+    _group(s, "")
+    check_view(s, {"zarr.json"})
+
+
+def test_listings_of_a_root_array() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, shape=(6,), chunks=(2,), dtype="i4", fill_value=0)
+    zarr.open_array(s.store)[:4] = 1
+    keys = {"zarr.json", "c/0", "c/1"}
+    check_view(s, keys)
+    s.commit("root array")
+    check_view(repo.readonly_session("main"), keys)
+    s = repo.writable_session("main")
+    run(s.store.delete("c/0"))
+    check_view(s, keys - {"c/0"})
+    run(s.store.delete("c/1"))
+    check_view(s, {"zarr.json"})
+    zarr.open_array(s.store)[4:] = 2
+    check_view(s, {"zarr.json", "c/2"})
+    np.testing.assert_array_equal(zarr.open_array(s.store)[:], [0, 0, 0, 0, 2, 2])
 
 
 async def _names(session: Session, prefix: str) -> set[str]:
