@@ -594,3 +594,37 @@ def test_status_of_a_session_whose_base_snapshot_expired() -> None:
         other.commit(f"{value}")
     assert repo.expire_snapshots(datetime.now(UTC))  # s's base is expired now
     assert s.status().updated_chunks == {"/a": [(0,)]}
+
+
+def _packed(repo: Repository) -> Session:
+    """A session holding two 1 KiB chunks in its open pack (not stored yet)."""
+    s = repo.writable_session("main")
+    big = zarr.create_array(
+        s.store, name="p", shape=(512,), chunks=(256,), dtype="i4", fill_value=0
+    )
+    big[:] = np.arange(512, dtype="i4")
+    assert _keys(repo, "chunks/") == []  # buffered in the open pack
+    return s
+
+
+@pytest.mark.parametrize("how", ["pickle", "fork", "fork-pickle", "changes"])
+def test_chunks_in_the_open_pack_are_stored_before_they_leave(how: str) -> None:
+    repo = _repo()
+    s = _packed(repo)
+    if how == "pickle":
+        with s.allow_pickling():
+            other = pickle.loads(pickle.dumps(s))
+    elif how == "fork":
+        other = s.fork()
+    elif how == "fork-pickle":
+        fork = s.fork()
+        zarr.open_array(fork.store, path="p")[:256] = 7  # the fork's own open pack
+        other = pickle.loads(pickle.dumps(fork))
+    else:
+        other = repo.writable_session("main")
+        other.merge(s.changes())
+    assert len(_keys(repo, "chunks/")) >= 1
+    expected = np.arange(512, dtype="i4")
+    if how == "fork-pickle":
+        expected[:256] = 7
+    np.testing.assert_array_equal(zarr.open_array(other.store, path="p", mode="r")[:], expected)
