@@ -23,10 +23,12 @@ from icechunk_dask import (
     BasicConflictSolver,
     ChangeSet,
     ConflictDetector,
+    ConflictError,
     InvalidInputError,
     NoChangesToCommitError,
     PicklingNotAllowedError,
     ReadOnlyError,
+    RebaseFailedError,
     Repository,
     RepositoryConfig,
     Session,
@@ -628,3 +630,156 @@ def test_chunks_in_the_open_pack_are_stored_before_they_leave(how: str) -> None:
     if how == "fork-pickle":
         expected[:256] = 7
     np.testing.assert_array_equal(zarr.open_array(other.store, path="p", mode="r")[:], expected)
+
+
+# -- pre-built layers through forks, copies and merges ---------------------------------
+
+
+def test_forks_and_copies_read_the_pre_built_layers_of_their_parent() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    s.merge(_layered_record(repo))
+    own = s.changes()
+    assert own.layers and not own.chunks  # a root session keeps the layers as they are
+    fork = s.fork()
+    assert _read(fork) == [7, 7, 7, 7]
+    with s.allow_pickling():
+        copy = pickle.loads(pickle.dumps(s))
+    assert _read(copy) == [7, 7, 7, 7]
+    _write(fork, 1, slice(0, 1))
+    again = pickle.loads(pickle.dumps(fork))  # a fork travels with what it inherited
+    assert _read(again) == [1, 7, 7, 7]
+    assert _read(pickle.loads(pickle.dumps(copy))) == [7, 7, 7, 7]
+    s.merge(again)
+    s.commit("layers")
+    assert _read(repo.readonly_session("main")) == [1, 7, 7, 7]
+
+
+def test_a_session_that_inherits_chunks_flattens_the_layers_it_merges() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    _write(s, 5, slice(2, 4))
+    fork = s.fork()  # inherits a chunk: keeps no layers of its own
+    fork.merge(_layered_record(repo))
+    own = fork.changes()
+    assert not own.layers
+    assert sorted(own.chunks) == ["a/c/0", "a/c/1"]
+    assert _read(fork) == [7, 7, 7, 7]
+
+
+def test_merging_two_records_that_change_one_pre_built_box() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    records = []
+    for value, where in ((7, slice(2, 4)), (9, slice(0, 2))):
+        writer = repo.writable_session("main")
+        _write(writer, value, where)
+        record = writer.changes()
+        target = BoxTarget("a", ("default", "/"), (4,))
+        run(build_layers(repo._assets, record, [(0, "0")], [target]))
+        records.append(record)
+    first, second = records
+    s.merge(first)
+    s.merge(second)  # the box is loaded from both layers
+    assert _read(s) == [9, 9, 7, 7]
+    s.commit("two jobs")
+    assert _read(repo.readonly_session("main")) == [9, 9, 7, 7]
+
+
+def test_copies_pickled_after_merges_carry_the_merged_chunks() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    with s.allow_pickling():
+        for i, where in enumerate((slice(0, 1), slice(1, 2), slice(2, 3), slice(3, 4))):
+            fork = s.fork()
+            _write(fork, 10 + i, where)
+            s.merge(fork)
+            copy = pickle.loads(pickle.dumps(s))
+            assert _read(copy) == _read(s)
+    assert _read(s) == [10, 11, 12, 13]
+    assert len(_keys(repo, "scratch/")) == 4  # one per version of the chunks
+
+
+def test_a_pickled_copy_and_a_fork_of_it_do_not_see_what_delete_dir_removed() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    zarr.create_group(s.store, path="g")
+    _array_in(s, "g/x")
+    s.commit("g")
+    s = repo.writable_session("main")
+    run(s.store.delete_dir("g"))
+    _write(s, 2)
+    with s.allow_pickling():
+        copy = pickle.loads(pickle.dumps(s))
+    grandchild = copy.fork()  # no chunks of its own: inherits the copy's scratch
+    for view in (copy, grandchild, pickle.loads(pickle.dumps(grandchild))):
+        keys = run(_list(view, ""))
+        assert not any(k.startswith("g/") for k in keys)
+        assert _read(view) == [2, 2, 2, 2]
+
+
+def _array_in(s: Session, name: str) -> None:
+    zarr.create_array(s.store, name=name, shape=(2,), chunks=(1,), dtype="i4", fill_value=0)
+    zarr.open_array(s.store, path=name)[:] = 1
+
+
+def test_distributed_pickles_a_session_without_allow_pickling_as_a_stand_in() -> None:
+    from distributed.protocol import pickle as dpickle
+
+    repo = _repo()
+    s = repo.writable_session("main")
+    stand_in = dpickle.loads(dpickle.dumps(s))
+    assert isinstance(stand_in, _RefusedSession)
+    assert (stand_in.session_id, stand_in.snapshot_id) == (s.session_id, s.snapshot_id)
+    with s.allow_pickling():
+        copy = dpickle.loads(dpickle.dumps(s))
+    assert isinstance(copy, ForkSession)
+
+
+# -- what commit hands the commit protocol -----------------------------------------------
+
+
+def test_a_commit_records_its_message_parent_and_metadata() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    base = s.snapshot_id
+    _write(s, 3)
+    sid = s.commit("the message", metadata={"k": 1})
+    info = next(iter(repo.ancestry(branch="main")))
+    assert (info.id, info.message, info.metadata) == (sid, "the message", {"k": 1})
+    assert info.parent_id == base
+
+
+def test_commit_rebases_as_rebase_tries_and_rebase_with_say() -> None:
+    repo = _repo()
+    late = repo.writable_session("main")
+    _write(late, 1, slice(0, 2))
+    first = repo.writable_session("main")
+    _write(first, 2, slice(2, 4))
+    first.commit("first")
+    with pytest.raises(ConflictError):
+        late.commit("no rebase", rebase_tries=0)
+    sid = late.commit("rebased")  # disjoint chunks: rebased onto "first"
+    assert _read(repo.readonly_session(snapshot_id=sid)) == [1, 1, 2, 2]
+    # one chunk written by both: the detector refuses, the basic solver keeps ours
+    ours = repo.writable_session("main")
+    _write(ours, 8, slice(0, 2))
+    theirs = repo.writable_session("main")
+    _write(theirs, 9, slice(0, 2))
+    theirs.commit("theirs")
+    with pytest.raises(RebaseFailedError):
+        ours.commit("detected")
+    ours.commit("solved", rebase_with=BasicConflictSolver())
+    assert _read(repo.readonly_session("main")) == [8, 8, 2, 2]
+
+
+def test_a_commit_clears_the_markers_of_the_copies_it_merged() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    with s.allow_pickling():
+        copy = pickle.loads(pickle.dumps(s))
+    _write(copy, 4)
+    assert len(_keys(repo, f"sessions/{s.session_id}/")) == 1
+    s.merge(copy)
+    s.commit("merged")
+    assert _keys(repo, "sessions/") == []
