@@ -16,6 +16,8 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 
 from icechunk_dask import Repository, RepositoryConfig, Session, in_memory_storage
+from icechunk_dask._buildboxes import BoxTarget, build_layers
+from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._sync import run
 
 
@@ -224,3 +226,64 @@ def test_list_dir_inside_a_chunk_grid_names_only_what_is_there() -> None:
     run(s.store.delete("a/c/1/1"))
     assert run(_names(s, "a/c/1")) == set()
     assert run(_names(s, "a/c/0")) == {"0"}
+
+
+def _layered(repo: Repository, write: dict[str, tuple[slice, ...] | str]) -> ChangeSet:
+    """A record whose chunk writes and deletions are pre-built layers.
+
+    ``write`` maps an array to the region written (with 5), or to the key of a chunk to
+    delete. Each array's layer is built in the box layout of the snapshot's node.
+    """
+    writer = repo.writable_session("main")
+    for name, region in write.items():
+        if isinstance(region, str):
+            run(writer.store.delete(region))
+        else:
+            zarr.open_array(writer.store, path=name)[region] = 5
+    record = writer.changes()
+    snap = run(repo._assets.get_snapshot(repo.lookup_branch("main")))
+    targets = []
+    boxes = []
+    for i, name in enumerate(write):
+        nm = snap.nodes[name]
+        assert nm.encoding is not None and nm.split is not None
+        targets.append(BoxTarget(name, nm.encoding, nm.split))
+        boxes.append((i, ".".join("0" * len(nm.split))))
+    run(build_layers(repo._assets, record, boxes, targets))
+    assert not record.chunks and set(record.layers) == set(write)
+    return record
+
+
+def test_listings_with_pre_built_layers() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    s.merge(_layered(repo, {"g/h/r": (slice(2, 4),), "g/a": "g/a/c/0/0", "g/c": (slice(0, 2),)}))
+    keys = (keys | {"g/h/r/c/1", "g/c/c/0"}) - {"g/a/c/0/0"}
+    check_view(s, keys)
+    fork = s.fork()
+    check_view(fork, keys)
+    with s.allow_pickling():
+        copy = pickle.loads(pickle.dumps(s))
+    check_view(copy, keys)
+    # layers deleting the only chunk of an array, under a fork's own layers
+    fork.merge(_layered(repo, {"g/h/r": "g/h/r/c/0", "v2": "v2/0"}))
+    fork_keys = keys - {"g/h/r/c/0", "v2/0"}
+    check_view(fork, fork_keys)
+    s.merge(fork)
+    check_view(s, fork_keys)
+    s.commit("layers")
+    check_view(repo.readonly_session("main"), fork_keys)
+
+
+def test_listings_with_pre_built_layers_that_only_delete() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    s.merge(_layered(repo, {"g/h/r": "g/h/r/c/0", "g/c": "g/c/c/1"}))
+    assert s.changes().layers  # kept as layers (tombstones only)
+    keys -= {"g/h/r/c/0", "g/c/c/1"}
+    check_view(s, keys)
+    check_view(s.fork(), keys)
+    zarr.open_array(s.store, path="g/h/r")[:2] = 5  # a write after the layers wins
+    check_view(s, keys | {"g/h/r/c/0"})

@@ -121,6 +121,7 @@ def test_reachable_counts_and_finds_chunks_added_in_parts() -> None:
     reach = Reachable()
     assert reach.chunk_objects == 0
     assert reach.has_chunks(ids[:3]).tolist() == [False, False, False]
+    assert reach.has_chunks(ids[:3]).dtype == bool  # a mask, also with an empty table
     assert reach.has_chunks([]).tolist() == []
     reach.add_chunks(ids[:10])
     reach.add_chunks(ids[5:20])
