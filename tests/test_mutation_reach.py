@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,20 @@ from tests.lifecycle_helpers import age, files
 # -- as_utc, kind_of, KindCount --------------------------------------------------------
 
 
-def test_as_utc_takes_a_naive_datetime_as_utc_and_converts_an_aware_one() -> None:
+def test_as_utc_takes_a_naive_datetime_as_utc_and_converts_an_aware_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a local time zone other than UTC: a naive datetime is still taken as UTC
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        _check_as_utc()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def _check_as_utc() -> None:
     naive = datetime(2026, 12, 1, 10, 30)
     assert as_utc(naive) == datetime(2026, 12, 1, 10, 30, tzinfo=UTC)
     assert as_utc(naive).tzinfo is UTC
