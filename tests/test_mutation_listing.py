@@ -10,6 +10,7 @@ the known key set gives.
 from __future__ import annotations
 
 import pickle
+from datetime import UTC, datetime
 
 import numpy as np
 import zarr
@@ -287,3 +288,16 @@ def test_listings_with_pre_built_layers_that_only_delete() -> None:
     check_view(s.fork(), keys)
     zarr.open_array(s.store, path="g/h/r")[:2] = 5  # a write after the layers wins
     check_view(s, keys | {"g/h/r/c/0"})
+
+
+def test_listings_of_a_session_whose_base_snapshot_expired() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    zarr.open_array(s.store, path="b")[:2] = 5
+    for value in (6, 7):
+        other = repo.writable_session("main")
+        zarr.open_array(other.store, path="g/h/r")[2:] = value
+        other.commit(f"{value}")
+    assert s.snapshot_id in repo.expire_snapshots(datetime.now(UTC))
+    check_view(s, keys | {"b/c/0"})
