@@ -20,6 +20,7 @@ from icechunk_dask import Repository, RepositoryConfig, Session, in_memory_stora
 from icechunk_dask._buildboxes import BoxTarget, build_layers
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._sync import run
+from icechunk_dask.storage import FaultyStorage, Storage
 
 
 def _repo() -> Repository:
@@ -301,3 +302,37 @@ def test_listings_of_a_session_whose_base_snapshot_expired() -> None:
         other.commit(f"{value}")
     assert s.snapshot_id in repo.expire_snapshots(datetime.now(UTC))
     check_view(s, keys | {"b/c/0"})
+
+
+class _CountingStorage(FaultyStorage):
+    """No faults: records the manifests read."""
+
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner)
+        self.manifests_read: list[str] = []
+
+    async def get(self, key: str) -> bytes:
+        if key.startswith("manifests/"):
+            self.manifests_read.append(key)
+        return await super().get(key)
+
+
+def test_list_dir_reads_a_nodes_manifests_only_when_it_must() -> None:
+    storage = _CountingStorage(in_memory_storage())
+    keys = _committed_tree(Repository.create(storage, RepositoryConfig()))
+
+    def reads(prefix: str) -> int:
+        s = Repository.open(storage).readonly_session("main")  # nothing cached
+        storage.manifests_read.clear()
+        head = f"{prefix}/" if prefix else ""
+        want = {k[len(head) :].split("/", 1)[0] for k in keys if k.startswith(head)}
+        assert list_dir(s, prefix) == want
+        return len(storage.manifests_read)
+
+    # groups, and arrays whose one layer holds references: the node tree answers
+    for prefix in ("", "g", "g/h", "g/a", "g/h/r", "g/c", "b", "nothing"):
+        assert reads(prefix) == 0, prefix
+    # inside a chunk grid, or another key encoding: the node's manifest is read
+    assert reads("g/a/c") == 1
+    assert reads("g/a/c/1") == 1
+    assert reads("v2") == 1
