@@ -41,6 +41,7 @@ from icechunk_dask._buildboxes import BoxTarget, build_layers
 from icechunk_dask._fork import PICKLING_MESSAGE, UNMERGED_FORK_MESSAGE, UNMERGED_MESSAGE
 from icechunk_dask._session import ForkSession, _RefusedSession
 from icechunk_dask._sync import run
+from icechunk_dask.format._envelope import ObjectKind, decode_object
 
 
 def _repo() -> Repository:
@@ -501,6 +502,9 @@ def test_the_scratch_object_is_stored_once_per_version_of_the_chunks() -> None:
         pickle.dumps(s)
         first = _keys(repo, "scratch/")
         assert len(first) == 1
+        # docs/format.md: header {"base": snapshot id}, body the references
+        data = run(repo.storage.get(first[0]))
+        assert decode_object(data, first[0], ObjectKind.SCRATCH)[0] == {"base": s.snapshot_id}
         pickle.dumps(s)
         pickle.dumps(s)
         assert _keys(repo, "scratch/") == first  # the same chunks: the same scratch
