@@ -516,6 +516,9 @@ def test_the_scratch_object_is_stored_once_per_version_of_the_chunks() -> None:
     # stores one when pickled; the copy above already has one and stores none
     pickle.dumps(copy)
     assert _keys(repo, "scratch/") == second
+    assert _read(copy) == [1, 1, 2, 2]  # its inherited chunks are loaded now
+    pickle.dumps(copy)
+    assert _keys(repo, "scratch/") == second
     fork = s.fork()
     pickle.dumps(fork)
     third = _keys(repo, "scratch/")
