@@ -336,3 +336,33 @@ def test_list_dir_reads_a_nodes_manifests_only_when_it_must() -> None:
     assert reads("g/a/c") == 1
     assert reads("g/a/c/1") == 1
     assert reads("v2") == 1
+
+
+def test_listings_of_a_root_array_with_pre_built_layers() -> None:
+    repo = _repo()
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, shape=(6,), chunks=(2,), dtype="i4", fill_value=0)
+    zarr.open_array(s.store)[:2] = 1
+    s.commit("root array")
+    s = repo.writable_session("main")
+    s.merge(_layered(repo, {"": (slice(2, 4),)}))
+    keys = {"zarr.json", "c/0", "c/1"}
+    check_view(s, keys)
+    check_view(s.fork(), keys)
+    s.merge(_layered(repo, {"": "c/0"}))
+    check_view(s, {"zarr.json", "c/1"})
+
+
+def test_list_prefix_reads_only_the_layers_of_nodes_it_reaches() -> None:
+    storage = _CountingStorage(in_memory_storage())
+    repo = Repository.create(storage, RepositoryConfig())
+    keys = _committed_tree(repo)
+    record = _layered(repo, {"g/a": (slice(0, 2), slice(0, 2))})
+    s = Repository.open(storage).writable_session("main")
+    s.merge(record)  # no collision: nothing is read
+    storage.manifests_read.clear()
+    assert list_prefix(s, "g/h/") == {k for k in keys if k.startswith("g/h/")}
+    assert len(storage.manifests_read) == 1  # g/h/r's manifest, not g/a's layer
+    storage.manifests_read.clear()
+    assert list_prefix(s, "b") == {"b/zarr.json"}
+    assert storage.manifests_read == []
