@@ -484,3 +484,52 @@ def test_a_ref_naming_a_snapshot_another_walk_saw_expired_keeps_it(tmp_path: Pat
     snap = run(repo._assets.get_snapshot(ids[2], expired_ok=True))
     for manifest in snap.nodes["a"].manifest_ids():
         assert (tmp_path / "manifests" / manifest).exists()
+
+
+# -- stacked layers through reachable() ---------------------------------------------------
+
+
+def _object_ids(root: Path) -> set[str]:
+    return {k[len("chunks/") :] for k in files(root) if k.startswith("chunks/")}
+
+
+def test_reachable_keeps_only_the_chunks_a_stack_shows(tmp_path: Path) -> None:
+    """Four chunk objects in one box; one overwritten, then another deleted.
+
+    The two later commits' small layers merge into one (the merge budget): a stack of two.
+    """
+    repo = Repository.create(local_filesystem_storage(tmp_path, durable=False))
+    s = repo.writable_session("main")
+    shape, chunks = (4 * 264, 128), (264, 128)  # 264 KiB chunks: one object each
+    zarr.create_array(
+        s.store, name="s", shape=shape, chunks=chunks, dtype="f8", fill_value=0, compressors=None
+    )
+    zarr.open_array(s.store, path="s")[:] = 1.0
+    first = s.commit("four chunks")
+    old = _object_ids(tmp_path)
+    s = repo.writable_session("main")
+    zarr.open_array(s.store, path="s")[:264] = 2.0  # c/0/0 overwritten
+    s.commit("one chunk")
+    s = repo.writable_session("main")
+    run(s.store.delete("s/c/1/0"))  # a tombstone on top
+    tip = s.commit("one deleted")
+    new = _object_ids(tmp_path) - old
+    assert first in repo.expire_snapshots(datetime.now(UTC))  # the tip's stack alone counts
+    assets = Repository.open(repo.storage)._assets
+    snap = run(assets.get_snapshot(tip))
+    (stack,) = snap.nodes["s"].boxes.values()
+    assert len(stack) == 2
+    all_ids = sorted(old | new)
+
+    def kept(refs: dict[str, str]) -> set[str]:
+        reach = run(reachable(assets, refs))
+        assert reach.manifests >= {layer.id for layer in stack} or "branch main" not in refs
+        return {i for i, hit in zip(all_ids, reach.has_chunks(all_ids), strict=True) if hit}
+
+    # the tip alone shows the new chunk, and the two old ones no newer layer replaced
+    shown = kept({"branch main": tip})
+    assert new <= shown and len(shown & old) == 2
+    # with the first snapshot (a start is read even if expired), every old chunk is shown
+    assert kept({"branch main": tip, "tag first": first}) == old | new
+    # the first snapshot alone: its four chunks, and nothing of the later layers
+    assert kept({"tag first": first}) == old
