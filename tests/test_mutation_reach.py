@@ -42,6 +42,7 @@ from icechunk_dask._reach import (
     visible_keys,
 )
 from icechunk_dask._sync import run
+from icechunk_dask.format import NodeManifests
 from tests.lifecycle_helpers import age, files
 
 # -- as_utc, kind_of, KindCount --------------------------------------------------------
@@ -533,3 +534,24 @@ def test_reachable_keeps_only_the_chunks_a_stack_shows(tmp_path: Path) -> None:
     assert kept({"branch main": tip, "tag first": first}) == old | new
     # the first snapshot alone: its four chunks, and nothing of the later layers
     assert kept({"tag first": first}) == old
+
+
+def test_format1_shards_are_read_whole(tmp_path: Path) -> None:
+    """A node with format-1 hash shards (hand-made: a box's manifest named as a shard)."""
+    repo = Repository.create(local_filesystem_storage(tmp_path, durable=False))
+    s = repo.writable_session("main")
+    zarr.create_array(
+        s.store, name="s", shape=(528, 128), chunks=(264, 128), dtype="f8", compressors=None
+    )
+    zarr.open_array(s.store, path="s")[:] = 1.0
+    tip = s.commit("two chunks")
+    ids = _object_ids(tmp_path)
+    assert len(ids) == 2
+    snap = run(repo._assets.get_snapshot(tip))
+    ((layer,),) = snap.nodes["s"].boxes.values()
+    legacy = NodeManifests(legacy=(None, layer.id), legacy_count=2)
+    shards = dataclasses.replace(snap, nodes={**snap.nodes, "s": legacy})
+    (tmp_path / "snapshots" / tip).write_bytes(shards.encode())
+    reach = run(reachable(Repository.open(repo.storage)._assets))
+    assert layer.id in reach.manifests
+    assert reach.has_chunks(sorted(ids)).tolist() == [True, True]
