@@ -363,6 +363,10 @@ def test_list_prefix_reads_only_the_layers_of_nodes_it_reaches() -> None:
     storage.manifests_read.clear()
     assert list_prefix(s, "g/h/") == {k for k in keys if k.startswith("g/h/")}
     assert len(storage.manifests_read) == 1  # g/h/r's manifest, not g/a's layer
+    fork = s.fork()  # inherits the layer
+    storage.manifests_read.clear()
+    assert list_prefix(fork, "g/h/") == {k for k in keys if k.startswith("g/h/")}
+    assert storage.manifests_read == []  # g/h/r's manifest is cached; g/a's layer not read
     storage.manifests_read.clear()
     assert list_prefix(s, "b") == {"b/zarr.json"}
     assert storage.manifests_read == []
