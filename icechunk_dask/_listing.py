@@ -154,7 +154,12 @@ class Listing:
                 if nm.surely_nonempty:
                     children.add("c")
                 continue  # exact and empty: no chunk
-            exact.update(nhead + s for s in await load_node(self.assets, node, nm))
+            # a listing inside a node (a directory of its chunk grid) keeps only what is under it
+            exact.update(
+                k
+                for s in await load_node(self.assets, node, nm)
+                if (k := nhead + s).startswith(head)
+            )
         for key in snap.meta:
             if key.startswith(head):
                 exact.add(key)

@@ -225,10 +225,12 @@ async def history_snapshots(
     CorruptObjectError
         If a snapshot is damaged or missing, or a history has a cycle.
     """
+    expired: set[str] = set()  # seen on a walk but not yielded: still read as a start
     for start in starts:
-        if start in visited:
+        if start in visited and start not in expired:
             continue
         visited.add(start)
+        expired.discard(start)
         path = {start}
         snap: Snapshot | None = await assets.get_snapshot(start, expired_ok=True)
         while snap is not None:
@@ -241,6 +243,7 @@ async def history_snapshots(
                     snap = await assets.get_snapshot(current)
                     break
                 except ExpiredSnapshotError:
+                    expired.add(current)
                     marker = await assets.get_expiry(current)
                     current = marker.next_id if marker is not None else None
                 except NotFoundError:
