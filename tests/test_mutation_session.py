@@ -609,7 +609,7 @@ def _packed(repo: Repository) -> Session:
     """A session holding two 1 KiB chunks in its open pack (not stored yet)."""
     s = repo.writable_session("main")
     big = zarr.create_array(
-        s.store, name="p", shape=(512,), chunks=(256,), dtype="i4", fill_value=0
+        s.store, name="p", shape=(512,), chunks=(256,), dtype="i4", fill_value=0, compressors=None
     )
     big[:] = np.arange(512, dtype="i4")
     assert _keys(repo, "chunks/") == []  # buffered in the open pack
@@ -627,8 +627,10 @@ def test_chunks_in_the_open_pack_are_stored_before_they_leave(how: str) -> None:
         other = s.fork()
     elif how == "fork-pickle":
         fork = s.fork()
-        zarr.open_array(fork.store, path="p")[:256] = 7  # the fork's own open pack
+        zarr.open_array(fork.store, path="p")[:256] = 7  # in the fork's own open pack
+        stored = len(_keys(repo, "chunks/"))  # the parent's pack, stored by fork()
         other = pickle.loads(pickle.dumps(fork))
+        assert len(_keys(repo, "chunks/")) == stored + 1  # and now the fork's
     else:
         other = repo.writable_session("main")
         other.merge(s.changes())
