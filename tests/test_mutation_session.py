@@ -482,6 +482,11 @@ def test_a_pickled_copy_carries_the_parents_uncommitted_state() -> None:
     assert sorted(copy.changes().chunks) == ["a/c/1"]
     # a copy of the copy travels with the copy's own changes and what it inherited
     again = pickle.loads(pickle.dumps(copy))
+    assert (again.snapshot_id, again.branch, again.session_id) == (
+        s.snapshot_id,
+        "main",
+        s.session_id,
+    )
     assert _read(again) == [1, 1, 2, 2]
     assert sorted(again.changes().chunks) == ["a/c/1"]
     s.merge(again)
