@@ -42,6 +42,7 @@ from icechunk_dask._fork import PICKLING_MESSAGE, UNMERGED_FORK_MESSAGE, UNMERGE
 from icechunk_dask._session import ForkSession, _RefusedSession
 from icechunk_dask._sync import run
 from icechunk_dask.format._envelope import ObjectKind, decode_object
+from icechunk_dask.storage import FaultyStorage
 
 
 def _repo() -> Repository:
@@ -296,6 +297,7 @@ def test_a_fork_sees_its_parents_changes_and_records_only_its_own() -> None:
     _set(s, "a/zarr.json", _get(s, "a/zarr.json"))
     fork = s.fork()
     assert isinstance(fork, ForkSession) and fork.is_fork and not s.is_fork
+    assert fork.read_only is False
     assert fork.session_id == s.session_id and fork.branch == "main"
     assert fork.snapshot_id == s.snapshot_id
     assert _read(fork) == [1, 1, 0, 0]
@@ -797,3 +799,19 @@ def test_a_commit_clears_the_markers_of_the_copies_it_merged() -> None:
     s.merge(copy)
     s.commit("merged")
     assert _keys(repo, "sessions/") == []
+
+
+def test_forking_a_copy_without_chunks_of_its_own_reads_nothing() -> None:
+    storage = FaultyStorage(in_memory_storage())
+    repo = Repository.create(storage, RepositoryConfig())
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(4,), chunks=(2,), dtype="i4", fill_value=0)
+    _write(s, 1)
+    with s.allow_pickling():
+        copy = pickle.loads(pickle.dumps(s))  # inherits a scratch object, not loaded yet
+    counted = copy._workspace.assets.storage
+    assert isinstance(counted, FaultyStorage)
+    before = counted.calls.get("get", 0)
+    child = copy.fork()  # no chunk of its own: hands the scratch key on, unread
+    assert counted.calls.get("get", 0) == before
+    assert _read(child) == [1, 1, 1, 1]
