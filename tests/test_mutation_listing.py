@@ -409,3 +409,14 @@ def test_a_manifest_of_another_node_is_refused_when_listing() -> None:
     with pytest.raises(CorruptObjectError, match=r"is manifest .* of node 'g/h/r'"):
         list_dir(s, "g/c/c")
     assert list_prefix(s, "g/a/") == {k for k in keys if k.startswith("g/a/")}
+
+
+def test_an_array_whose_every_key_is_deleted_is_no_child() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    for key in ("g/h/r/zarr.json", "g/h/r/c/0"):  # one by one, not with delete_dir
+        run(s.store.delete(key))
+    keys -= {"g/h/r/zarr.json", "g/h/r/c/0"}
+    assert list_dir(s, "g/h") == {"zarr.json"}
+    check_view(s, keys)
