@@ -420,3 +420,13 @@ def test_an_array_whose_every_key_is_deleted_is_no_child() -> None:
     keys -= {"g/h/r/zarr.json", "g/h/r/c/0"}
     assert list_dir(s, "g/h") == {"zarr.json"}
     check_view(s, keys)
+
+
+def test_an_array_whose_metadata_is_deleted_still_lists_its_chunks() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    run(s.store.delete("g/c/zarr.json"))  # its chunk g/c/c/1 stays
+    keys.discard("g/c/zarr.json")
+    assert list_dir(s, "g") == {"zarr.json", "a", "h", "c"}
+    check_view(s, keys)
