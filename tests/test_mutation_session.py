@@ -815,3 +815,24 @@ def test_forking_a_copy_without_chunks_of_its_own_reads_nothing() -> None:
     child = copy.fork()  # no chunk of its own: hands the scratch key on, unread
     assert counted.calls.get("get", 0) == before
     assert _read(child) == [1, 1, 1, 1]
+
+
+def test_a_merge_moves_the_chunks_version_on_like_a_write() -> None:
+    """Each change of the chunks gives a version not seen before (the scratch cache key)."""
+    repo = _repo()
+    s = repo.writable_session("main")
+    with s.allow_pickling():
+        _write(s, 1, slice(0, 1))  # version 1
+        _write(s, 2, slice(2, 3))  # version 2
+        assert _read(pickle.loads(pickle.dumps(s))) == [1, 0, 2, 0]  # scratch cached at 2
+        fork = s.fork()
+        _write(fork, 3, slice(1, 2))
+        s.merge(fork)  # version 3 (a step back would meet the cached version again)
+        _write(s, 4, slice(3, 4))
+        assert _read(pickle.loads(pickle.dumps(s))) == [1, 3, 2, 4]
+        fork = s.fork()
+        _write(fork, 5, slice(0, 1))
+        s.merge(fork)
+        _write(s, 6, slice(2, 3))
+        _write(s, 7, slice(3, 4))
+        assert _read(pickle.loads(pickle.dumps(s))) == [5, 3, 6, 7]
