@@ -9,14 +9,22 @@ the known key set gives.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from datetime import UTC, datetime
 
 import numpy as np
+import pytest
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 
-from icechunk_dask import Repository, RepositoryConfig, Session, in_memory_storage
+from icechunk_dask import (
+    CorruptObjectError,
+    Repository,
+    RepositoryConfig,
+    Session,
+    in_memory_storage,
+)
 from icechunk_dask._buildboxes import BoxTarget, build_layers
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._sync import run
@@ -370,3 +378,55 @@ def test_list_prefix_reads_only_the_layers_of_nodes_it_reaches() -> None:
     storage.manifests_read.clear()
     assert list_prefix(s, "b") == {"b/zarr.json"}
     assert storage.manifests_read == []
+
+
+def test_list_prefix_reads_no_manifest_of_a_node_delete_dir_removed() -> None:
+    storage = _CountingStorage(in_memory_storage())
+    keys = _committed_tree(Repository.create(storage, RepositoryConfig()))
+    for cleared, prefix, expected_reads in (("g/h", "g/", 2), ("", "", 0), ("g", "", 1)):
+        s = Repository.open(storage).writable_session("main")
+        run(s.store.delete_dir(cleared))
+        storage.manifests_read.clear()
+        head = f"{cleared}/" if cleared else ""
+        want = {k for k in keys if k.startswith(prefix) and not k.startswith(head)}
+        assert list_prefix(s, prefix) == want
+        # g/a and g/c, not g/h/r; nothing; v2
+        assert len(storage.manifests_read) == expected_reads, cleared
+
+
+def test_a_manifest_of_another_node_is_refused_when_listing() -> None:
+    """Damage: the snapshot names, for ``g/c``, the manifest of ``g/h/r`` (same box ``0``)."""
+    repo = _repo()
+    keys = _committed_tree(repo)
+    tip = repo.lookup_branch("main")
+    snap = run(repo._assets.get_snapshot(tip))
+    assert set(snap.nodes["g/c"].boxes) == set(snap.nodes["g/h/r"].boxes) == {"0"}
+    damaged = dataclasses.replace(snap, nodes={**snap.nodes, "g/c": snap.nodes["g/h/r"]})
+    run(repo.storage.put(f"snapshots/{tip}", damaged.encode()))
+    s = Repository.open(repo.storage).readonly_session("main")
+    with pytest.raises(CorruptObjectError, match=r"is manifest .* of node 'g/h/r'"):
+        list_prefix(s, "g/c/")
+    with pytest.raises(CorruptObjectError, match=r"is manifest .* of node 'g/h/r'"):
+        list_dir(s, "g/c/c")
+    assert list_prefix(s, "g/a/") == {k for k in keys if k.startswith("g/a/")}
+
+
+def test_an_array_whose_every_key_is_deleted_is_no_child() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    for key in ("g/h/r/zarr.json", "g/h/r/c/0"):  # one by one, not with delete_dir
+        run(s.store.delete(key))
+    keys -= {"g/h/r/zarr.json", "g/h/r/c/0"}
+    assert list_dir(s, "g/h") == {"zarr.json"}
+    check_view(s, keys)
+
+
+def test_an_array_whose_metadata_is_deleted_still_lists_its_chunks() -> None:
+    repo = _repo()
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    run(s.store.delete("g/c/zarr.json"))  # its chunk g/c/c/1 stays
+    keys.discard("g/c/zarr.json")
+    assert list_dir(s, "g") == {"zarr.json", "a", "h", "c"}
+    check_view(s, keys)

@@ -42,6 +42,7 @@ from icechunk_dask._fork import PICKLING_MESSAGE, UNMERGED_FORK_MESSAGE, UNMERGE
 from icechunk_dask._session import ForkSession, _RefusedSession
 from icechunk_dask._sync import run
 from icechunk_dask.format._envelope import ObjectKind, decode_object
+from icechunk_dask.storage import FaultyStorage
 
 
 def _repo() -> Repository:
@@ -296,6 +297,7 @@ def test_a_fork_sees_its_parents_changes_and_records_only_its_own() -> None:
     _set(s, "a/zarr.json", _get(s, "a/zarr.json"))
     fork = s.fork()
     assert isinstance(fork, ForkSession) and fork.is_fork and not s.is_fork
+    assert fork.read_only is False
     assert fork.session_id == s.session_id and fork.branch == "main"
     assert fork.snapshot_id == s.snapshot_id
     assert _read(fork) == [1, 1, 0, 0]
@@ -482,6 +484,11 @@ def test_a_pickled_copy_carries_the_parents_uncommitted_state() -> None:
     assert sorted(copy.changes().chunks) == ["a/c/1"]
     # a copy of the copy travels with the copy's own changes and what it inherited
     again = pickle.loads(pickle.dumps(copy))
+    assert (again.snapshot_id, again.branch, again.session_id) == (
+        s.snapshot_id,
+        "main",
+        s.session_id,
+    )
     assert _read(again) == [1, 1, 2, 2]
     assert sorted(again.changes().chunks) == ["a/c/1"]
     s.merge(again)
@@ -609,7 +616,7 @@ def _packed(repo: Repository) -> Session:
     """A session holding two 1 KiB chunks in its open pack (not stored yet)."""
     s = repo.writable_session("main")
     big = zarr.create_array(
-        s.store, name="p", shape=(512,), chunks=(256,), dtype="i4", fill_value=0
+        s.store, name="p", shape=(512,), chunks=(256,), dtype="i4", fill_value=0, compressors=None
     )
     big[:] = np.arange(512, dtype="i4")
     assert _keys(repo, "chunks/") == []  # buffered in the open pack
@@ -627,8 +634,10 @@ def test_chunks_in_the_open_pack_are_stored_before_they_leave(how: str) -> None:
         other = s.fork()
     elif how == "fork-pickle":
         fork = s.fork()
-        zarr.open_array(fork.store, path="p")[:256] = 7  # the fork's own open pack
+        zarr.open_array(fork.store, path="p")[:256] = 7  # in the fork's own open pack
+        stored = len(_keys(repo, "chunks/"))  # the parent's pack, stored by fork()
         other = pickle.loads(pickle.dumps(fork))
+        assert len(_keys(repo, "chunks/")) == stored + 1  # and now the fork's
     else:
         other = repo.writable_session("main")
         other.merge(s.changes())
@@ -790,3 +799,40 @@ def test_a_commit_clears_the_markers_of_the_copies_it_merged() -> None:
     s.merge(copy)
     s.commit("merged")
     assert _keys(repo, "sessions/") == []
+
+
+def test_forking_a_copy_without_chunks_of_its_own_reads_nothing() -> None:
+    storage = FaultyStorage(in_memory_storage())
+    repo = Repository.create(storage, RepositoryConfig())
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(4,), chunks=(2,), dtype="i4", fill_value=0)
+    _write(s, 1)
+    with s.allow_pickling():
+        copy = pickle.loads(pickle.dumps(s))  # inherits a scratch object, not loaded yet
+    counted = copy._workspace.assets.storage
+    assert isinstance(counted, FaultyStorage)
+    before = counted.calls.get("get", 0)
+    child = copy.fork()  # no chunk of its own: hands the scratch key on, unread
+    assert counted.calls.get("get", 0) == before
+    assert _read(child) == [1, 1, 1, 1]
+
+
+def test_a_merge_moves_the_chunks_version_on_like_a_write() -> None:
+    """Each change of the chunks gives a version not seen before (the scratch cache key)."""
+    repo = _repo()
+    s = repo.writable_session("main")
+    with s.allow_pickling():
+        _write(s, 1, slice(0, 1))  # version 1
+        _write(s, 2, slice(2, 3))  # version 2
+        assert _read(pickle.loads(pickle.dumps(s))) == [1, 0, 2, 0]  # scratch cached at 2
+        fork = s.fork()
+        _write(fork, 3, slice(1, 2))
+        s.merge(fork)  # version 3 (a step back would meet the cached version again)
+        _write(s, 4, slice(3, 4))
+        assert _read(pickle.loads(pickle.dumps(s))) == [1, 3, 2, 4]
+        fork = s.fork()
+        _write(fork, 5, slice(0, 1))
+        s.merge(fork)
+        _write(s, 6, slice(2, 3))
+        _write(s, 7, slice(3, 4))
+        assert _read(pickle.loads(pickle.dumps(s))) == [5, 3, 6, 7]
