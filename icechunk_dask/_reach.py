@@ -39,6 +39,7 @@ from icechunk_dask._exceptions import (
 from icechunk_dask.format import (
     EXPIRED_PREFIX,
     ChunkRef,
+    NodeManifests,
     Snapshot,
     decode_manifest,
     key_id,
@@ -57,6 +58,7 @@ __all__ = [
     "lower_layers",
     "manifest_chunks",
     "needed_layers",
+    "note_stacks",
     "reachable",
     "visible_keys",
 ]
@@ -300,6 +302,18 @@ async def _gather_bounded(jobs: Iterable[Any], at_once: int) -> None:
             task.cancel()
 
 
+def note_stacks(
+    node: str, nm: NodeManifests, whole: set[str], stacks: dict[tuple[str, str], set[Stack]]
+) -> None:
+    """Add ``node``'s manifests read whole (box tops, format-1 shards) and its stacks of 2+."""
+    whole.update(m for m in nm.legacy if m is not None)
+    for box, layers in nm.boxes.items():
+        if layers:
+            whole.add(layers[0].id)
+        if len(layers) > 1:
+            stacks.setdefault((node, box), set()).add(tuple(x.id for x in layers))
+
+
 def lower_layers(stacks: Iterable[Stack], whole: set[str]) -> set[str]:
     """Layers of ``stacks`` below the top that no stack shows whole (not in ``whole``)."""
     return {m for stack in stacks for m in stack[1:]} - whole
@@ -376,12 +390,7 @@ async def reachable(assets: AssetManager, refs: dict[str, str] | None = None) ->
         out.snapshots.add(snap.id)
         for node, nm in snap.nodes.items():
             out.manifests.update(nm.manifest_ids())
-            whole.update(m for m in nm.legacy if m is not None)
-            for box, layers in nm.boxes.items():
-                if layers:
-                    whole.add(layers[0].id)
-                if len(layers) > 1:
-                    stacks.setdefault((node, box), set()).add(tuple(x.id for x in layers))
+            note_stacks(node, nm, whole, stacks)
     limit = asyncio.Semaphore(_CONCURRENCY)
 
     async def one(manifest_id: str) -> None:

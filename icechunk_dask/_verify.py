@@ -25,7 +25,7 @@ from typing import Any
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._exceptions import ExpiredSnapshotError, IcechunkDaskError, NotFoundError
-from icechunk_dask._reach import Stack, lower_layers, needed_layers, visible_keys
+from icechunk_dask._reach import Stack, lower_layers, needed_layers, note_stacks, visible_keys
 from icechunk_dask.format import (
     EXPIRED_PREFIX,
     ChunkRef,
@@ -248,14 +248,10 @@ class _Verifier:
         for node, nm in snap.nodes.items():
             for shard in (m for m in nm.legacy if m is not None):
                 self.manifests.setdefault(shard, (node, None, key))
-            self.whole.update(m for m in nm.legacy if m is not None)
             for box, layers in nm.boxes.items():
                 for layer in layers:
                     self.manifests.setdefault(layer.id, (node, box, key))
-                if layers:
-                    self.whole.add(layers[0].id)
-                if len(layers) > 1:
-                    self.stacks.setdefault((node, box), set()).add(tuple(x.id for x in layers))
+            note_stacks(node, nm, self.whole, self.stacks)
         return snap
 
     async def visible(self) -> dict[str, set[str]]:
