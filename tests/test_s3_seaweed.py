@@ -47,10 +47,26 @@ async def test_server_does_not_create_buckets_on_write(
     assert missing.bucket not in names
 
 
-def _port_free(port: int) -> bool:
+def _nothing_listens_on(port: int) -> bool:
+    """No process listens on ``port``: a connection is refused and the port can be bound.
+
+    SO_REUSEADDR lets the bind pass over the server's closed connections, which the
+    kernel keeps in TIME_WAIT for a minute after the process is gone; a socket still
+    listening on the port makes the bind fail with or without it.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        try:
+            s.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            pass
+        else:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
+            s.listen()
         except OSError:
             return False
     return True
@@ -63,12 +79,12 @@ def test_server_is_stopped_by_pid_and_leaves_nothing(tmp_path: Path) -> None:
     port = int(server.endpoint.rsplit(":", 1)[1])
     try:
         os.kill(pid, 0)  # running
-        assert not _port_free(port)
+        assert not _nothing_listens_on(port)
     finally:
         server.stop()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    assert _port_free(port)
+    assert _nothing_listens_on(port)
     for p in server.grpc_ports:
         assert not list(Path("/tmp").glob(f"seaweedfs-*-grpc-{p}.sock"))
 
