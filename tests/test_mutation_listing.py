@@ -430,3 +430,85 @@ def test_an_array_whose_metadata_is_deleted_still_lists_its_chunks() -> None:
     keys.discard("g/c/zarr.json")
     assert list_dir(s, "g") == {"zarr.json", "a", "h", "c"}
     check_view(s, keys)
+
+
+def test_an_array_listing_its_own_directory_names_keys_outside_its_chunk_grid() -> None:
+    """Keys under an array that are not chunk keys live in its flat box: listed by name."""
+    storage = _CountingStorage(in_memory_storage())
+    repo = Repository.create(storage, RepositoryConfig())
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    _put(s, "g/a/extra", b"x")  # not a chunk key of g/a
+    _put(s, "b/notes", b"y")  # the only key of b besides its metadata
+    s.commit("keys outside the chunk grids")
+    keys |= {"g/a/extra", "b/notes"}
+    snap = run(repo._assets.get_snapshot(repo.lookup_branch("main")))
+    assert "" in snap.nodes["g/a"].boxes and "" in snap.nodes["b"].boxes
+    s = Repository.open(storage).readonly_session("main")
+    assert list_dir(s, "g/a") == {"zarr.json", "c", "extra"}
+    assert list_dir(s, "b") == {"zarr.json", "notes"}
+    check_view(s, keys)
+
+
+def test_an_array_with_stacked_layers_lists_its_directory_without_reading_them() -> None:
+    """A node that is not exact but surely non-empty: the node tree still answers."""
+    storage = _CountingStorage(in_memory_storage())
+    repo = Repository.create(storage, RepositoryConfig())
+    keys = _committed_tree(repo)
+    s = repo.writable_session("main")
+    a = zarr.create_array(s.store, name="big", shape=(64,), chunks=(1,), dtype="i4", fill_value=0)
+    a[:] = 1
+    s.commit("64 chunks")
+    s = repo.writable_session("main")
+    zarr.open_array(s.store, path="big")[0] = 2  # one chunk over 64: a layer on top
+    run(s.store.delete("big/c/63"))  # and a tombstone in it
+    s.commit("one chunk rewritten, one deleted")
+    snap = run(repo._assets.get_snapshot(repo.lookup_branch("main")))
+    nm = snap.nodes["big"]
+    assert not nm.exact and nm.surely_nonempty
+    s = Repository.open(storage).readonly_session("main")
+    storage.manifests_read.clear()
+    assert list_dir(s, "big") == {"zarr.json", "c"}
+    assert storage.manifests_read == []
+    keys |= {"big/zarr.json"} | {f"big/c/{i}" for i in range(63)}
+    check_view(s, keys)
+
+
+def test_a_node_without_metadata_inside_an_array_is_folded_into_it_at_commit() -> None:
+    """Any key can be stored: ``n`` an array, then a group holding array ``n/sub``, whose
+    metadata is then deleted, then ``n`` an array again.
+
+    The commit folds the node ``n/sub`` (no metadata left) into the array ``n``: a node
+    inside an array's directory always has its ``zarr.json`` in the snapshot, so listing
+    the array's own directory can stop at the array (its node-tree fast path) and still
+    name ``sub`` (docs/reliability.md, ``_listing.py``'s ``continue`` -> ``break``).
+    """
+    repo = _repo()
+    s = repo.writable_session("main")
+    _array(s, "n")[:2] = 5
+    s.commit("array n")
+    s = repo.writable_session("main")
+    doc = run(s.store.get("n/zarr.json", default_buffer_prototype()))
+    assert doc is not None
+    run(s.store.delete("n/zarr.json"))
+    _group(s, "n")
+    _array(s, "n/sub")[:2] = 6
+    s.commit("n a group holding the array n/sub")
+    s = repo.writable_session("main")
+    run(s.store.delete("n/sub/zarr.json"))
+    s.commit("n/sub without metadata")
+
+    def nodes() -> list[str]:
+        return list(run(repo._assets.get_snapshot(repo.lookup_branch("main"))).nodes)
+
+    assert nodes() == ["n", "n/sub"]
+    keys = {"zarr.json", "n/zarr.json", "n/c/0", "n/sub/c/0"}
+    s = repo.writable_session("main")
+    _put(s, "n/zarr.json", doc.to_bytes())
+    check_view(s, keys)
+    s.commit("n an array again")
+    assert nodes() == ["n"]
+    s = repo.readonly_session("main")
+    assert list_dir(s, "n") == {"zarr.json", "c", "sub"}
+    check_view(s, keys)
+    assert zarr.open_array(s.store, path="n")[:].tolist() == [5, 5, 0, 0]
