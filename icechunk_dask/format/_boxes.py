@@ -158,7 +158,7 @@ def group_boxes(
     """Group key suffixes by box: ``(box keys, order, bounds)``.
 
     ``order[bounds[i]:bounds[i + 1]]`` are the indices of the suffixes in box
-    ``box keys[i]``. The same grouping as :func:`parse_chunk_suffix` and
+    ``box keys[i]``, ascending. The same grouping as :func:`parse_chunk_suffix` and
     :func:`box_key` one key at a time (keys that are not chunk keys go to
     ``FLAT``), done in bulk when every suffix is a chunk key. With ``lead``,
     the keys start with that many ``/``-separated components (their node's
