@@ -131,6 +131,8 @@ def test_the_bulk_parser_gives_the_rules_boxes(
         (["c//", "c/1"], DEFAULT, (2,), 0),
         (["c/1x"], DEFAULT, (2,), 0),
         (["c/1", "c/-2"], DEFAULT, (2,), 0),
+        (["c/1:"], DEFAULT, (2,), 0),  # ":" is the byte after "9"
+        (["1/"], ("v2", "."), (2,), 0),  # "/" is the byte before "0"
         (["c/\u0661"], DEFAULT, (2,), 0),
         (["1.x"], V2, (2, 2), 0),
         ([f"c/{10**18}"], DEFAULT, (7,), 0),  # 19 digits: beyond int64, the general path
@@ -185,6 +187,17 @@ def test_grouping_by_counting_boxes() -> None:
     names, parts = _groups(keys, (2, 2))
     assert names == ["0.0", "0.1", "2.0", "2.1", "4.4"]
     assert parts == [[1, 3], [5], [0], [2], [4]]
+
+
+def test_grouping_keeps_the_order_given_within_a_box() -> None:
+    """Many keys per box: each box lists its keys' indices ascending (a stable sort)."""
+    keys = [f"c/{i % 3}/{i}" for i in range(300)]
+    names, parts = _groups(keys, (1, 1000))
+    assert names == ["0.0", "1.0", "2.0"]
+    assert parts == [list(range(b, 300, 3)) for b in range(3)]
+    names, parts = _groups([*keys, "zarr.json"], (1, 1000))  # key by key
+    assert names == ["0.0", "1.0", "2.0", FLAT]
+    assert parts == [list(range(b, 300, 3)) for b in range(3)] + [[300]]
 
 
 def test_grouping_by_sorting_box_numbers() -> None:
@@ -263,6 +276,9 @@ def test_array_layout_of_documents() -> None:
     assert array_layout(zero, 100) == (DEFAULT, (50, 2))
     rect = {"name": "rectilinear", "configuration": {"chunk_shapes": [3, [1, 2, 3]]}}
     assert array_layout(_doc(chunk_grid=rect), 100) == (DEFAULT, (33, 3))  # grid 4 x 3
+    rect_int = {"name": "rectilinear", "configuration": {"chunk_shapes": [[5, 5], 2]}}
+    shape = [10, 7]  # grid 2 x 4: a slab of the first dimension is the target
+    assert array_layout(_doc(shape=shape, chunk_grid=rect_int), 4) == (DEFAULT, (1, 4))
     rect0 = {"name": "rectilinear", "configuration": {"chunk_shapes": [0, [6]]}}
     assert array_layout(_doc(chunk_grid=rect0), 100) == (DEFAULT, (100, 1))  # grid 0 x 1
     named = _doc(dimension_names=["time", "x"])
