@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import pickle
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,10 +23,12 @@ from icechunk_dask import (
     GCSummary,
     Repository,
     RepositoryConfig,
+    _gc,
     in_memory_storage,
     local_filesystem_storage,
     store_sessions,
 )
+from icechunk_dask._gc import GC_KINDS
 from icechunk_dask._jobs import store_task_record
 from icechunk_dask._sync import run
 from tests.helpers import make_array, read_array
@@ -366,3 +372,90 @@ def test_usage_report(tmp_path: Path) -> None:
     assert usage.unreachable["chunks"].objects == 4
     assert usage.unreachable["snapshots"].objects == 1
     assert usage.reachable["expiry_markers"].objects == 1
+
+
+def test_a_recent_scratch_object_keeps_the_old_chunks_it_references(tmp_path: Path) -> None:
+    """A pickled copy of a session carries its uncommitted chunks in a scratch object: while
+    that object is newer than the cutoff, the chunks it names stay, however old they are."""
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    _write(repo, 3, name="b")
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="a")[:] = 5.0  # two new chunk objects, uncommitted
+    run(session.store.delete("b/c/1/0"))  # and a deletion: no object to keep
+    chunk_files = {k for k in files(tmp_path) if k.startswith("chunks/")}
+    assert len(chunk_files) == 6  # a, b and a's uncommitted two
+    age(tmp_path)  # everything, the uncommitted chunks too, is older than the cutoff
+    with session.allow_pickling():
+        copy = pickle.loads(pickle.dumps(session))  # writes the scratch object now
+    scratch = {k for k in files(tmp_path) if k.startswith("scratch/")}
+    assert len(scratch) == 1
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["chunks"].objects == 0
+    assert summary.recent["chunks"].objects == 2  # held by the scratch object
+    assert summary.recent["scratch"].objects == 1
+    assert chunk_files <= set(files(tmp_path))
+    session.merge(copy)
+    session.commit("the uncommitted chunks, committed after the collection")
+    back = repo.readonly_session("main")
+    np.testing.assert_array_equal(read_array(back, "a"), 5.0)
+    b = read_array(back, "b")
+    assert (b[:264] == 3.0).all() and np.isnan(b[264:]).all()  # deleted: the fill value
+    assert repo.verify(chunks=True).ok
+
+
+def test_the_summary_as_json(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    _write(repo, 2)
+    repo.expire_snapshots(datetime.now(UTC))
+    age(tmp_path)
+    summary = repo.garbage_collect(datetime.now(UTC))
+    d = summary.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d == {
+        "dry_run": False,
+        "cutoff": summary.cutoff.isoformat(),
+        "objects_deleted": summary.objects_deleted,
+        "bytes_deleted": summary.bytes_deleted,
+        "deleted": {k: c.to_dict() for k, c in summary.deleted.items()},
+        "reachable": {k: c.to_dict() for k, c in summary.reachable.items()},
+        "recent": {k: c.to_dict() for k, c in summary.recent.items()},
+    }
+    assert d["objects_deleted"] == 5 and d["deleted"]["chunks"]["objects"] == 2
+    assert set(d["deleted"]) == set(d["reachable"]) == set(d["recent"]) == set(GC_KINDS)
+
+
+def test_deletions_go_in_batches_with_a_bounded_number_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_gc, "_BATCH", 2)
+    monkeypatch.setattr(_gc, "_DELETERS", 2)
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    storage = repo.storage
+    for i in range(11):
+        run(storage.put(f"sessions/OLD{i:02d}/w", b""))
+    age(tmp_path)
+    sizes: list[int] = []
+    in_flight = peak = 0
+    delete = storage.delete
+
+    async def counting_delete(keys: Iterable[str]) -> None:
+        nonlocal in_flight, peak
+        keys = list(keys)
+        sizes.append(len(keys))
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            await delete(keys)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(storage, "delete", counting_delete)
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["markers"].objects == 11
+    assert not [k for k in files(tmp_path) if k.startswith("sessions/")]
+    assert sorted(sizes) == [1, 2, 2, 2, 2, 2]
+    assert peak == 2
