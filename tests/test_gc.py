@@ -28,6 +28,7 @@ from icechunk_dask import (
     local_filesystem_storage,
     store_sessions,
 )
+from icechunk_dask._exceptions import StorageError
 from icechunk_dask._gc import GC_KINDS
 from icechunk_dask._jobs import store_task_record
 from icechunk_dask._sync import run
@@ -459,3 +460,68 @@ def test_deletions_go_in_batches_with_a_bounded_number_in_flight(
     assert not [k for k in files(tmp_path) if k.startswith("sessions/")]
     assert sorted(sizes) == [1, 2, 2, 2, 2, 2]
     assert peak == 2
+
+
+def _old_markers(tmp_path: Path, n: int) -> Repository:
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    for i in range(n):
+        run(repo.storage.put(f"sessions/OLD{i:02d}/w", b""))
+    age(tmp_path)
+    return repo
+
+
+def test_a_slow_deletion_does_not_hold_up_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches in flight are topped up as each one ends, not when all of them have."""
+    monkeypatch.setattr(_gc, "_BATCH", 1)
+    monkeypatch.setattr(_gc, "_DELETERS", 2)
+    repo = _old_markers(tmp_path, 6)
+    storage = repo.storage
+    delete = storage.delete
+    calls: list[int] = []
+    slow_running = False
+    started_meanwhile = 0
+
+    async def one_slow_delete(keys: Iterable[str]) -> None:
+        nonlocal slow_running, started_meanwhile
+        calls.append(1)
+        if len(calls) == 1:
+            slow_running = True
+            await asyncio.sleep(1.0)
+            slow_running = False
+        elif slow_running:
+            started_meanwhile += 1
+        await delete(keys)
+
+    monkeypatch.setattr(storage, "delete", one_slow_delete)
+    assert repo.garbage_collect(datetime.now(UTC)).deleted["markers"].objects == 6
+    assert len(calls) == 6
+    assert started_meanwhile >= 2  # waiting for both batches would start only one
+
+
+def test_a_failed_deletion_is_raised_after_the_others_have_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_gc, "_BATCH", 1)
+    monkeypatch.setattr(_gc, "_DELETERS", 10)  # all three in flight at the end
+    repo = _old_markers(tmp_path, 3)
+    storage = repo.storage
+    delete = storage.delete
+    calls: list[str] = []
+
+    async def failing_delete(keys: Iterable[str]) -> None:
+        keys = list(keys)
+        calls.extend(keys)
+        if len(calls) == 1:
+            raise StorageError(f"cannot delete {keys[0]!r}")
+        await asyncio.sleep(0.3)
+        await delete(keys)
+
+    monkeypatch.setattr(storage, "delete", failing_delete)
+    with pytest.raises(StorageError, match="cannot delete 'sessions/OLD"):
+        repo.garbage_collect(datetime.now(UTC))
+    # the other two deletions had ended when the error came back: nothing runs on behind it
+    left = [k for k in files(tmp_path) if k.startswith("sessions/")]
+    assert left == [calls[0]]
