@@ -525,3 +525,34 @@ def test_a_failed_deletion_is_raised_after_the_others_have_ended(
     # the other two deletions had ended when the error came back: nothing runs on behind it
     left = [k for k in files(tmp_path) if k.startswith("sessions/")]
     assert left == [calls[0]]
+
+
+def _at(path: Path, when: datetime) -> None:
+    os.utime(path, (when.timestamp(), when.timestamp()))
+
+
+def test_objects_written_at_the_cutoff_itself_are_in_use(tmp_path: Path) -> None:
+    """The cutoff is inclusive: a session's marker or a scratch object written at exactly
+    the cutoff keeps the session's older markers and the chunks the scratch object names."""
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="a")[:] = 5.0  # two chunks, uncommitted
+    with session.allow_pickling():
+        copy = pickle.loads(pickle.dumps(session))  # a scratch object naming them
+    run(repo.storage.put("sessions/LIVE/w1", b""))
+    run(repo.storage.put("sessions/LIVE/w2", b""))
+    age(tmp_path)
+    cutoff = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0)
+    (scratch,) = (tmp_path / "scratch").iterdir()
+    _at(scratch, cutoff)
+    _at(tmp_path / "sessions" / "LIVE" / "w2", cutoff)
+    summary = repo.garbage_collect(cutoff)
+    assert summary.cutoff == cutoff
+    assert summary.objects_deleted == 0
+    assert summary.recent["markers"].objects == 2
+    assert summary.recent["scratch"].objects == 1
+    assert summary.recent["chunks"].objects == 2
+    session.merge(copy)
+    session.commit("after the collection")
+    np.testing.assert_array_equal(read_array(repo.readonly_session("main"), "a"), 5.0)
