@@ -28,9 +28,9 @@ from icechunk_dask import (
     local_filesystem_storage,
     store_sessions,
 )
-from icechunk_dask._exceptions import StorageError
+from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
 from icechunk_dask._gc import GC_KINDS
-from icechunk_dask._jobs import store_task_record
+from icechunk_dask._jobs import store_result, store_task_record
 from icechunk_dask._sync import run
 from tests.helpers import make_array, read_array
 from tests.lifecycle_helpers import age, files
@@ -542,17 +542,122 @@ def test_objects_written_at_the_cutoff_itself_are_in_use(tmp_path: Path) -> None
         copy = pickle.loads(pickle.dumps(session))  # a scratch object naming them
     run(repo.storage.put("sessions/LIVE/w1", b""))
     run(repo.storage.put("sessions/LIVE/w2", b""))
+    run(repo.storage.put("chunks/ORPHAN00000000000000", b"no reference, no session"))
     age(tmp_path)
     cutoff = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0)
     (scratch,) = (tmp_path / "scratch").iterdir()
     _at(scratch, cutoff)
     _at(tmp_path / "sessions" / "LIVE" / "w2", cutoff)
+    _at(tmp_path / "chunks" / "ORPHAN00000000000000", cutoff)
     summary = repo.garbage_collect(cutoff)
     assert summary.cutoff == cutoff
     assert summary.objects_deleted == 0
     assert summary.recent["markers"].objects == 2
     assert summary.recent["scratch"].objects == 1
-    assert summary.recent["chunks"].objects == 2
+    assert summary.recent["chunks"].objects == 3  # the two the scratch object names, the orphan
     session.merge(copy)
     session.commit("after the collection")
     np.testing.assert_array_equal(read_array(repo.readonly_session("main"), "a"), 5.0)
+
+
+def test_a_jobs_merged_result_keeps_its_chunks(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="a")[:] = 7.0  # two chunks: the job's merged writes
+    record = session.changes()
+    assets = repo._assets
+    run(store_result(assets, "ingest", record))
+    age(tmp_path)
+    run(store_task_record(assets, "ingest", 0, ChangeSet(repo.repo_id, record.base)))  # now
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["chunks"].objects == 0
+    assert summary.recent["chunks"].objects == 2
+    assert summary.recent["jobs"].objects == 2
+    session.commit("the job, committed after the collection")
+    np.testing.assert_array_equal(read_array(repo.readonly_session("main"), "a"), 7.0)
+
+
+def test_listings_are_swept_a_page_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_gc, "_PAGE", 2)
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    abandoned = repo.writable_session("main")
+    zarr.open_array(abandoned.store, path="a")[:] = 3.0  # two chunks nobody commits
+    for i in range(5):
+        run(repo.storage.put(f"sessions/OLD{i}/w", b""))
+        (tmp_path / "chunks" / f".tmp-{i}").write_bytes(b"partial")
+    age(tmp_path)
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["chunks"].objects == 2
+    assert summary.reachable["chunks"].objects == 2
+    assert summary.deleted["markers"].objects == 5
+    assert summary.deleted["temporary"].objects == 5
+
+
+def test_a_cutoff_that_is_no_datetime_is_refused_by_name(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    with pytest.raises(
+        InvalidInputError, match=r"^delete_object_older_than must be a datetime, e\.g\. "
+    ):
+        repo.garbage_collect("yesterday")  # type: ignore[arg-type]
+
+
+def test_worker_built_layers_of_a_job_in_use_keep_their_chunk_objects(tmp_path: Path) -> None:
+    """As above, with chunks big enough to be objects (packs), not inline in the layers."""
+    storage = local_filesystem_storage(tmp_path, durable=False)
+    repo = Repository.create(storage, RepositoryConfig(manifest_box_refs=64))
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(64, 64), chunks=(16, 16), dtype="i4")
+    session.commit("create")
+    data = np.arange(64 * 64, dtype="i4").reshape(64, 64)  # 16 chunks of 1 KiB
+    session = repo.writable_session("main")
+    with dask.config.set(scheduler="threads"):
+        store_sessions(
+            [da.from_array(data, chunks=(16, 64))],
+            [zarr.open_array(session.store, path="a")],
+            session,
+        )
+    record = session.changes()
+    assert record.layers and not record.chunks
+    chunk_objects = {k for k in files(tmp_path) if k.startswith("chunks/")}
+    assert chunk_objects
+    assets = repo._assets
+    run(store_task_record(assets, "ingest", 0, record))
+    age(tmp_path)
+    run(store_task_record(assets, "ingest", 1, ChangeSet(repo.repo_id, record.base)))  # now
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["chunks"].objects == 0
+    assert summary.recent["chunks"].objects == len(chunk_objects)
+    session.commit("the job, committed after the collection")
+    np.testing.assert_array_equal(read_array(repo.readonly_session("main"), "a"), data)
+
+
+def test_job_records_deleted_while_collecting_are_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record gone by the time it is read (its job was committed) hides no other record."""
+    repo = _repo(tmp_path)
+    _write(repo, 1)
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="a")[:] = 7.0
+    record = session.changes()
+    assets = repo._assets
+    run(store_result(assets, "ingest", record))
+    age(tmp_path)
+    for task in range(3):  # recent: the job is in use
+        run(store_task_record(assets, "ingest", task, ChangeSet(repo.repo_id, record.base)))
+    storage = repo.storage
+    get = storage.get
+
+    async def tasks_gone(key: str) -> bytes:
+        if "/tasks/" in key:
+            raise NotFoundError(f"no object {key!r}")
+        return await get(key)
+
+    monkeypatch.setattr(storage, "get", tasks_gone)
+    summary = repo.garbage_collect(datetime.now(UTC))
+    assert summary.deleted["chunks"].objects == 0
+    assert summary.recent["chunks"].objects == 2  # the result, read after the missing tasks
