@@ -23,6 +23,7 @@ from icechunk_dask import (
     GCSummary,
     Repository,
     RepositoryConfig,
+    Session,
     _gc,
     in_memory_storage,
     local_filesystem_storage,
@@ -265,6 +266,28 @@ def test_job_records_in_use_keep_their_chunks(tmp_path: Path) -> None:
     assert not any(k.startswith("jobs/") for k in files(tmp_path))
 
 
+def _job_with_worker_built_layers(
+    tmp_path: Path, shape: tuple[int, int], chunks: tuple[int, int], blocks: tuple[int, int]
+) -> tuple[Repository, Session, ChangeSet, np.ndarray]:
+    """A Dask job's writes into a new array, every reference in a worker-built layer."""
+    storage = local_filesystem_storage(tmp_path, durable=False)
+    repo = Repository.create(storage, RepositoryConfig(manifest_box_refs=64))
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=shape, chunks=chunks, dtype="i4")
+    session.commit("create")
+    data = np.arange(shape[0] * shape[1], dtype="i4").reshape(shape) * 1000
+    session = repo.writable_session("main")
+    with dask.config.set(scheduler="threads"):
+        store_sessions(
+            [da.from_array(data, chunks=blocks)],
+            [zarr.open_array(session.store, path="a")],
+            session,
+        )
+    record = session.changes()
+    assert record.layers and not record.chunks  # every reference is in a worker-built layer
+    return repo, session, record, data
+
+
 def test_job_records_in_use_keep_the_layers_their_workers_built(tmp_path: Path) -> None:
     """A job record holding pre-built layers keeps those manifests and their chunks.
 
@@ -272,21 +295,8 @@ def test_job_records_in_use_keep_the_layers_their_workers_built(tmp_path: Path) 
     them yet); a recent record of the same job is in use, so committing the
     job afterwards must still find every manifest and chunk.
     """
-    storage = local_filesystem_storage(tmp_path, durable=False)
-    repo = Repository.create(storage, RepositoryConfig(manifest_box_refs=64))
-    session = repo.writable_session("main")
-    zarr.create_array(session.store, name="a", shape=(64, 32), chunks=(2, 2), dtype="i4")
-    session.commit("create")
-    data = np.arange(64 * 32, dtype="i4").reshape(64, 32) * 1000  # chunks of 16 bytes: packed
-    session = repo.writable_session("main")
-    with dask.config.set(scheduler="threads"):
-        store_sessions(
-            [da.from_array(data, chunks=(4, 8))],
-            [zarr.open_array(session.store, path="a")],
-            session,
-        )
-    record = session.changes()
-    assert record.layers and not record.chunks  # every reference is in a worker-built layer
+    # chunks of 16 bytes: inline in the layers
+    repo, session, record, data = _job_with_worker_built_layers(tmp_path, (64, 32), (2, 2), (4, 8))
     layer_ids = {m for nm in record.layers.values() for m in nm.manifest_ids()}
     assets = repo._assets
     run(store_task_record(assets, "ingest", 0, record))
@@ -607,21 +617,10 @@ def test_a_cutoff_that_is_no_datetime_is_refused_by_name(tmp_path: Path) -> None
 
 def test_worker_built_layers_of_a_job_in_use_keep_their_chunk_objects(tmp_path: Path) -> None:
     """As above, with chunks big enough to be objects (packs), not inline in the layers."""
-    storage = local_filesystem_storage(tmp_path, durable=False)
-    repo = Repository.create(storage, RepositoryConfig(manifest_box_refs=64))
-    session = repo.writable_session("main")
-    zarr.create_array(session.store, name="a", shape=(64, 64), chunks=(16, 16), dtype="i4")
-    session.commit("create")
-    data = np.arange(64 * 64, dtype="i4").reshape(64, 64)  # 16 chunks of 1 KiB
-    session = repo.writable_session("main")
-    with dask.config.set(scheduler="threads"):
-        store_sessions(
-            [da.from_array(data, chunks=(16, 64))],
-            [zarr.open_array(session.store, path="a")],
-            session,
-        )
-    record = session.changes()
-    assert record.layers and not record.chunks
+    # 16 chunks of 1 KiB: packed into chunk objects
+    repo, session, record, data = _job_with_worker_built_layers(
+        tmp_path, (64, 64), (16, 16), (16, 64)
+    )
     chunk_objects = {k for k in files(tmp_path) if k.startswith("chunks/")}
     assert chunk_objects
     assets = repo._assets
