@@ -32,6 +32,7 @@ from icechunk_dask import (
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
 from icechunk_dask._gc import GC_KINDS
 from icechunk_dask._jobs import store_result, store_task_record
+from icechunk_dask._reach import manifest_chunks
 from icechunk_dask._sync import run
 from tests.helpers import make_array, read_array
 from tests.lifecycle_helpers import age, files
@@ -267,11 +268,15 @@ def test_job_records_in_use_keep_their_chunks(tmp_path: Path) -> None:
 
 
 def _job_with_worker_built_layers(
-    tmp_path: Path, shape: tuple[int, int], chunks: tuple[int, int], blocks: tuple[int, int]
+    tmp_path: Path,
+    shape: tuple[int, int],
+    chunks: tuple[int, int],
+    blocks: tuple[int, int],
+    box_refs: int = 64,
 ) -> tuple[Repository, Session, ChangeSet, np.ndarray]:
     """A Dask job's writes into a new array, every reference in a worker-built layer."""
     storage = local_filesystem_storage(tmp_path, durable=False)
-    repo = Repository.create(storage, RepositoryConfig(manifest_box_refs=64))
+    repo = Repository.create(storage, RepositoryConfig(manifest_box_refs=box_refs))
     session = repo.writable_session("main")
     zarr.create_array(session.store, name="a", shape=shape, chunks=chunks, dtype="i4")
     session.commit("create")
@@ -660,3 +665,22 @@ def test_job_records_deleted_while_collecting_are_passed_over(
     summary = repo.garbage_collect(datetime.now(UTC))
     assert summary.deleted["chunks"].objects == 0
     assert summary.recent["chunks"].objects == 2  # the result, read after the missing tasks
+
+
+def test_a_job_layer_that_is_gone_does_not_stop_the_others_keeping_their_chunks(
+    tmp_path: Path,
+) -> None:
+    """Committing such a job fails anyway; meanwhile its other layers still hold their chunks."""
+    repo, _session, record, _data = _job_with_worker_built_layers(
+        tmp_path, (64, 64), (16, 16), (16, 64), box_refs=4
+    )
+    layer_ids = sorted(m for nm in record.layers.values() for m in nm.manifest_ids())
+    assert len(layer_ids) == 4  # one box of 4 chunks per task
+    assets = repo._assets
+    kept = {c for m in layer_ids[1:] for c in run(manifest_chunks(assets, m))}
+    run(store_task_record(assets, "ingest", 0, record))
+    (tmp_path / "manifests" / layer_ids[0]).unlink()  # the first in sorted order
+    age(tmp_path)
+    run(store_task_record(assets, "ingest", 1, ChangeSet(repo.repo_id, record.base)))  # now
+    repo.garbage_collect(datetime.now(UTC))
+    assert kept and {f"chunks/{c}" for c in kept} <= set(files(tmp_path))
