@@ -264,11 +264,12 @@ class _Verifier:
             loaded = await asyncio.gather(
                 *(self.assets.get_manifest(m, node, box) for m in needed), return_exceptions=True
             )
-            entries: dict[str, dict[str, Any]] = {
-                m: x
-                for m, x in zip(needed, loaded, strict=True)
-                if not isinstance(x, BaseException)
-            }
+            entries: dict[str, dict[str, Any]] = {}
+            for m, x in zip(needed, loaded, strict=True):
+                if not isinstance(x, BaseException):
+                    entries[m] = x
+                elif not isinstance(x, IcechunkDaskError):
+                    raise x  # not damage to report: a failure of its own
             if len(entries) == len(needed):  # else the damage is reported when that manifest
                 out.update(visible_keys(chosen, entries, lower))  # is checked; every key counts
         return out
