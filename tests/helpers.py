@@ -10,12 +10,27 @@ import numpy as np
 import zarr
 from numcodecs import Zstd
 
-from icechunk_dask import Repository, Session, local_filesystem_storage
+from icechunk_dask import (
+    Repository,
+    RepositoryConfig,
+    Session,
+    in_memory_storage,
+    local_filesystem_storage,
+)
 
 
 def new_repo(path: Path) -> Repository:
     """A fresh repository on local disk."""
     return Repository.create(local_filesystem_storage(path))
+
+
+def memory_repo_with_array() -> Repository:
+    """An in-memory repository whose ``main`` holds array ``a``: 4 int32, chunks of 2, fill 0."""
+    repo = Repository.create(in_memory_storage(), RepositoryConfig())
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(4,), chunks=(2,), dtype="i4", fill_value=0)
+    s.commit("base")
+    return repo
 
 
 def make_array(

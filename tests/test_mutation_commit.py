@@ -29,7 +29,6 @@ from icechunk_dask import (
     NotFoundError,
     RebaseFailedError,
     Repository,
-    RepositoryConfig,
     Session,
     StorageError,
     _commit,
@@ -39,6 +38,7 @@ from icechunk_dask import (
 from icechunk_dask._commit import _check_chunk_shape, validate_metadata
 from icechunk_dask._sync import run
 from icechunk_dask.storage import FaultyStorage, Storage
+from tests.helpers import memory_repo_with_array
 
 _ARRAY = {
     "zarr_format": 3,
@@ -124,12 +124,7 @@ def test_chunk_lengths_of_zero_on_empty_axes_and_other_grids_pass(
     _check_chunk_shape("a/zarr.json", _parsed(shape, chunks))
 
 
-def _repo() -> Repository:
-    repo = Repository.create(in_memory_storage(), RepositoryConfig())
-    s = repo.writable_session("main")
-    zarr.create_array(s.store, name="a", shape=(4,), chunks=(2,), dtype="i4", fill_value=0)
-    s.commit("base")
-    return repo
+_repo = memory_repo_with_array
 
 
 def test_committing_to_a_deleted_branch_is_refused() -> None:

@@ -43,14 +43,9 @@ from icechunk_dask._session import ForkSession, _RefusedSession
 from icechunk_dask._sync import run
 from icechunk_dask.format._envelope import ObjectKind, decode_object
 from icechunk_dask.storage import FaultyStorage
+from tests.helpers import memory_repo_with_array
 
-
-def _repo() -> Repository:
-    repo = Repository.create(in_memory_storage(), RepositoryConfig())
-    s = repo.writable_session("main")
-    zarr.create_array(s.store, name="a", shape=(4,), chunks=(2,), dtype="i4", fill_value=0)
-    s.commit("base")
-    return repo
+_repo = memory_repo_with_array
 
 
 def _write(session: Session, value: int, where: slice = slice(None)) -> None:
