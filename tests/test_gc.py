@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -489,25 +490,34 @@ def _old_markers(tmp_path: Path, n: int) -> Repository:
 def test_a_slow_deletion_does_not_hold_up_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batches in flight are topped up as each one ends, not when all of them have."""
+    """Batches in flight are topped up as each one ends, not when all of them have.
+
+    The first deletion waits until two later ones have started (an event, no timing):
+    that happens only if the others go on while it is in flight; otherwise it gives up
+    after 30 s and the count says so.
+    """
     monkeypatch.setattr(_gc, "_BATCH", 1)
     monkeypatch.setattr(_gc, "_DELETERS", 2)
     repo = _old_markers(tmp_path, 6)
     storage = repo.storage
     delete = storage.delete
     calls: list[int] = []
-    slow_running = False
+    first_running = False
     started_meanwhile = 0
+    two_more: asyncio.Event | None = None
 
     async def one_slow_delete(keys: Iterable[str]) -> None:
-        nonlocal slow_running, started_meanwhile
+        nonlocal first_running, started_meanwhile, two_more
         calls.append(1)
         if len(calls) == 1:
-            slow_running = True
-            await asyncio.sleep(1.0)
-            slow_running = False
-        elif slow_running:
+            first_running, two_more = True, asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(two_more.wait(), timeout=30)
+            first_running = False
+        elif first_running:
             started_meanwhile += 1
+            if started_meanwhile == 2 and two_more is not None:
+                two_more.set()
         await delete(keys)
 
     monkeypatch.setattr(storage, "delete", one_slow_delete)
