@@ -346,6 +346,23 @@ def test_list_dir_reads_a_nodes_manifests_only_when_it_must() -> None:
     assert reads("v2") == 1
 
 
+def test_list_dir_reads_no_layer_of_a_child_whose_newest_layer_holds_references() -> None:
+    """Pre-built layers with live references make their node a child unread (no deletion)."""
+    storage = _CountingStorage(in_memory_storage())
+    repo = Repository.create(storage, RepositoryConfig())
+    keys = _committed_tree(repo) | {"g/h/r/c/1"}
+    record = _layered(repo, {"g/a": (slice(0, 2), slice(0, 2)), "g/h/r": (slice(2, 4),)})
+    s = Repository.open(storage).writable_session("main")
+    s.merge(record)
+    for session in (s, s.fork()):
+        for prefix in ("", "g", "g/h"):
+            storage.manifests_read.clear()
+            head = f"{prefix}/" if prefix else ""
+            want = {k[len(head) :].split("/", 1)[0] for k in keys if k.startswith(head)}
+            assert list_dir(session, prefix) == want
+            assert storage.manifests_read == [], prefix
+
+
 def test_listings_of_a_root_array_with_pre_built_layers() -> None:
     repo = _repo()
     s = repo.writable_session("main")
