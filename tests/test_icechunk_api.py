@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ from icechunk_dask import (
     VersionSelection,
     local_filesystem_storage,
 )
+from icechunk_dask._session import Session
 from icechunk_dask.dask import store_dask
 from icechunk_dask.xarray import to_icechunk
 from tests.dask_support import open_main
@@ -300,3 +302,23 @@ def test_repositories_open_by_path_and_url(tmp_path: Path) -> None:
         zarr.open_array(again.readonly_session("main").store, path="a", mode="r")[:],
         np.ones((4, 4)),
     )
+
+
+def test_commit_takes_icechunks_options_and_defaults() -> None:
+    """``commit(message, metadata=None, *, rebase_with=None, rebase_tries=1_000, allow_empty=False)``."""
+    params = inspect.signature(Session.commit).parameters
+    assert set(params) == {
+        "self",
+        "message",
+        "metadata",
+        "allow_empty",
+        "rebase_with",
+        "rebase_tries",
+    }
+    assert params["metadata"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert params["metadata"].default is None
+    assert params["rebase_with"].default is None
+    assert params["rebase_tries"].default == 1_000
+    assert params["allow_empty"].default is False
+    for name in ("rebase_with", "rebase_tries", "allow_empty"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name

@@ -9,6 +9,7 @@ sessions in two threads with ``allow_pickling`` at once stay apart.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import dask
@@ -22,11 +23,14 @@ from distributed import Client, Event
 from icechunk_dask import (
     NoChangesToCommitError,
     Repository,
+    StorageError,
     UnmergedWritesError,
+    local_filesystem_storage,
     store_sessions,
     to_zarr,
 )
 from icechunk_dask._scheduler import PicklingScheduler
+from icechunk_dask.storage import FaultyStorage
 from tests.dask_support import history, open_main
 from tests.helpers import new_repo
 
@@ -57,9 +61,35 @@ def test_compute_then_commit_commits_the_data_and_the_other_changes(
     zarr.open_array(session.store, path="a").attrs["note"] = "other change"
     lazy = _lazy(repo, session, 3.0)
     dask.compute(lazy)
+    jobs = tmp_path / "repo" / "jobs"
+    assert any(p.is_file() for p in jobs.rglob("*"))  # the computed write's stored result
     session.commit("lazy write + attribute")
     np.testing.assert_array_equal(_read(repo), np.full((8, 8), 3.0))
     assert zarr.open_array(repo.readonly_session("main").store, path="a").attrs["note"]
+    assert not any(p.is_file() for p in jobs.rglob("*"))  # the commit deleted it
+
+
+class _JobsUndeletable(FaultyStorage):
+    """Deleting a job's objects fails; every other call works."""
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if any(k.startswith("jobs/") for k in keys):
+            raise StorageError(f"injected: cannot delete {keys[0]}")
+        await super().delete(keys)
+
+
+def test_a_commit_whose_job_objects_cannot_be_deleted_still_succeeds(tmp_path: Path) -> None:
+    """The commit has landed when it deletes the jobs' objects: their deletion cannot fail it."""
+    repo = Repository.create(_JobsUndeletable(local_filesystem_storage(tmp_path / "repo")))
+    _target(repo)
+    session = repo.writable_session("main")
+    dask.compute(_lazy(repo, session, 4.0))
+    sid = session.commit("lazy write")
+    assert repo.lookup_branch("main") == sid
+    np.testing.assert_array_equal(_read(repo), np.full((8, 8), 4.0))
+    # left for garbage_collect
+    assert any(p.is_file() for p in (tmp_path / "repo" / "jobs").rglob("*"))
 
 
 def test_two_lazy_writes_computed_together_land_in_one_commit(

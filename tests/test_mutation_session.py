@@ -176,6 +176,11 @@ def test_a_commit_leaves_the_session_read_only_at_the_new_snapshot() -> None:
     # the session's changes are gone: an empty change set on the new snapshot
     assert s.changes().base == sid
     assert not s.changes()
+    # ... of this repository: a new session merges it (nothing to merge)
+    assert s.changes().repo_id == repo.repo_id
+    later = repo.writable_session("main")
+    later.merge(s.changes())
+    assert not later.has_uncommitted_changes
 
 
 def test_nothing_to_commit_and_allow_empty() -> None:
@@ -466,7 +471,7 @@ def test_a_pickled_copy_carries_the_parents_uncommitted_state() -> None:
     with s.allow_pickling():
         data = pickle.dumps(s)
     copy = pickle.loads(data)
-    assert isinstance(copy, ForkSession) and copy.is_fork and not copy.read_only
+    assert isinstance(copy, ForkSession) and copy.is_fork and copy.read_only is False
     assert (copy.snapshot_id, copy.branch, copy.session_id) == (
         s.snapshot_id,
         "main",
