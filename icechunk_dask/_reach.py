@@ -285,18 +285,26 @@ Stack = tuple[str, ...]
 
 
 async def _gather_bounded(jobs: Iterable[Any], at_once: int) -> None:
-    """Await the coroutines ``jobs``, at most ``at_once`` pending; fail on the first error."""
+    """Await the coroutines ``jobs``, at most ``at_once`` pending; fail on the first error.
+
+    An error is raised as soon as its job ends (the pending ones are cancelled), also
+    among the last jobs: a walk that meets damage stops there.
+    """
     pending: set[asyncio.Task[Any]] = set()
+
+    async def settle() -> None:  # until one more has ended; its error is raised at once
+        nonlocal pending
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+
     try:
         for job in jobs:
             pending.add(asyncio.ensure_future(job))
             if len(pending) >= at_once:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-        for result in await asyncio.gather(*pending, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
+                await settle()
+        while pending:
+            await settle()
     finally:
         for task in pending:
             task.cancel()

@@ -43,6 +43,7 @@ from icechunk_dask._reach import (
 )
 from icechunk_dask._sync import run
 from icechunk_dask.format import NodeManifests
+from icechunk_dask.format._manifest import decode_manifest, encode_manifest
 from tests.lifecycle_helpers import age, files
 
 # -- as_utc, kind_of, KindCount --------------------------------------------------------
@@ -307,6 +308,19 @@ def test_gather_bounded_raises_the_first_error_and_cancels_the_rest() -> None:
     with pytest.raises(ValueError, match=r"^late$"):
         asyncio.run(main([quick, fail_late], 5))
 
+    # ... raised as soon as it happens: a slower last job is cancelled, not awaited
+    async def slower() -> None:
+        try:
+            for _ in range(50):
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            cancelled.append(7)
+            raise
+
+    with pytest.raises(ValueError, match=r"^late$"):
+        asyncio.run(main([slower, fail_late], 5))
+    assert cancelled == [7]
+
 
 # -- history walks -----------------------------------------------------------------------
 
@@ -352,6 +366,12 @@ def test_history_walks_yield_each_snapshot_once_and_stop_at_visited_ones(
         ids[0],
         ids[4],
     ]
+    # a start an earlier walk saw is skipped, and the starts after it are walked
+    repo.create_branch("dev", ids[1])
+    s = repo.writable_session("dev")
+    zarr.open_array(s.store, path="a")[:] = 9
+    dev = s.commit("on dev")
+    assert _walk(repo, [ids[-1], ids[2], dev], set()) == [*ids[::-1], dev]
 
 
 def test_history_walks_skip_expired_snapshots_but_not_a_start(tmp_path: Path) -> None:
@@ -365,6 +385,8 @@ def test_history_walks_skip_expired_snapshots_but_not_a_start(tmp_path: Path) ->
     # an expired start is read anyway; its history continues below it
     assert _walk(repo, [ids[4]], set()) == [ids[4], ids[2], ids[0]]
     assert _walk(repo, [ids[3], ids[1]], set()) == [ids[3], ids[2], ids[0], ids[1]]
+    # an expired start an earlier walk passed is read once, however often it is named
+    assert _walk(repo, [ids[5], ids[4], ids[4]], set()) == [ids[5], ids[2], ids[0], ids[4]]
     reach = run(reachable(Repository.open(repo.storage)._assets))
     assert reach.snapshots == {ids[5], ids[2], ids[0]}
     assert reach.refs == {"branch main": ids[5], "tag keep": ids[2]}
@@ -418,6 +440,35 @@ def test_live_refs_name_every_branch_and_tag(tmp_path: Path) -> None:
         "tag t1": ids[3],
     }
     assert list(refs) == sorted(refs)
+
+
+def test_live_refs_skip_refs_deleted_after_they_were_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A branch or tag deleted between the listing and its lookup is left out, not the rest."""
+    repo, ids = _chain(tmp_path)
+    repo.create_branch("aaa", ids[1])
+    repo.create_branch("zzz", ids[2])
+    repo.create_tag("a0", ids[0])
+    repo.create_tag("t9", ids[3])
+    assets = Repository.open(repo.storage)._assets
+    branches, tags = run(assets.list_branches()), run(assets.list_tags())
+    repo.delete_branch("aaa")  # meanwhile
+    repo.delete_tag("a0")
+
+    async def listed_branches() -> set[str]:
+        return branches
+
+    async def listed_tags() -> set[str]:
+        return tags
+
+    monkeypatch.setattr(assets, "list_branches", listed_branches)
+    monkeypatch.setattr(assets, "list_tags", listed_tags)
+    assert run(live_refs(assets)) == {
+        "branch main": ids[-1],
+        "branch zzz": ids[2],
+        "tag t9": ids[3],
+    }
 
 
 def test_reachable_from_given_refs_only(tmp_path: Path) -> None:
@@ -494,10 +545,12 @@ def _object_ids(root: Path) -> set[str]:
     return {k[len("chunks/") :] for k in files(root) if k.startswith("chunks/")}
 
 
-def test_reachable_keeps_only_the_chunks_a_stack_shows(tmp_path: Path) -> None:
+def _two_layer_stack(tmp_path: Path) -> tuple[Repository, str, str, set[str], set[str]]:
     """Four chunk objects in one box; one overwritten, then another deleted.
 
     The two later commits' small layers merge into one (the merge budget): a stack of two.
+    Returns the repository, the first and the last snapshot, the chunk objects of the first
+    commit and those written later.
     """
     repo = Repository.create(local_filesystem_storage(tmp_path, durable=False))
     s = repo.writable_session("main")
@@ -514,7 +567,11 @@ def test_reachable_keeps_only_the_chunks_a_stack_shows(tmp_path: Path) -> None:
     s = repo.writable_session("main")
     run(s.store.delete("s/c/1/0"))  # a tombstone on top
     tip = s.commit("one deleted")
-    new = _object_ids(tmp_path) - old
+    return repo, first, tip, old, _object_ids(tmp_path) - old
+
+
+def test_reachable_keeps_only_the_chunks_a_stack_shows(tmp_path: Path) -> None:
+    repo, first, tip, old, new = _two_layer_stack(tmp_path)
     assert first in repo.expire_snapshots(datetime.now(UTC))  # the tip's stack alone counts
     assets = Repository.open(repo.storage)._assets
     snap = run(assets.get_snapshot(tip))
@@ -555,3 +612,21 @@ def test_format1_shards_are_read_whole(tmp_path: Path) -> None:
     reach = run(reachable(Repository.open(repo.storage)._assets))
     assert layer.id in reach.manifests
     assert reach.has_chunks(sorted(ids)).tolist() == [True, True]
+
+
+@pytest.mark.parametrize("other", ["node", "box"])
+def test_a_lower_layer_of_another_node_or_box_is_damage(tmp_path: Path, other: str) -> None:
+    """The lower layer's object is a valid manifest with its own id, of another node or box."""
+    repo, first, tip, _, _ = _two_layer_stack(tmp_path)
+    assert first in repo.expire_snapshots(datetime.now(UTC))  # no stack shows it whole
+    snap = run(repo._assets.get_snapshot(tip))
+    ((box, stack),) = snap.nodes["s"].boxes.items()
+    lower = stack[1].id
+    key = f"manifests/{lower}"
+    entries = decode_manifest((tmp_path / key).read_bytes(), key, node="s", box=box)
+    node, box_ = ("t", box) if other == "node" else ("s", box + "0")
+    (tmp_path / key).write_bytes(encode_manifest(lower, node, box_, entries))
+    with pytest.raises(CorruptObjectError) as e:
+        run(reachable(Repository.open(repo.storage)._assets))
+    assert e.value.key == key
+    assert f"of node {node!r} box {box_!r}, not the one expected there" in str(e.value)
