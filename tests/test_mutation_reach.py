@@ -24,6 +24,7 @@ from icechunk_dask import (
     local_filesystem_storage,
 )
 from icechunk_dask._reach import (
+    _CONCURRENCY,
     KINDS,
     KindCount,
     Reachable,
@@ -44,6 +45,7 @@ from icechunk_dask._reach import (
 from icechunk_dask._sync import run
 from icechunk_dask.format import NodeManifests
 from icechunk_dask.format._manifest import decode_manifest, encode_manifest
+from icechunk_dask.storage import FaultyStorage, Storage
 from tests.lifecycle_helpers import age, files
 
 # -- as_utc, kind_of, KindCount --------------------------------------------------------
@@ -483,6 +485,37 @@ def test_reachable_from_given_refs_only(tmp_path: Path) -> None:
     assert set(every.refs) == {"branch main", "branch dev"}
     assert reach.manifests < every.manifests
     assert run(reachable(assets, {})).snapshots == set()
+
+
+class _InFlight(FaultyStorage):
+    """No faults: the most manifest reads in flight at once."""
+
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner)
+        self.now = self.most = 0
+
+    async def get(self, key: str) -> bytes:
+        if not key.startswith("manifests/"):
+            return await super().get(key)
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0)  # the others start meanwhile, if they may
+            return await super().get(key)
+        finally:
+            self.now -= 1
+
+
+def test_reachable_reads_manifests_several_at_once(tmp_path: Path) -> None:
+    storage = _InFlight(local_filesystem_storage(tmp_path, durable=False))
+    repo = Repository.create(storage)
+    s = repo.writable_session("main")
+    for name in "abcdefgh":
+        zarr.create_array(s.store, name=name, shape=(4,), chunks=(2,), dtype="i4")[:] = 1
+    s.commit("eight arrays")
+    reach = run(reachable(Repository.open(storage)._assets))
+    assert len(reach.manifests) == 8
+    assert storage.most == _CONCURRENCY  # bounded, and more than one
 
 
 def test_a_missing_manifest_is_damage(tmp_path: Path) -> None:
