@@ -239,10 +239,12 @@ async def test_l08_longer_names_are_refused_before_any_write(tmp_path: Path, nam
     await storage.put("d/x", b"x")
     before = all_files(storage.root)
     for key in (f"d/{name}", f"{name}/c", f"d/{name}/c"):
-        for op in (storage.put, storage.put_if_absent):
+        for op, action in ((storage.put, "write"), (storage.put_if_absent, "create")):
             with pytest.raises(InvalidInputError) as e:
                 await op(key, b"1")
             assert e.value.kind == "invalid-input"
+            assert str(e.value).startswith(f"cannot {action} ")
+            assert f" in {storage.url}: the name " in str(e.value)
             assert "256 bytes (UTF-8), and a local filesystem allows at most 255 bytes" in str(
                 e.value
             )

@@ -220,6 +220,9 @@ def test_identity_url_repr_and_pickling(tmp_path: Path) -> None:
     for durable in (True, False):
         clone = pickle.loads(pickle.dumps(local_filesystem_storage(tmp_path, durable=durable)))
         assert clone.root == tmp_path and clone.durable is durable
+    # durable unless told otherwise, through the function and the class
+    assert local_filesystem_storage(tmp_path).durable is True
+    assert LocalFileSystemStorage(tmp_path).durable is True
 
 
 def test_relative_and_home_paths_become_absolute(

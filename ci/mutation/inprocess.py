@@ -17,7 +17,11 @@ tree, same selections from ``modules.txt``) and then tests them all in *one* pyt
    left behind (a module-level cache, a thread pool, the event loop's thread still running
    a mutant's endless loop). Then, and after every timeout, the pytest process ends and a
    new one resumes after the last verdict written; a mutant that was the first of its
-   process and still left state behind is killed all the same.
+   process and still left state behind is killed all the same;
+4. every survivor is tested again in a fresh pytest process (the test files of the tests
+   that call its function, ``-x``), as ``run.sh`` does for every mutant: state made once
+   per process by the clean run (a thread pool, a cache) hides some mutants from step 2.
+   Only mutants that survive this too are reported as survivors.
 
 Tests in child processes see the mutant too (``MUTANT_UNDER_TEST`` is in the environment),
 as with mutmut. Output: one JSON line per mutant in ``<workdir>/<module>.jsonl``, the diffs
@@ -151,6 +155,7 @@ def pytest_runtestloop(session: Any) -> bool:
                 "verdict": verdict,
                 "test": killer,
                 "tests": len(chosen),
+                "files": sorted({n.split("::", 1)[0] for n in chosen}),
                 "seconds": round(time.monotonic() - start, 2),
             }
             sink.write(json.dumps(record) + "\n")
@@ -199,6 +204,34 @@ def _scratch(module: str, directory: Path) -> None:
     )
 
 
+def _confirm(
+    records: list[dict[str, Any]], mutants: Path, env: dict[str, str], module: str
+) -> None:
+    """Test each survivor again in a fresh pytest process (step 4 of the module docstring)."""
+    for r in records:
+        if r["verdict"] != "survived" or r.get("confirmed"):
+            continue
+        files = r.get("files") or _selection(module)
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+        command += ["-m", "not slow", *files]
+        try:
+            rc = subprocess.run(
+                command,
+                cwd=mutants,
+                env={**env, "MUTANT_UNDER_TEST": r["mutant"]},
+                capture_output=True,
+                check=False,
+                timeout=1800,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            rc = -1
+        r["confirmed"] = True
+        if rc != 0:
+            r["verdict"] = "killed" if rc != -1 else "timeout"
+            r["test"] = "(a fresh process)"
+        print(f"mutloop: confirmed {r['verdict']:8} {r['mutant']}", file=sys.stderr)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", help="e.g. icechunk_dask/_listing.py")
@@ -211,6 +244,14 @@ def main() -> int:
         "--resume",
         action="store_true",
         help="keep the scratch copy and the verdicts already written",
+    )
+    parser.add_argument(
+        "--confirm-only",
+        action="store_true",
+        help="with --resume: only test the survivors already written again, afresh",
+    )
+    parser.add_argument(
+        "--no-confirm", action="store_true", help="leave the survivors unconfirmed (step 4)"
     )
     args = parser.parse_args()
     slug = args.module.replace("/", "_").removesuffix(".py")
@@ -231,9 +272,12 @@ def main() -> int:
     command = [sys.executable, "-m", "pytest", "-p", "_mutloop", "-p", "no:cacheprovider"]
     command += ["-m", "not slow", "-q", *_selection(args.module)]
     rc = _RESTART
-    while rc == _RESTART:  # after a timeout or leftover state: a new process resumes
+    while rc == _RESTART and not args.confirm_only:  # a new process resumes (see above)
         rc = subprocess.run(command, cwd=mutants, env=env, check=False).returncode
     records = [json.loads(line) for line in out.read_text().splitlines() if line]
+    if not args.no_confirm:
+        _confirm(records, mutants, env, args.module)
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
     counts: dict[str, int] = {}
     for r in records:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1

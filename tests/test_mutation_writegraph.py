@@ -1,0 +1,204 @@
+"""Mutation-campaign tests for icechunk_dask/_writegraph.py (issue 13, part 7).
+
+The write graph of a Dask job, as the in-process mutation run found it untested: the graph
+optimisation that inlines each write task's private source tasks, a graph computed without
+optimisation, a resumed job with some tasks done, the layouts of targets whose base snapshot
+expired or whose layout changes in the session.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from dask._task_spec import GraphNode, Task
+
+from icechunk_dask import (
+    Repository,
+    RepositoryConfig,
+    local_filesystem_storage,
+    store_sessions,
+    to_zarr,
+)
+from icechunk_dask._sync import run
+from icechunk_dask._writegraph import _WRITE
+from tests.dask_support import open_main
+
+
+def _repo(tmp_path: Path) -> Repository:
+    return Repository.create(local_filesystem_storage(tmp_path / "repo", durable=False))
+
+
+def _target(repo: Repository, shape: tuple[int, ...] = (8, 8)) -> None:
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=shape, chunks=(4, 4), dtype="f8", fill_value=0)
+    s.commit("create a")
+
+
+def _read(repo: Repository) -> np.ndarray:
+    return np.asarray(zarr.open_array(repo.readonly_session("main").store, path="a")[:])
+
+
+def _source() -> da.Array:
+    """Two layers of source tasks per block: the generator's and the addition's."""
+    return da.random.default_rng(7).random((8, 8), chunks=4) + 1.0
+
+
+def _writes(graph: Mapping[Any, GraphNode]) -> list[Any]:
+    return [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith(_WRITE)]
+
+
+def _keys_match(graph: Mapping[Any, GraphNode]) -> None:
+    for key, node in graph.items():
+        assert node.key == key, key
+
+
+def test_the_optimised_graph_inlines_each_write_tasks_private_sources(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _target(repo)
+    s = repo.writable_session("main")
+    source = _source()
+    job = store_sessions(source, zarr.open_array(s.store, path="a"), s, compute=False)
+    raw = dict(job.__dask_graph__())  # type: ignore[union-attr]
+    _keys_match(raw)
+    (optimised,) = dask.optimize(job)
+    graph = dict(optimised.__dask_graph__())
+    _keys_match(graph)
+    writes = _writes(graph)
+    assert len(writes) == len(_writes(raw)) >= 1
+    # every source task now runs inside the one write task that needs it
+    assert all(str(k if isinstance(k, str) else k[0]).startswith("icechunk-") for k in graph)
+    inlined = 0
+    for k in writes:
+        task = graph[k]
+        assert isinstance(task, Task)
+        inner, external = task.args[4], task.args[5]
+        assert inner and external == ()
+        inlined += len(inner)
+    assert inlined == 2 * 4  # two source tasks for each of the four blocks
+    dask.compute(optimised)
+    s.commit("optimised")
+    np.testing.assert_array_equal(_read(repo), source.compute())
+
+
+def test_a_source_block_two_write_tasks_need_stays_outside_both(tmp_path: Path) -> None:
+    """Blocks of 8 rows rechunked to the target's 4: each feeds two write tasks."""
+    repo = _repo(tmp_path)
+    _target(repo, (16, 8))
+    s = repo.writable_session("main")
+    source = (da.random.default_rng(3).random((16, 8), chunks=(8, 8)) + 1.0).rechunk((4, 8))
+    job = store_sessions(source, zarr.open_array(s.store, path="a"), s, compute=False)
+    (optimised,) = dask.optimize(job)
+    graph = dict(optimised.__dask_graph__())
+    writes = _writes(graph)
+    assert len(writes) == 4
+    shared = {d for k in writes for d in graph[k].args[5]}  # type: ignore[attr-defined]
+    assert len(shared) == 2 and all(k in graph for k in shared)  # once, outside the writes
+    for k in writes:
+        inner, external = graph[k].args[4], graph[k].args[5]  # type: ignore[attr-defined]
+        assert len(external) == 1 and len(inner) == 2 and not set(inner) & shared
+    dask.compute(optimised)
+    s.commit("shared blocks")
+    np.testing.assert_array_equal(_read(repo), source.compute())
+
+
+def test_a_write_job_computes_without_graph_optimisation(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _target(repo)
+    s = repo.writable_session("main")
+    source = _source()
+    job = store_sessions(source, zarr.open_array(s.store, path="a"), s, compute=False)
+    dask.compute(job, optimize_graph=False)
+    s.commit("unoptimised")
+    np.testing.assert_array_equal(_read(repo), source.compute())
+
+
+def test_a_resumed_job_computes_only_the_tasks_without_a_record(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    ds = xr.Dataset({"v": (("t",), da.arange(800.0, chunks=100))})
+    to_zarr(ds, repo.writable_session("main"), mode="w", resume="part")  # client "lost"
+    tasks = tmp_path / "repo" / "jobs" / "part" / "tasks"
+    records = sorted(p.name for p in tasks.iterdir())
+    assert len(records) == 8
+    for name in (records[1], records[5]):  # done: 0, 2-4, 6, 7
+        (tasks / name).unlink()
+    chunks = {p.name for p in (tmp_path / "repo" / "chunks").iterdir()}
+    session = repo.writable_session("main")
+    to_zarr(ds, session, mode="w", resume="part")
+    assert len({p.name for p in (tmp_path / "repo" / "chunks").iterdir()} - chunks) == 2
+    session.commit("resumed")
+    xr.testing.assert_identical(open_main(repo), ds)
+
+
+def test_a_session_whose_base_snapshot_expired_writes_through_dask(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _target(repo)
+    s = repo.writable_session("main")
+    other = repo.writable_session("main")
+    zarr.create_group(other.store, path="g")
+    other.commit("meanwhile")
+    assert s.snapshot_id in repo.expire_snapshots(datetime.now(UTC))
+    source = _source()
+    store_sessions(source, zarr.open_array(s.store, path="a"), s)
+    s.commit("onto an expired base")
+    np.testing.assert_array_equal(_read(repo), source.compute())
+
+
+def test_a_target_whose_layout_changes_in_the_session(tmp_path: Path) -> None:
+    """Resized in the session: the commit rewrites its manifests whole (no box layout)."""
+    repo = _repo(tmp_path)
+    _target(repo)
+    s = repo.writable_session("main")
+    target = zarr.open_array(s.store, path="a")
+    target.resize((16, 16))
+    source = da.random.default_rng(5).random((16, 16), chunks=4)
+    store_sessions(source, target, s)
+    s.commit("resized and written")
+    np.testing.assert_array_equal(_read(repo), source.compute())
+
+
+def test_an_array_deleted_and_recreated_in_the_session_gets_worker_built_layers(
+    tmp_path: Path,
+) -> None:
+    """Its old manifests go with ``delete_dir``: the tasks build the new layout's boxes."""
+    cfg = RepositoryConfig(manifest_box_refs=64)
+    repo = Repository.create(local_filesystem_storage(tmp_path / "repo", durable=False), cfg)
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(64, 32), chunks=(2, 2), dtype="i4")[:] = 1
+    s.commit("a")
+    s = repo.writable_session("main")
+    run(s.store.delete_dir("a"))
+    target = zarr.create_array(  # another chunk grid: boxes of 8 x 8 chunks, not 4 x 16
+        s.store, name="a", shape=(128, 32), chunks=(2, 4), dtype="i4", fill_value=0
+    )
+    data = np.arange(128 * 32, dtype="i4").reshape(128, 32)
+    store_sessions(da.from_array(data, chunks=(16, 8)), target, s)
+    record = s.changes()
+    assert not record.chunks and record.nchunks == 512  # every reference in a layer
+    manifests = set(run(repo._assets.storage.list("manifests/")))
+    s.commit("recreated")
+    # the layers were built in the layout the commit gives the new array: used as they are
+    assert set(run(repo._assets.storage.list("manifests/"))) == manifests
+    np.testing.assert_array_equal(_read(repo), data)
+
+
+def test_a_format1_node_written_through_dask_is_rewritten_by_the_commit(tmp_path: Path) -> None:
+    """Hash-sharded (format 1): no box layout to build on the workers; the commit makes it."""
+    shutil.copytree(Path(__file__).parent / "data" / "format1-repo", tmp_path / "repo")
+    repo = Repository.open(local_filesystem_storage(tmp_path / "repo", durable=False))
+    s = repo.writable_session("main")
+    target = zarr.open_array(s.store, path="grid")
+    data = np.arange(48, dtype="i4").reshape(6, 8) * 3
+    store_sessions(da.from_array(data, chunks=2), target, s)
+    assert not s.changes().layers  # nothing pre-built
+    s.commit("through dask")
+    grid = zarr.open_array(repo.readonly_session("main").store, path="grid")
+    np.testing.assert_array_equal(grid[:], data)
