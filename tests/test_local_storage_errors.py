@@ -298,6 +298,15 @@ async def test_l09_a_file_where_a_folder_belongs(tmp_path: Path) -> None:
     assert await storage.list("a/") == []
     await storage.delete(["a/b"])
     assert await storage.get("a") == b"file"
+    # a dangling symbolic link where the folder belongs: the folder cannot be made
+    (storage.root / "link").symlink_to(storage.root / "nowhere")
+    for op in (storage.put_if_absent, storage.put):
+        with pytest.raises(StorageError) as e:
+            await op("link/b", b"x")
+        _check_storage_error(e.value, "ENOTDIR", storage.root / "link", "a file stands where")
+        assert str(e.value).startswith("cannot ")
+        assert f"Not a directory (ENOTDIR) at {str(storage.root / 'link')!r}; " in str(e.value)
+    assert not (storage.root / "nowhere").exists()
     assert temp_files(storage.root) == []
 
 

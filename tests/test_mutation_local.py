@@ -106,10 +106,13 @@ async def test_written_objects_are_plain_files_readable_by_all(
 ) -> None:
     await storage.put("a/b/c", b"data")
     assert await storage.put_if_absent("refs/r", b"ref")
-    for key in ("a/b/c", "refs/r"):
+    # and in folders that exist already (the first attempt succeeds)
+    await storage.put("a/b/d", b"data")
+    assert await storage.put_if_absent("refs/s", b"ref")
+    for key in ("a/b/c", "refs/r", "a/b/d", "refs/s"):
         mode = os.stat(storage.root / key).st_mode
         assert oct(mode & 0o7777) == oct(0o644)
-    assert sorted(p.name for p in storage.root.rglob("*") if p.is_file()) == ["c", "r"]
+    assert sorted(p.name for p in storage.root.rglob("*") if p.is_file()) == ["c", "d", "r", "s"]
 
 
 async def test_temporary_files_are_not_objects(storage: LocalFileSystemStorage) -> None:

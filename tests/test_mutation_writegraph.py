@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask._task_spec import GraphNode, Task
+from dask.local import get_sync
 
 from icechunk_dask import (
     Repository,
@@ -29,7 +30,7 @@ from icechunk_dask import (
     to_zarr,
 )
 from icechunk_dask._sync import run
-from icechunk_dask._writegraph import _WRITE
+from icechunk_dask._writegraph import _WRITE, optimize_write_graph
 from tests.dask_support import open_main
 
 
@@ -202,3 +203,22 @@ def test_a_format1_node_written_through_dask_is_rewritten_by_the_commit(tmp_path
     s.commit("through dask")
     grid = zarr.open_array(repo.readonly_session("main").store, path="grid")
     np.testing.assert_array_equal(grid[:], data)
+
+
+def test_a_write_graph_handed_over_as_a_plain_dict_still_computes(tmp_path: Path) -> None:
+    """Without its layers the graph cannot tell sources apart: nothing is inlined or lost."""
+    repo = _repo(tmp_path)
+    _target(repo)
+    s = repo.writable_session("main")
+    source = _source()
+    job = store_sessions(source, zarr.open_array(s.store, path="a"), s, compute=False)
+    raw = dict(job.__dask_graph__())  # type: ignore[union-attr]
+    graph = optimize_write_graph(raw, job.__dask_keys__())  # type: ignore[union-attr]
+    ours = {k for k in raw if str(k if isinstance(k, str) else k[0]).startswith("icechunk-")}
+    assert ours <= set(graph)
+    _keys_match(graph)
+    for k in _writes(graph):
+        assert graph[k].args[4] == {}  # type: ignore[attr-defined]
+    s.merge(get_sync(graph, job.key))  # type: ignore[union-attr]
+    s.commit("from a plain dict")
+    np.testing.assert_array_equal(_read(repo), source.compute())
