@@ -222,3 +222,89 @@ def test_a_write_graph_handed_over_as_a_plain_dict_still_computes(tmp_path: Path
     s.merge(get_sync(graph, job.key))  # type: ignore[union-attr]
     s.commit("from a plain dict")
     np.testing.assert_array_equal(_read(repo), source.compute())
+
+
+def test_a_source_task_two_blocks_of_one_write_task_need_is_inlined(tmp_path: Path) -> None:
+    """An 8-row block rechunked to 4 rows, both into one 8-row chunk: all in one task."""
+    repo = _repo(tmp_path)
+    s = repo.writable_session("main")
+    target = zarr.create_array(s.store, name="a", shape=(16, 8), chunks=(8, 8), dtype="f8")
+    source = (da.random.default_rng(4).random((16, 8), chunks=(8, 8)) + 1.0).rechunk((4, 8))
+    job = store_sessions(source, target, s, compute=False, align_chunks=True)
+    (optimised,) = dask.optimize(job)
+    graph = dict(optimised.__dask_graph__())
+    assert all(str(k if isinstance(k, str) else k[0]).startswith("icechunk-") for k in graph)
+    assert len(_writes(graph)) == 2
+    for k in _writes(graph):
+        assert graph[k].args[5] == ()  # type: ignore[attr-defined]
+    dask.compute(optimised)
+    s.commit("inlined")
+    np.testing.assert_array_equal(_read(repo), source.compute())
+
+
+def test_tasks_holding_whole_boxes_build_their_layers(tmp_path: Path) -> None:
+    """Boxes of 4 x 16 chunks of 2 x 2; each task writes 8 whole rows: one box."""
+    cfg = RepositoryConfig(manifest_box_refs=64)
+    repo = Repository.create(local_filesystem_storage(tmp_path / "repo", durable=False), cfg)
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(64, 32), chunks=(2, 2), dtype="i4", fill_value=0)
+    s.commit("a")
+    s = repo.writable_session("main")
+    data = np.arange(64 * 32, dtype="i4").reshape(64, 32)
+    store_sessions(da.from_array(data, chunks=(8, 32)), zarr.open_array(s.store, path="a"), s)
+    record = s.changes()
+    assert not record.chunks and record.nchunks == 512
+    assert sorted(record.layers["a"].boxes) == [f"{i}.0" for i in range(8)]
+    manifests = set(run(repo._assets.storage.list("manifests/")))
+    s.commit("boxes")
+    assert set(run(repo._assets.storage.list("manifests/"))) == manifests
+    np.testing.assert_array_equal(_read(repo), data)
+
+
+def test_fill_value_chunks_written_through_dask_delete_the_old_ones(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _target(repo)
+    s = repo.writable_session("main")
+    zarr.open_array(s.store, path="a")[:] = 5.0
+    s.commit("fives")
+    s = repo.writable_session("main")
+    zeros = da.zeros((8, 8), chunks=4)
+    store_sessions(zeros, zarr.open_array(s.store, path="a"), s)
+    s.commit("zeros")
+    np.testing.assert_array_equal(_read(repo), np.zeros((8, 8)))
+    listed = run(_keys(repo.readonly_session("main").store, "a/c/"))
+    assert listed == []  # the fill value is not stored
+
+
+def test_the_targets_array_config_is_used_by_the_tasks(tmp_path: Path) -> None:
+    """``write_empty_chunks=True``: a chunk of fill values written partly is stored."""
+    repo = _repo(tmp_path)
+    _target(repo)
+    s = repo.writable_session("main")
+    target = zarr.open_array(s.store, path="a", config={"write_empty_chunks": True})
+    zeros = da.zeros((2, 8), chunks=(2, 4))
+    store_sessions(zeros, target, s, regions=[(slice(0, 2), slice(0, 8))])
+    s.commit("fill values, stored")
+    listed = run(_keys(repo.readonly_session("main").store, "a/c/"))
+    assert listed == ["a/c/0/0", "a/c/0/1"]
+
+
+async def _keys(store: Any, prefix: str) -> list[str]:
+    return sorted([k async for k in store.list_prefix(prefix)])
+
+
+def test_a_written_block_another_source_task_also_needs_stays_outside(tmp_path: Path) -> None:
+    """``x`` goes to ``a`` and ``x + 1`` to ``b``: each block of ``x`` has two consumers."""
+    repo = _repo(tmp_path)
+    s = repo.writable_session("main")
+    a = zarr.create_array(s.store, name="a", shape=(8, 8), chunks=(4, 4), dtype="f8")
+    b = zarr.create_array(s.store, name="b", shape=(8, 8), chunks=(4, 4), dtype="f8")
+    x = da.random.default_rng(9).random((8, 8), chunks=4)
+    job = store_sessions([x, x + 1.0], [a, b], s, compute=False)
+    (optimised,) = dask.optimize(job)
+    dask.compute(optimised)
+    s.commit("two arrays, one source")
+    main = repo.readonly_session("main").store
+    expected = x.compute()
+    np.testing.assert_array_equal(zarr.open_array(main, path="a")[:], expected)
+    np.testing.assert_array_equal(zarr.open_array(main, path="b")[:], expected + 1.0)
