@@ -67,8 +67,11 @@ def test_the_optimised_graph_inlines_each_write_tasks_private_sources(tmp_path: 
     _target(repo)
     s = repo.writable_session("main")
     source = _source()
-    job = store_sessions(source, zarr.open_array(s.store, path="a"), s, compute=False)
+    job = store_sessions(
+        source, zarr.open_array(s.store, path="a"), s, compute=False, split_every=2
+    )
     raw = dict(job.__dask_graph__())  # type: ignore[union-attr]
+    assert any(str(k[0]).startswith("icechunk-merge-") for k in raw if isinstance(k, tuple))
     _keys_match(raw)
     (optimised,) = dask.optimize(job)
     graph = dict(optimised.__dask_graph__())
@@ -308,3 +311,27 @@ def test_a_written_block_another_source_task_also_needs_stays_outside(tmp_path: 
     expected = x.compute()
     np.testing.assert_array_equal(zarr.open_array(main, path="a")[:], expected)
     np.testing.assert_array_equal(zarr.open_array(main, path="b")[:], expected + 1.0)
+
+
+def test_a_resumed_job_builds_the_boxes_its_done_tasks_touched_at_its_end(tmp_path: Path) -> None:
+    """Boxes of 8 rows, tasks of 4: every box has a done task and one computed again."""
+    cfg = RepositoryConfig(manifest_box_refs=64)
+    repo = Repository.create(local_filesystem_storage(tmp_path / "repo", durable=False), cfg)
+    data = np.arange(64 * 32, dtype="i4").reshape(64, 32)
+    ds = xr.Dataset({"v": (("y", "x"), da.from_array(data, chunks=(4, 32)))})
+    encoding = {"v": {"chunks": (2, 2)}}
+    to_zarr(ds, repo.writable_session("main"), mode="w", resume="boxes", encoding=encoding)
+    tasks = tmp_path / "repo" / "jobs" / "boxes" / "tasks"
+    records = sorted(p.name for p in tasks.iterdir())
+    assert len(records) == 16
+    for name in records[::2]:
+        (tasks / name).unlink()
+    session = repo.writable_session("main")
+    to_zarr(ds, session, mode="w", resume="boxes", encoding=encoding)
+    record = session.changes()
+    assert not record.chunks and record.nchunks == 512  # every box built, at the end
+    manifests = set(run(repo._assets.storage.list("manifests/")))
+    session.commit("resumed")
+    assert set(run(repo._assets.storage.list("manifests/"))) == manifests
+    np.testing.assert_array_equal(open_main(repo)["v"].values, data)
+    assert not any(p.is_file() for p in (tmp_path / "repo" / "jobs").rglob("*"))
