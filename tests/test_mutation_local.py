@@ -654,3 +654,25 @@ async def test_a_folder_where_the_object_belongs_is_reported_in_full(
             f"{str(storage.root / 'a')!r}; a folder stands where the object belongs: something "
             "other than icechunk_dask changed the repository folder; restore it"
         )
+
+
+async def test_listings_leave_no_descriptor_open(storage: LocalFileSystemStorage) -> None:
+    for key in ("a/b/c", "a/d", "e"):
+        await storage.put(key, b"x")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert sorted([i.key async for i in storage.list_objects("")]) == ["a/b/c", "a/d", "e"]
+        assert sorted(await storage.list("a/")) == ["a/b/c", "a/d"]
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_deleting_a_key_whose_folder_is_missing_touches_nothing_else(
+    storage: LocalFileSystemStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No folder, no object: nothing is unlinked, least of all a file of that name elsewhere."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "victim").write_bytes(b"keep me")
+    monkeypatch.chdir(elsewhere)
+    await storage.delete(["no/such/folder/victim", "nofolder/victim"])
+    assert (elsewhere / "victim").read_bytes() == b"keep me"
