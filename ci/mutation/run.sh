@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing of the core with mutmut 3 (issue 13). Not part of the default CI run.
+# ci/mutation/inprocess.py tests the same mutants in one pytest process (much faster).
 #
 #   bash ci/mutation/run.sh                                  # every module of modules.txt
 #   bash ci/mutation/run.sh icechunk_dask/_changeset.py ...  # just these
