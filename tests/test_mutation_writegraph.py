@@ -284,7 +284,7 @@ def test_the_targets_array_config_is_used_by_the_tasks(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     _target(repo)
     s = repo.writable_session("main")
-    target = zarr.open_array(s.store, path="a", config={"write_empty_chunks": True})
+    target = zarr.open_array(s.store, path="a").with_config({"write_empty_chunks": True})
     zeros = da.zeros((2, 8), chunks=(2, 4))
     store_sessions(zeros, target, s, regions=[(slice(0, 2), slice(0, 8))])
     s.commit("fill values, stored")
