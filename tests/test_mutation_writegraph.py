@@ -44,6 +44,10 @@ def _target(repo: Repository, shape: tuple[int, ...] = (8, 8)) -> None:
     s.commit("create a")
 
 
+def _manifests(repo: Repository) -> set[str]:
+    return set(run(repo._assets.storage.list("manifests/")))
+
+
 def _read(repo: Repository) -> np.ndarray:
     return np.asarray(zarr.open_array(repo.readonly_session("main").store, path="a")[:])
 
@@ -187,10 +191,10 @@ def test_an_array_deleted_and_recreated_in_the_session_gets_worker_built_layers(
     store_sessions(da.from_array(data, chunks=(16, 8)), target, s)
     record = s.changes()
     assert not record.chunks and record.nchunks == 512  # every reference in a layer
-    manifests = set(run(repo._assets.storage.list("manifests/")))
+    manifests = _manifests(repo)
     s.commit("recreated")
     # the layers were built in the layout the commit gives the new array: used as they are
-    assert set(run(repo._assets.storage.list("manifests/"))) == manifests
+    assert _manifests(repo) == manifests
     np.testing.assert_array_equal(_read(repo), data)
 
 
@@ -258,9 +262,9 @@ def test_tasks_holding_whole_boxes_build_their_layers(tmp_path: Path) -> None:
     record = s.changes()
     assert not record.chunks and record.nchunks == 512
     assert sorted(record.layers["a"].boxes) == [f"{i}.0" for i in range(8)]
-    manifests = set(run(repo._assets.storage.list("manifests/")))
+    manifests = _manifests(repo)
     s.commit("boxes")
-    assert set(run(repo._assets.storage.list("manifests/"))) == manifests
+    assert _manifests(repo) == manifests
     np.testing.assert_array_equal(_read(repo), data)
 
 
@@ -330,8 +334,8 @@ def test_a_resumed_job_builds_the_boxes_its_done_tasks_touched_at_its_end(tmp_pa
     to_zarr(ds, session, mode="w", resume="boxes", encoding=encoding)
     record = session.changes()
     assert not record.chunks and record.nchunks == 512  # every box built, at the end
-    manifests = set(run(repo._assets.storage.list("manifests/")))
+    manifests = _manifests(repo)
     session.commit("resumed")
-    assert set(run(repo._assets.storage.list("manifests/"))) == manifests
+    assert _manifests(repo) == manifests
     np.testing.assert_array_equal(open_main(repo)["v"].values, data)
     assert not any(p.is_file() for p in (tmp_path / "repo" / "jobs").rglob("*"))
