@@ -31,16 +31,20 @@ ids (chunk objects as 8-byte hashes) and one page of the listing at a time.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
+
+import numpy as np
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._exceptions import CorruptObjectError, IcechunkDaskError, NotFoundError
 from icechunk_dask._reach import KindCount, Reachable, as_utc, manifest_chunks, reachable
 from icechunk_dask.format import decode_scratch
-from icechunk_dask.storage import ObjectInfo
+from icechunk_dask.storage import ObjectInfo, ObjectPage
 
 __all__ = ["GC_KINDS", "GCSummary", "garbage_collect"]
 
@@ -67,7 +71,6 @@ _PREFIX = {
 #: Keys per delete call, and delete calls in flight.
 _BATCH = 1000
 _DELETERS = 4
-_PAGE = 4096
 
 
 def _counts() -> dict[str, KindCount]:
@@ -167,15 +170,18 @@ class _Deleter:
         self.batch: list[str] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def add(self, key: str) -> None:
+    async def add(self, keys: list[str]) -> None:
         if self.dry_run:
             return
-        self.batch.append(key)
-        if len(self.batch) >= _BATCH:
-            await self._send()
+        self.batch.extend(keys)
+        while len(self.batch) >= _BATCH:
+            await self._send(_BATCH)
 
-    async def _send(self) -> None:
-        batch, self.batch = self.batch, []
+    async def _send(self, count: int | None = None) -> None:
+        batch, self.batch = (
+            self.batch[:count],
+            self.batch[len(self.batch) if count is None else count :],
+        )
         if batch:
             self.tasks.add(asyncio.ensure_future(self.storage.delete(batch)))
         if len(self.tasks) >= _DELETERS:
@@ -249,28 +255,22 @@ async def _in_use(
     return listed, in_use, held
 
 
-async def _pages(assets: AssetManager, kind: str) -> Any:
+def _pages(assets: AssetManager, kind: str) -> AsyncIterator[ObjectPage]:
     """Listing pages of one kind (temporary files come from the storage's own listing)."""
-    page: list[ObjectInfo] = []
-    source = (
-        assets.storage.list_temporary()
-        if kind == "temporary"
-        else assets.storage.list_objects(_PREFIX[kind])
-    )
-    async for info in source:
-        page.append(info)
-        if len(page) >= _PAGE:
-            yield page
-            page = []
-    if page:
-        yield page
+    if kind == "temporary":
+        return assets.storage.list_temporary_pages()
+    return assets.storage.list_object_pages(_PREFIX[kind])
+
+
+#: Says, for each object of a page, whether it is reachable (or held by work in progress).
+_Judge = Callable[[ObjectPage], np.ndarray]
 
 
 async def _sweep(
     kind: str,
-    pages: Any,
-    keep: Any,
-    held: Any,
+    pages: AsyncIterator[ObjectPage],
+    keep: _Judge,
+    held: _Judge,
     cutoff: datetime,
     summary: GCSummary,
     deleter: _Deleter,
@@ -280,21 +280,26 @@ async def _sweep(
     ``keep(page)`` says which objects are reachable, ``held(page)`` which ones a
     job, session or scratch object still in use needs.
     """
+    since = cutoff.timestamp()
     async for page in pages:
-        for info, needed, in_use in zip(page, keep(page), held(page), strict=True):
-            if needed:
-                summary.reachable[kind].add(info.size)
-            elif in_use or info.last_modified >= cutoff:
-                summary.recent[kind].add(info.size)
-            else:
-                summary.deleted[kind].add(info.size)
-                await deleter.add(info.key)
+        needed = keep(page)
+        recent = ~needed & (held(page) | (page.mtimes >= since))
+        gone = ~needed & ~recent
+        summary.reachable[kind].add_all(page.sizes[needed])
+        summary.recent[kind].add_all(page.sizes[recent])
+        summary.deleted[kind].add_all(page.sizes[gone])
+        await deleter.add([key for key, g in zip(page.keys, gone.tolist(), strict=True) if g])
     await deleter.flush()
 
 
-async def _one_page(infos: list[ObjectInfo]) -> Any:
+def _by_key(test: Callable[[str], bool]) -> _Judge:
+    """A judge of pages that asks ``test`` about each key."""
+    return lambda page: np.fromiter(map(test, page.keys), bool, len(page))
+
+
+async def _one_page(infos: list[ObjectInfo]) -> AsyncIterator[ObjectPage]:
     if infos:
-        yield infos
+        yield ObjectPage.of(infos)
 
 
 async def garbage_collect(
@@ -330,26 +335,26 @@ async def garbage_collect(
     summary = GCSummary(cutoff=cutoff, dry_run=dry_run)
     deleter = _Deleter(assets, dry_run)
 
-    def none(page: list[ObjectInfo]) -> list[bool]:
-        return [False] * len(page)
+    def none(page: ObjectPage) -> np.ndarray:
+        return np.zeros(len(page), bool)
 
-    def chunk_ids(page: list[ObjectInfo]) -> list[str]:
-        return [i.key[len("chunks/") :] for i in page]
+    def chunk_ids(page: ObjectPage) -> list[str]:
+        return [key[len("chunks/") :] for key in page.keys]
 
     for kind in GC_KINDS:
-        keep: Any = none
-        hold: Any = none
+        keep: _Judge = none
+        hold: _Judge = none
         if kind in listed:
-            pages, hold = _one_page(listed[kind]), lambda page: [i.key in in_use for i in page]
+            pages = _one_page(listed[kind])
+            hold = _by_key(in_use.__contains__)
         elif kind == "chunks":
             pages = _pages(assets, kind)
             keep = lambda page: reach.has_chunks(chunk_ids(page))
             hold = lambda page: held.has_chunks(chunk_ids(page))
-        elif kind == "temporary":
-            pages = _pages(assets, kind)
         else:
             pages = _pages(assets, kind)
-            keep = lambda page, kind=kind: [reach.keeps(kind, i.key) for i in page]
-            hold = lambda page, kind=kind: [held.keeps(kind, i.key) for i in page]
+            if kind != "temporary":
+                keep = _by_key(partial(reach.keeps, kind))
+                hold = _by_key(partial(held.keeps, kind))
         await _sweep(kind, pages, keep, hold, cutoff, summary, deleter)
     return summary

@@ -127,6 +127,11 @@ class KindCount:
         self.objects += 1
         self.bytes += size
 
+    def add_all(self, sizes: np.ndarray) -> None:
+        """Count one more object per entry of ``sizes`` (bytes)."""
+        self.objects += len(sizes)
+        self.bytes += int(sizes.sum())
+
     def to_dict(self) -> dict[str, int]:
         """A JSON-serialisable form."""
         return {"objects": self.objects, "bytes": self.bytes}

@@ -15,15 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._reach import KINDS, KindCount, kind_of, reachable
-from icechunk_dask.storage import ObjectInfo
+from icechunk_dask.storage import ObjectPage
 
 __all__ = ["UsageReport", "storage_usage"]
 
 _ALWAYS = frozenset({"refs", "expiry_markers", "config"})
 _BY_ID = frozenset({"snapshots", "transaction_logs", "manifests"})
-_PAGE = 4096
 
 
 def _counts() -> dict[str, KindCount]:
@@ -97,26 +98,28 @@ async def storage_usage(assets: AssetManager) -> UsageReport:
     reach = await reachable(assets)
     report = UsageReport(refs=reach.refs, snapshots=len(reach.snapshots))
 
-    def classify(page: list[ObjectInfo]) -> None:
-        chunks = [i for i in page if kind_of(i.key) == "chunks"]
-        for info, needed in zip(
-            chunks, reach.has_chunks([i.key[len("chunks/") :] for i in chunks]), strict=True
-        ):
-            (report.reachable if needed else report.unreachable)["chunks"].add(info.size)
-        for info in page:
-            kind = kind_of(info.key)
+    def classify(page: ObjectPage) -> None:
+        kinds = np.array([kind_of(key) for key in page.keys])
+        needed = np.zeros(len(page), bool)
+        chunks = np.flatnonzero(kinds == "chunks")
+        if len(chunks):
+            ids = [page.keys[i][len("chunks/") :] for i in chunks.tolist()]
+            needed[chunks] = reach.has_chunks(ids)
+        for kind in np.unique(kinds).tolist():
             if kind == "chunks":
                 continue
-            needed = kind in _ALWAYS or (kind in _BY_ID and reach.keeps(kind, info.key))
-            (report.reachable if needed else report.unreachable)[kind].add(info.size)
+            at = np.flatnonzero(kinds == kind)
+            if kind in _ALWAYS:
+                needed[at] = True
+            elif kind in _BY_ID:
+                needed[at] = [reach.keeps(kind, page.keys[i]) for i in at.tolist()]
+        for kind in np.unique(kinds).tolist():
+            of_kind = kinds == kind
+            report.reachable[kind].add_all(page.sizes[of_kind & needed])
+            report.unreachable[kind].add_all(page.sizes[of_kind & ~needed])
 
-    page: list[ObjectInfo] = []
-    async for info in assets.storage.list_objects(""):
-        page.append(info)
-        if len(page) >= _PAGE:
-            classify(page)
-            page = []
-    classify(page)
-    async for info in assets.storage.list_temporary():
-        report.unreachable["temporary"].add(info.size)
+    async for page in assets.storage.list_object_pages(""):
+        classify(page)
+    async for page in assets.storage.list_temporary_pages():
+        report.unreachable["temporary"].add_all(page.sizes)
     return report

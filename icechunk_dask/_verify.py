@@ -344,15 +344,16 @@ class _Verifier:
         """Check that every chunk object referenced exists and is long enough."""
         needed = self.needed
         self.report.chunk_objects = len(needed)
-        async for info in self.assets.storage.list_objects("chunks/"):
-            want = needed.pop(key_id(info.key), None)
-            if want is not None and info.size < want[0]:
-                self.report.add(
-                    info.key,
-                    "truncated",
-                    f"{info.size} bytes, but a reference reaches byte {want[0]}",
-                    want[1],
-                )
+        async for page in self.assets.storage.list_object_pages("chunks/"):
+            for key, size in zip(page.keys, page.sizes.tolist(), strict=True):
+                want = needed.pop(key_id(key), None)
+                if want is not None and size < want[0]:
+                    self.report.add(
+                        key,
+                        "truncated",
+                        f"{size} bytes, but a reference reaches byte {want[0]}",
+                        want[1],
+                    )
         for loc, (_, where) in sorted(needed.items()):
             self.report.add(f"chunks/{loc}", "missing", "referenced chunk object is missing", where)
 

@@ -35,6 +35,7 @@ from icechunk_dask._gc import GC_KINDS
 from icechunk_dask._jobs import store_result, store_task_record
 from icechunk_dask._reach import manifest_chunks
 from icechunk_dask._sync import run
+from icechunk_dask.storage import _local_walk
 from tests.helpers import make_array, read_array
 from tests.lifecycle_helpers import age, files
 
@@ -606,7 +607,7 @@ def test_a_jobs_merged_result_keeps_its_chunks(tmp_path: Path) -> None:
 def test_listings_are_swept_a_page_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_gc, "_PAGE", 2)
+    monkeypatch.setattr(_local_walk, "PAGE", 2)
     repo = _repo(tmp_path)
     _write(repo, 1)
     abandoned = repo.writable_session("main")

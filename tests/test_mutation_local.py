@@ -31,7 +31,8 @@ import pytest
 
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
 from icechunk_dask.storage import LocalFileSystemStorage, _local, local_filesystem_storage
-from icechunk_dask.storage._base import ObjectInfo
+from icechunk_dask.storage._base import ObjectInfo, ObjectPage
+from icechunk_dask.storage._local_walk import walk_pages
 from tests.fs_faults import SmallTmpfs, without_dac_override
 
 LONG = "x" * 256  # one byte more than a file name can have
@@ -241,6 +242,19 @@ def _scandir_order(folder: Path) -> list[str]:
     return [entry.name for entry in os.scandir(folder)]
 
 
+def _walk(storage: LocalFileSystemStorage, prefix: str, page: int = 1) -> Iterator[str]:
+    """The keys of the objects under ``prefix``, walked ``page`` files at a time."""
+    for found in walk_pages(
+        storage.root,
+        prefix,
+        temporary=False,
+        where=storage.url,
+        name_max=storage.max_name_bytes,
+        page=page,
+    ):
+        yield from found.keys
+
+
 def test_a_folder_removed_while_listing_does_not_end_the_listing(tmp_path: Path) -> None:
     storage = local_filesystem_storage(tmp_path / "repo", durable=False)
     for name in ("a", "b", "c"):
@@ -248,10 +262,10 @@ def test_a_folder_removed_while_listing_does_not_end_the_listing(tmp_path: Path)
         (storage.root / name / "obj").write_bytes(b"x")
     # the walk takes folders last in, first out
     first, removed, last = reversed(_scandir_order(storage.root))
-    walk = storage._walk_info_sync("", temporary=False)
-    assert next(walk).key == f"{first}/obj"
+    walk = _walk(storage, "")
+    assert next(walk) == f"{first}/obj"
     shutil.rmtree(storage.root / removed)
-    assert [info.key for info in walk] == [f"{last}/obj"]
+    assert list(walk) == [f"{last}/obj"]
 
 
 def test_a_file_removed_while_listing_does_not_end_the_listing(tmp_path: Path) -> None:
@@ -260,10 +274,10 @@ def test_a_file_removed_while_listing_does_not_end_the_listing(tmp_path: Path) -
     for name in ("f1", "f2", "f3"):
         (storage.root / name).write_bytes(b"x")
     first, removed, last = _scandir_order(storage.root)
-    walk = storage._walk_info_sync("", temporary=False)
-    assert next(walk).key == first
+    walk = _walk(storage, "")
+    assert next(walk) == first
     (storage.root / removed).unlink()
-    assert [info.key for info in walk] == [last]
+    assert list(walk) == [last]
 
 
 async def test_a_folder_that_cannot_be_listed_fails_the_listing(
@@ -407,21 +421,38 @@ def test_a_listing_reads_only_the_folders_under_its_prefix(tmp_path: Path) -> No
     }
 
 
-async def test_listings_are_read_a_page_at_a_time() -> None:
+async def test_listings_are_read_a_page_at_a_time(
+    storage: LocalFileSystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     consumed = 0
 
-    def objects() -> Iterator[ObjectInfo]:
+    def pages(*args: object, **kwargs: object) -> Iterator[ObjectPage]:
         nonlocal consumed
-        for i in range(2 * _local._PAGE + 1):
+        for i in range(3):
             consumed += 1
-            yield ObjectInfo(str(i), i, datetime(2020, 1, 1, tzinfo=UTC))
+            yield ObjectPage.of([ObjectInfo(str(i), i, datetime(2020, 1, 1, tzinfo=UTC))])
 
-    stream = LocalFileSystemStorage._stream(objects())
+    monkeypatch.setattr(_local, "walk_pages", pages)
+    stream = storage.list_objects("")
     first = await anext(stream)
-    assert first.key == "0"
-    assert consumed == _local._PAGE
-    rest = [info.size async for info in stream]
-    assert rest == list(range(1, 2 * _local._PAGE + 1))
+    assert first == ObjectInfo("0", 0, datetime(2020, 1, 1, tzinfo=UTC))
+    assert consumed == 1
+    assert [info.size async for info in stream] == [1, 2]
+    assert consumed == 3
+
+
+def test_a_walk_yields_pages_of_the_size_asked(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    (storage.root / "d").mkdir(parents=True)
+    for i in range(5):
+        (storage.root / "d" / f"o{i}").write_bytes(b"x" * i)
+    pages = list(
+        walk_pages(storage.root, "", temporary=False, where=storage.url, name_max=255, page=2)
+    )
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert sorted(k for p in pages for k in p.keys) == [f"d/o{i}" for i in range(5)]
+    sizes = {k: int(s) for p in pages for k, s in zip(p.keys, p.sizes, strict=True)}
+    assert sizes == {f"d/o{i}": i for i in range(5)}
 
 
 def test_a_named_pipe_where_a_folder_should_be_is_listed_as_nothing(tmp_path: Path) -> None:
@@ -431,7 +462,7 @@ def test_a_named_pipe_where_a_folder_should_be_is_listed_as_nothing(tmp_path: Pa
     os.mkfifo(fifo)
     found: list[list[str]] = []
     walker = threading.Thread(
-        target=lambda: found.append([i.key for i in storage._walk_info_sync("p/", False)]),
+        target=lambda: found.append(list(_walk(storage, "p/"))),
         daemon=True,
     )
     walker.start()
@@ -441,7 +472,7 @@ def test_a_named_pipe_where_a_folder_should_be_is_listed_as_nothing(tmp_path: Pa
         walker.join()
         pytest.fail("listing under a named pipe opened the pipe")
     assert found == [[]]
-    assert [i.key for i in storage._walk_info_sync("", False)] == ["p"]
+    assert list(_walk(storage, "")) == ["p"]
 
 
 def test_a_folder_opened_but_not_scanned_fails_the_listing_and_is_closed(tmp_path: Path) -> None:
@@ -456,7 +487,7 @@ def test_a_folder_opened_but_not_scanned_fails_the_listing_and_is_closed(tmp_pat
     resource.setrlimit(resource.RLIMIT_NOFILE, (second, hard))
     try:
         with pytest.raises(StorageError) as info:
-            list(storage._walk_info_sync("a/", False))
+            list(_walk(storage, "a/"))
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert str(info.value).startswith(
@@ -676,3 +707,16 @@ async def test_deleting_a_key_whose_folder_is_missing_touches_nothing_else(
     monkeypatch.chdir(elsewhere)
     await storage.delete(["no/such/folder/victim", "nofolder/victim"])
     assert (elsewhere / "victim").read_bytes() == b"keep me"
+
+
+async def test_temporary_pages_hold_the_temporary_files_only(tmp_path: Path) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    await storage.put("chunks/a", b"abc")
+    (storage.root / "chunks" / f"{_local._TMP}x").write_bytes(b"partial")
+    (storage.root / f"{_local._TMP}y").write_bytes(b"")
+    pages = [page async for page in storage.list_temporary_pages()]
+    found = {k: int(s) for page in pages for k, s in zip(page.keys, page.sizes, strict=True)}
+    assert found == {f"chunks/{_local._TMP}x": 7, f"{_local._TMP}y": 0}
+    assert sorted(found) == sorted([info.key async for info in storage.list_temporary()])
+    objects = [page async for page in storage.list_object_pages("")]
+    assert [page.keys for page in objects] == [["chunks/a"]]

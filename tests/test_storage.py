@@ -21,6 +21,7 @@ from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from icechunk_dask._exceptions import (
@@ -249,6 +250,22 @@ async def test_list_objects(storage: Storage, prefix: str, expected: list[str]) 
         assert info.last_modified.tzinfo is not None
         # server clocks round to seconds; allow generous skew, no upper wall-clock bound
         assert info.last_modified >= start - timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("prefix", ["", "chunks/", "zzz"])
+async def test_object_pages_hold_what_list_objects_yields(storage: Storage, prefix: str) -> None:
+    for k in LIST_KEYS:
+        await storage.put(k, k.encode() * 3)
+    infos = {info.key: info async for info in storage.list_objects(prefix)}
+    pages = [page async for page in storage.list_object_pages(prefix)]
+    assert sorted(k for page in pages for k in page.keys) == sorted(infos)
+    for page in pages:
+        assert len(page) == len(page.sizes) == len(page.mtimes) > 0
+        assert page.sizes.dtype == np.int64 and page.mtimes.dtype == np.float64
+        for key, size, mtime in zip(page.keys, page.sizes, page.mtimes, strict=True):
+            assert size == infos[key].size
+            # a datetime holds microseconds: the page's float is at most half of one away
+            assert abs(mtime - infos[key].last_modified.timestamp()) <= 0.5e-6
 
 
 async def test_list_objects_streams_many_pages(

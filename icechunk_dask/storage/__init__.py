@@ -9,7 +9,7 @@ The object stores go through obstore: S3 (extra ``s3``), Google Cloud Storage (e
 from __future__ import annotations
 
 from icechunk_dask.storage._azure import AzureStorage, azure_storage
-from icechunk_dask.storage._base import ObjectInfo, Storage
+from icechunk_dask.storage._base import ObjectInfo, ObjectPage, Storage
 from icechunk_dask.storage._faulty import FaultyStorage
 from icechunk_dask.storage._gcs import GCSStorage, gcs_storage
 from icechunk_dask.storage._local import LocalFileSystemStorage, local_filesystem_storage
@@ -25,6 +25,7 @@ __all__ = [
     "InMemoryStorage",
     "LocalFileSystemStorage",
     "ObjectInfo",
+    "ObjectPage",
     "RequestSettings",
     "S3Storage",
     "Storage",

@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+import numpy as np
+
 from icechunk_dask._exceptions import NotFoundError
 
-__all__ = ["ObjectInfo", "Storage"]
+__all__ = ["ObjectInfo", "ObjectPage", "Storage"]
 
 T = TypeVar("T")
+
+#: Objects per page of a default paged listing.
+_PAGE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,63 @@ class ObjectInfo:
     key: str
     size: int
     last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPage:
+    """A page of a listing, as columns: what :meth:`Storage.list_object_pages` yields.
+
+    Maintenance reads millions of these entries; columns let it judge a page
+    with array operations instead of an object per entry. Each parameter is
+    also a (read-only) attribute of the same name.
+
+    Parameters
+    ----------
+    keys : list of str
+        The objects' keys, relative to the repository root.
+    sizes : numpy.ndarray
+        Their sizes in bytes (``int64``, one per key).
+    mtimes : numpy.ndarray
+        When each was last written, in seconds since the epoch (UTC, ``float64``).
+    """
+
+    keys: list[str]
+    sizes: np.ndarray
+    mtimes: np.ndarray
+
+    @classmethod
+    def of(cls, infos: list[ObjectInfo]) -> ObjectPage:
+        """The page holding ``infos``.
+
+        Parameters
+        ----------
+        infos : list of ObjectInfo
+            Entries of a listing.
+
+        Returns
+        -------
+        ObjectPage
+            The same entries as columns.
+        """
+        return cls(
+            [i.key for i in infos],
+            np.fromiter((i.size for i in infos), np.int64, len(infos)),
+            np.fromiter((i.last_modified.timestamp() for i in infos), np.float64, len(infos)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+async def _paged(infos: AsyncIterator[ObjectInfo]) -> AsyncIterator[ObjectPage]:
+    page: list[ObjectInfo] = []
+    async for info in infos:
+        page.append(info)
+        if len(page) >= _PAGE:
+            yield ObjectPage.of(page)
+            page = []
+    if page:
+        yield ObjectPage.of(page)
 
 
 class Storage(ABC):
@@ -263,6 +325,49 @@ class Storage(ABC):
         """
         return
         yield ObjectInfo("", 0, datetime.min)  # type: ignore[unreachable]  # an async generator
+
+    async def list_object_pages(self, prefix: str) -> AsyncIterator[ObjectPage]:
+        """Yield :meth:`list_objects`'s entries a page at a time, as columns.
+
+        What garbage collection reads. The default groups :meth:`list_objects`;
+        a backend whose listing costs per entry (the local filesystem) builds the
+        columns directly.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (``""``: all objects).
+
+        Yields
+        ------
+        ObjectPage
+            Keys, sizes and modification times of some of the objects.
+
+        Raises
+        ------
+        NotImplementedError
+            If the backend cannot report sizes and times.
+        StorageError
+            If the backend fails.
+        """
+        async for page in _paged(self.list_objects(prefix)):
+            yield page
+
+    async def list_temporary_pages(self) -> AsyncIterator[ObjectPage]:
+        """Yield :meth:`list_temporary`'s entries a page at a time, as columns.
+
+        Yields
+        ------
+        ObjectPage
+            Keys, sizes and modification times of some temporary objects.
+
+        Raises
+        ------
+        StorageError
+            If the backend fails.
+        """
+        async for page in _paged(self.list_temporary()):
+            yield page
 
     @abstractmethod
     async def delete(self, keys: Iterable[str]) -> None:

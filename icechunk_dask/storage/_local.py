@@ -18,12 +18,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
 from icechunk_dask._exceptions import IcechunkDaskError, InvalidInputError, NotFoundError
-from icechunk_dask.storage._base import ObjectInfo, Storage
+from icechunk_dask.storage._base import ObjectInfo, ObjectPage, Storage
 from icechunk_dask.storage._local_errors import (
     NAME_MAX,
     TMP_PREFIX,
@@ -31,16 +30,14 @@ from icechunk_dask.storage._local_errors import (
     name_too_long,
     os_error,
 )
+from icechunk_dask.storage._local_walk import walk_pages
 
 __all__ = ["LocalFileSystemStorage", "local_filesystem_storage"]
 
 _TMP = TMP_PREFIX
-#: Objects per page of a streamed listing (``list_objects``).
-_PAGE = 4096
 #: Keys per thread of a deletion, and threads deleting at most.
 _DELETE_PART, _DELETE_THREADS = 128, 8
-#: Listings examine files relative to their folder's descriptor, deletions unlink in it.
-_SCAN_BY_FD = os.scandir in os.supports_fd and os.stat in os.supports_dir_fd
+#: Deletions unlink relative to their folder's descriptor (listings: ``_local_walk``).
 _UNLINK_AT = os.unlink in os.supports_dir_fd
 #: A descriptor that only names a folder (unlinking needs no read permission on it).
 _FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY
@@ -126,6 +123,12 @@ def _remove(path: Path) -> None:
     """Remove a temporary file, ignoring every error (it may never have been created)."""
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def _check_key(key: str) -> None:
+    """Refuse a key that is empty, absolute or leaves the repository folder."""
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise InvalidInputError(f"invalid storage key {key!r}")
 
 
 def _raise(e: OSError) -> None:
@@ -219,8 +222,7 @@ class LocalFileSystemStorage(Storage):
         return (_rebuild, (str(self.root), self.durable))
 
     def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise InvalidInputError(f"invalid storage key {key!r}")
+        _check_key(key)
         return self.root / key
 
     def _can_exist(self, key: str) -> bool:
@@ -354,67 +356,21 @@ class LocalFileSystemStorage(Storage):
             raise os_error(e, f"list {prefix!r} in {self.url}", base) from e
         return out
 
-    def _walk_info_sync(self, prefix: str, temporary: bool) -> Iterator[ObjectInfo]:
-        """Objects under ``prefix`` with size and time (or the temporary files), one at a time."""
-        head, _, _ = prefix.rpartition("/")
-        if head and not self._can_exist(head):
-            return
-        base = self.root / head if head else self.root
-        stack = [(base, f"{head}/" if head else "")]
-        while stack:
-            folder, rel = stack.pop()
-            fd = None
-            try:
-                # entries of a scan by descriptor are examined relative to it (fstatat):
-                # no path lookup per file
-                if _SCAN_BY_FD:
-                    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-                entries = os.scandir(folder if fd is None else fd)
-            except (FileNotFoundError, NotADirectoryError):
-                if fd is not None:
-                    os.close(fd)
-                continue  # nothing there, or removed while walking
-            except OSError as e:
-                if fd is not None:
-                    os.close(fd)
-                raise os_error(e, f"list {prefix!r} in {self.url}", folder) from e
-            try:
-                with entries:
-                    for entry in entries:
-                        try:
-                            if entry.is_dir(follow_symlinks=False):
-                                stack.append((folder / entry.name, f"{rel}{entry.name}/"))
-                                continue
-                            if entry.name.startswith(_TMP) != temporary:
-                                continue
-                            key = rel + entry.name
-                            if not key.startswith(prefix):
-                                continue
-                            st = entry.stat(follow_symlinks=False)
-                        except FileNotFoundError:  # deleted while listing
-                            continue
-                        except OSError as e:
-                            raise self._error(e, "examine", rel + entry.name) from e
-                        yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
-            finally:
-                if fd is not None:
-                    os.close(fd)
-
     def _delete_sync(self, keys: Iterable[str]) -> None:
-        if not _UNLINK_AT:  # pragma: no cover - platforms without unlinkat
-            for key in keys:
-                self._unlink(key, None, self._path(key))
-            return
         folders: dict[str, int | None] = {}  # parent folder -> its descriptor (None: absent)
         try:
             for key in keys:
-                self._path(key)  # checks the key
+                _check_key(key)
                 if not self._can_exist(key):
                     continue  # no object can be there: deleting it is a no-op
+                if not _UNLINK_AT:  # pragma: no cover - platforms without unlinkat
+                    self._unlink(key, None, self.root / key)
+                    continue
                 parent, _, name = key.rpartition("/")
                 if parent not in folders:
                     folders[parent] = self._open_folder(parent, key)
-                self._unlink(key, folders[parent], name)
+                if folders[parent] is not None:  # no folder: nothing to delete
+                    self._unlink(key, folders[parent], name)
         finally:
             for fd in folders.values():
                 if fd is not None:
@@ -431,8 +387,6 @@ class LocalFileSystemStorage(Storage):
 
     def _unlink(self, key: str, folder: int | None, name: str | Path) -> None:
         """Delete ``key``: ``name`` in the ``folder`` descriptor, or a whole path."""
-        if not self._can_exist(key) or (folder is None and isinstance(name, str)):
-            return  # no object can be there, or no folder: deleting it is a no-op
         try:
             os.unlink(name, dir_fd=folder)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -645,8 +599,9 @@ class LocalFileSystemStorage(Storage):
         StorageError
             If a folder or file cannot be examined.
         """
-        async for info in self._stream(self._walk_info_sync(prefix, temporary=False)):
-            yield info
+        async for page in self._pages(prefix, temporary=False):
+            for info in self._infos(page):
+                yield info
 
     async def list_temporary(self) -> AsyncIterator[ObjectInfo]:
         """Yield the ``.tmp-*`` files that interrupted writes left behind.
@@ -661,15 +616,61 @@ class LocalFileSystemStorage(Storage):
         StorageError
             If a folder or file cannot be examined.
         """
-        async for info in self._stream(self._walk_info_sync("", temporary=True)):
-            yield info
+        async for page in self._pages("", temporary=True):
+            for info in self._infos(page):
+                yield info
+
+    async def _pages(self, prefix: str, temporary: bool) -> AsyncIterator[ObjectPage]:
+        """Drive a blocking walk in worker threads, a page at a time (bounded memory)."""
+        walk = walk_pages(
+            self.root, prefix, temporary=temporary, where=self.url, name_max=self.max_name_bytes
+        )
+        while page := await asyncio.to_thread(next, walk, None):
+            yield page
+
+    async def list_object_pages(self, prefix: str) -> AsyncIterator[ObjectPage]:
+        """Yield every object whose key starts with ``prefix``, a page of columns at a time.
+
+        Parameters
+        ----------
+        prefix : str
+            The start of the keys (``""``: all objects).
+
+        Yields
+        ------
+        ObjectPage
+            Keys, sizes and modification times of up to 4,096 files.
+
+        Raises
+        ------
+        StorageError
+            If a folder or file cannot be examined.
+        """
+        async for page in self._pages(prefix, temporary=False):
+            yield page
+
+    async def list_temporary_pages(self) -> AsyncIterator[ObjectPage]:
+        """Yield the ``.tmp-*`` files interrupted writes left, a page of columns at a time.
+
+        Yields
+        ------
+        ObjectPage
+            Keys, sizes and modification times of up to 4,096 temporary files.
+
+        Raises
+        ------
+        StorageError
+            If a folder or file cannot be examined.
+        """
+        async for page in self._pages("", temporary=True):
+            yield page
 
     @staticmethod
-    async def _stream(it: Iterator[ObjectInfo]) -> AsyncIterator[ObjectInfo]:
-        """Drive a blocking listing in worker threads, a page at a time (bounded memory)."""
-        while page := await asyncio.to_thread(lambda: list(islice(it, _PAGE))):
-            for info in page:
-                yield info
+    def _infos(page: ObjectPage) -> Iterator[ObjectInfo]:
+        for key, size, mtime in zip(
+            page.keys, page.sizes.tolist(), page.mtimes.tolist(), strict=True
+        ):
+            yield ObjectInfo(key, size, datetime.fromtimestamp(mtime, UTC))
 
     async def delete(self, keys: Iterable[str]) -> None:
         """Delete objects; missing keys are ignored.
