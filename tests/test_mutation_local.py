@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -453,6 +454,28 @@ def test_a_walk_yields_pages_of_the_size_asked(tmp_path: Path) -> None:
     assert sorted(k for p in pages for k in p.keys) == [f"d/o{i}" for i in range(5)]
     sizes = {k: int(s) for p in pages for k, s in zip(p.keys, p.sizes, strict=True)}
     assert sizes == {f"d/o{i}": i for i in range(5)}
+    # by default, a page holds up to _local_walk.PAGE files
+    whole = list(walk_pages(storage.root, "", temporary=False, where=storage.url, name_max=255))
+    assert [len(p) for p in whole] == [5]
+
+
+def test_a_walk_opens_only_the_folder_its_prefix_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = local_filesystem_storage(tmp_path / "repo", durable=False)
+    for folder in ("a/b", "a/c", "d"):
+        (storage.root / folder).mkdir(parents=True)
+        (storage.root / folder / "o").write_bytes(b"x")
+    opened: list[str] = []
+    real_open = os.open
+
+    def recording_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    assert list(_walk(storage, "a/b/")) == ["a/b/o"]
+    assert opened == [str(storage.root / "a" / "b")]
 
 
 def test_a_named_pipe_where_a_folder_should_be_is_listed_as_nothing(tmp_path: Path) -> None:
