@@ -178,10 +178,8 @@ class _Deleter:
             await self._send(_BATCH)
 
     async def _send(self, count: int | None = None) -> None:
-        batch, self.batch = (
-            self.batch[:count],
-            self.batch[len(self.batch) if count is None else count :],
-        )
+        cut = len(self.batch) if count is None else count
+        batch, self.batch = self.batch[:cut], self.batch[cut:]
         if batch:
             self.tasks.add(asyncio.ensure_future(self.storage.delete(batch)))
         if len(self.tasks) >= _DELETERS:

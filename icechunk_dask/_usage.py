@@ -100,22 +100,18 @@ async def storage_usage(assets: AssetManager) -> UsageReport:
 
     def classify(page: ObjectPage) -> None:
         kinds = np.array([kind_of(key) for key in page.keys])
-        needed = np.zeros(len(page), bool)
-        chunks = np.flatnonzero(kinds == "chunks")
-        if len(chunks):
-            ids = [page.keys[i][len("chunks/") :] for i in chunks.tolist()]
-            needed[chunks] = reach.has_chunks(ids)
-        for kind in np.unique(kinds).tolist():
-            if kind == "chunks":
-                continue
-            at = np.flatnonzero(kinds == kind)
-            if kind in _ALWAYS:
-                needed[at] = True
-            elif kind in _BY_ID:
-                needed[at] = [reach.keeps(kind, page.keys[i]) for i in at.tolist()]
         for kind in np.unique(kinds).tolist():
             of_kind = kinds == kind
-            report.reachable[kind].add_all(page.sizes[of_kind & needed])
+            if kind in _ALWAYS:
+                needed = of_kind
+            else:
+                needed = np.zeros(len(page), bool)
+                at = np.flatnonzero(of_kind).tolist()
+                if kind == "chunks":
+                    needed[at] = reach.has_chunks([page.keys[i][len("chunks/") :] for i in at])
+                elif kind in _BY_ID:
+                    needed[at] = [reach.keeps(kind, page.keys[i]) for i in at]
+            report.reachable[kind].add_all(page.sizes[needed])
             report.unreachable[kind].add_all(page.sizes[of_kind & ~needed])
 
     async for page in assets.storage.list_object_pages(""):
