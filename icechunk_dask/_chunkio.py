@@ -5,14 +5,15 @@ reference carries the XXH3 checksum of the whole chunk, checked on every
 whole read. Byte ranges (zarr reads the inner chunks of a shard that way)
 are verified too, without reading the whole object:
 
-* a chunk of at least :data:`BLOCKED_MIN` bytes is stored *blocked*: its
-  object id ends in ``.b<k>`` and the object holds, after the chunk's bytes,
-  the XXH3 checksum of every block of ``2**k`` bytes (8 bytes each, little
-  endian). A range read fetches the blocks it overlaps and their checksums
-  (the trailer is cached per object), checks them and returns the range;
-* a smaller chunk (or one written in format 1) is read and checked whole the
-  first time any part of it is read; later ranges of a verified chunk read
-  just the range.
+* a chunk of at least :data:`BLOCKED_MIN` bytes of an array that shards is
+  stored *blocked*: its object id ends in ``.b<k>`` and the object holds,
+  after the chunk's bytes, the XXH3 checksum of every block of ``2**k``
+  bytes (8 bytes each, little endian). A range read fetches the blocks it
+  overlaps and their checksums (the trailer is cached per object), checks
+  them and returns the range;
+* any other chunk (smaller, not sharded, or written in format 1) is read and
+  checked whole the first time any part of it is read; later ranges of a
+  verified chunk read just the range.
 """
 
 from __future__ import annotations

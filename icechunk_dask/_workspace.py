@@ -282,11 +282,28 @@ class Workspace(Listing):
         else:
             chunk_id = self._next_object_id()
             payload: bytes = data
-            if size >= BLOCKED_MIN:  # range reads (shards) then verify just what they read
+            if size >= BLOCKED_MIN and await self._range_read(key):
                 chunk_id, payload = blocked_payload(chunk_id, data)
             await self.assets.storage.put(f"chunks/{chunk_id}", payload)
             ref = (chunk_id, 0, size, crc)
         await self._record(key, ref, meta=False)
+
+    async def _range_read(self, key: str) -> bool:
+        """Whether zarr reads byte ranges of chunk ``key`` (its array shards), so block it.
+
+        Zarr reads ranges only of shards; any other chunk is read whole, so its
+        object holds exactly its bytes (a trailer would push a chunk of exactly
+        4 MiB over the piece size of stores that split objects, such as
+        SeaweedFS's, and cost a second piece per chunk). Either answer is safe:
+        a range of an unblocked chunk is verified by reading the chunk whole once.
+        """
+        dirname = key
+        while dirname:
+            dirname = dirname.rpartition("/")[0]
+            doc = await self.get_meta(f"{dirname}/zarr.json" if dirname else "zarr.json")
+            if doc is not None:
+                return b'"sharding_indexed"' in doc
+        return True  # no array above the key: keep the range reads verified
 
     async def _write_packed(self, key: str, data: bytes, crc: int) -> None:
         # Append to the open pack and record the ref in one critical section, so that a

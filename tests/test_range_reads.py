@@ -106,13 +106,57 @@ def _corruption(read: Callable[[], object]) -> str:
     raise AssertionError("no error: damaged bytes were returned")
 
 
+def _chunk_object(repo: Repository, name: str) -> tuple[Path, int]:
+    """The object of the only chunk of array ``name``, and the chunk's length."""
+    snap = run(repo._assets.get_snapshot(repo.lookup_branch("main")))
+    (mid,) = snap.nodes[name].manifest_ids()
+    (ref,) = run(repo._assets.get_manifest(mid)).values()
+    assert ref is not None and isinstance(ref[0], str)
+    return Path(repo.storage.root) / "chunks" / ref[0], ref[2]  # type: ignore[attr-defined]
+
+
 def test_whole_reads_of_blocked_chunks_skip_the_checksums(tmp_path: Path) -> None:
     repo = Repository.create(local_filesystem_storage(tmp_path / "repo", durable=False))
     s = repo.writable_session("main")
     values = np.random.default_rng(0).random(300_000)
-    arr = zarr.create_array(s.store, name="b", shape=values.shape, chunks=values.shape, dtype="f8")
+    arr = zarr.create_array(
+        s.store, name="b", shape=values.shape, chunks=(30_000,), shards=values.shape, dtype="f8"
+    )
     arr[:] = values
-    s.commit("one 2.4 MB chunk")
+    s.commit("one 2.4 MB shard")
+    path, length = _chunk_object(repo, "b")
+    assert path.name.endswith(f".b{BLOCK_BITS}")
+    assert path.stat().st_size == length + 8 * -(-length // (1 << BLOCK_BITS))  # the trailer
     back = zarr.open_array(Repository.open(repo.storage).readonly_session("main").store, path="b")
     np.testing.assert_array_equal(back[:], values)
     np.testing.assert_array_equal(back[1000:2000], values[1000:2000])
+
+
+@pytest.mark.parametrize(("size", "name"), [(1 << 20, "g/c"), (1 << 22, "c"), (1 << 22, "")])
+def test_a_big_chunk_of_an_unsharded_array_is_stored_as_its_bytes_alone(
+    tmp_path: Path, size: int, name: str
+) -> None:
+    # zarr reads such a chunk whole, so no block checksums: a chunk of exactly 4 MiB stays one
+    # 4 MiB object (stores that split objects in 4 MiB pieces, as SeaweedFS does, would
+    # otherwise write a second piece for the trailer)
+    repo = Repository.create(local_filesystem_storage(tmp_path / "repo", durable=False))
+    s = repo.writable_session("main")
+    values = np.random.default_rng(1).random(size // 8)
+    arr = zarr.create_array(
+        s.store, name=name, shape=values.shape, chunks=values.shape, dtype="f8", compressors=None
+    )
+    arr[:] = values
+    s.commit("one chunk")
+    path, length = _chunk_object(repo, name)
+    assert length == size
+    assert not path.name.endswith(f".b{BLOCK_BITS}")
+    assert path.stat().st_size == size
+    fresh = Repository.open(repo.storage)
+    back = zarr.open_array(fresh.readonly_session("main").store, path=name)
+    np.testing.assert_array_equal(back[:], values)
+    # damage is still found: the whole-chunk checksum
+    with path.open("r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xff" * 8)
+    again = zarr.open_array(Repository.open(repo.storage).readonly_session("main").store, path=name)
+    assert "checksum" in _corruption(lambda: again[:])
