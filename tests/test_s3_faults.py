@@ -161,6 +161,27 @@ async def test_stalled_streams_time_out_and_are_retried(
     assert [s.fault for s in proxy.requests("GET", "list-type")] == ["stall", None]
 
 
+async def test_a_stalled_error_answer_after_server_errors_is_retried(
+    seaweed_bucket: dict[str, Any], proxy: FaultProxy
+) -> None:
+    # obstore retries the 5xx answers itself, then does not retry the 404 whose body stalls,
+    # and reports "after 5 retries" of its 10: not a spent budget, so the storage tries again
+    storage = s3_storage(
+        **{**seaweed_bucket, "endpoint_url": proxy.endpoint},
+        **{**FAST, "max_retries": 10, "request_timeout": 1.0},
+    )
+    proxy.add("status", status=503, method="GET", times=3)
+    proxy.add("status", status=500, method="GET", times=2)
+    proxy.add("stall", method="GET", times=1, stall_seconds=10)
+    with pytest.raises(NotFoundError, match="refs/missing"):
+        await storage.get("refs/missing")
+    assert [s.fault for s in proxy.requests("GET", "refs/missing")] == [
+        *["status"] * 5,
+        "stall",
+        None,
+    ]
+
+
 # -- exhausted retries: typed errors naming the key -------------------------------------------
 
 

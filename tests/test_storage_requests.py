@@ -132,5 +132,17 @@ def test_only_transient_errors_are_retried() -> None:
         GenericError("Error performing PUT x in 1s, after 3 retries, max_retries: 3 - boom")
     )
     assert is_transient(GenericError("HTTP error; RetryError { retries: 0, max_retries: 3 }"))
+    assert not is_transient(GenericError("HTTP error; RetryError { retries: 3, max_retries: 3 }"))
+    # obstore stopped short of its budget (it does not retry an error answer's body that
+    # timed out): the failure of the exchange is still transient
+    assert is_transient(
+        GenericError(
+            "Error performing GET x in 2.4s, after 5 retries, max_retries: 10, retry_timeout: "
+            "120s - HTTP error: request or response body error"
+        )
+    )
+    assert not is_transient(
+        GenericError("Error performing GET x in 2s, after 2 retries, max_retries: 10 - denied")
+    )
     assert not is_transient(PermissionDeniedError("denied"))
     assert not is_transient(FileNotFoundError("missing"))

@@ -42,8 +42,10 @@ _STATUS = re.compile(r"status code: (\d{3})")
 _TRANSPORT = ("HTTP error", "HttpError", "timed out")
 #: ... but not a request that could not even be built (bad URL, http without allow_http).
 _NOT_TRANSPORT = ("builder error",)
-#: obstore says so when it gave up after its own retries ("retries: 0" when it made none).
-_EXHAUSTED = re.compile(r"after \d+ retries|\bretries: [1-9]")
+#: How many retries obstore made of its budget, in its message or in its debug form.
+_RETRIES = re.compile(
+    r"after (\d+) retries, max_retries: (\d+)|\bretries: (\d+),\s*max_retries: (\d+)"
+)
 
 
 @dataclass(frozen=True)
@@ -154,13 +156,27 @@ def is_transient(exc: BaseException) -> bool:
     if not isinstance(exc, GenericError):
         return False
     text = str(exc)
-    if _EXHAUSTED.search(text):
+    if _spent(text):
         return False
     status = _STATUS.search(text)
     if status is None:
         return any(m in text for m in _TRANSPORT) and not any(m in text for m in _NOT_TRANSPORT)
     code = int(status.group(1))
     return code >= 500 or code in _RETRYABLE_4XX
+
+
+def _spent(text: str) -> bool:
+    """Whether obstore gave up because its own retries were all used.
+
+    It also stops short of them on a failure it does not retry itself, such as
+    the body of an error answer (a 404's) timing out after earlier attempts
+    met 5xx answers or resets; that failure is still worth another attempt.
+    """
+    found = _RETRIES.search(text)
+    if found is None:
+        return False
+    made, budget = (int(g) for g in found.groups() if g is not None)
+    return made >= budget
 
 
 class Retrying:
