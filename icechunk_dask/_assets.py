@@ -20,7 +20,7 @@ import threading
 import uuid
 import weakref
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 from icechunk_dask._exceptions import (
     CorruptObjectError,
@@ -132,6 +132,8 @@ class AssetManager:
         self.trailers = _LRU(64 << 20)
         #: expiry markers read (immutable: a snapshot once expired stays expired)
         self._expiry = _LRU(100_000)
+        #: the newest entry this process saw of each branch log, ``(seq, bytes)``
+        self._tips: dict[str, tuple[int, bytes]] = {}
 
     def __repr__(self) -> str:
         return f"<AssetManager {self.storage.url} id={self.config.repo_id}>"
@@ -265,7 +267,27 @@ class AssetManager:
     # -- branches -------------------------------------------------------------
 
     async def branch_tip(self, branch: str) -> tuple[int, BranchRef | None]:
-        """Return ``(seq, ref)`` of a branch's newest log entry (``(-1, None)`` if none)."""
+        """Return ``(seq, ref)`` of a branch's newest log entry (``(-1, None)`` if none).
+
+        The entry this process saw last is read again together with the next
+        one (two requests, one round trip): entries are create-only, so while
+        it reads back byte for byte (it carries a unique token) the log still
+        holds it, and the tip is it or past it. Otherwise the hint, then a
+        listing, find the tip.
+        """
+        known = self._tips.get(branch)
+        if known is not None:
+            seq, data = known
+            again, nxt = await asyncio.gather(
+                self._get_or_none(branch_ref_key(branch, seq)),
+                self._get_or_none(branch_ref_key(branch, seq + 1)),
+                return_exceptions=True,
+            )
+            for failed in (again, nxt):
+                if isinstance(failed, BaseException):
+                    raise failed
+            if again == data:
+                return await self._newest(branch, seq, data, cast("bytes | None", nxt))
         prefix = f"refs/branch.{branch}/"
         seq = 0
         with contextlib.suppress(NotFoundError, ValueError):
@@ -279,13 +301,20 @@ class AssetManager:
             if found is None:
                 return -1, None
             data = found
-        while True:
-            try:
-                nxt = await self.storage.get(branch_ref_key(branch, seq + 1))
-            except NotFoundError:
-                break
+        return await self._newest(
+            branch, seq, data, await self._get_or_none(branch_ref_key(branch, seq + 1))
+        )
+
+    async def _newest(
+        self, branch: str, seq: int, data: bytes, nxt: bytes | None
+    ) -> tuple[int, BranchRef]:
+        """Walk the log from entry ``seq`` (``nxt``: entry ``seq + 1`` or None) to its end."""
+        while nxt is not None:
             seq, data = seq + 1, nxt
-        return seq, BranchRef.decode(data, branch_ref_key(branch, seq))
+            nxt = await self._get_or_none(branch_ref_key(branch, seq + 1))
+        ref = BranchRef.decode(data, branch_ref_key(branch, seq))
+        self._tips[branch] = (seq, data)
+        return seq, ref
 
     async def _tip_by_listing(self, branch: str) -> tuple[int, bytes | None]:
         prefix = f"refs/branch.{branch}/"
@@ -315,6 +344,7 @@ class AssetManager:
             except IcechunkDaskError:
                 raise e from None
         if won:
+            self._tips[branch] = (seq, data)
             with contextlib.suppress(IcechunkDaskError):  # the hint is only an optimisation
                 await self.storage.put(f"refs/branch.{branch}/hint.json", str(seq).encode())
         return won
