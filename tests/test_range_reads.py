@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from zarr.abc.store import RangeByteRequest
 
 from icechunk_dask import CorruptObjectError, Repository, local_filesystem_storage
 from icechunk_dask._chunkio import BLOCK_BITS
@@ -160,3 +161,26 @@ def test_a_big_chunk_of_an_unsharded_array_is_stored_as_its_bytes_alone(
         f.write(b"\xff" * 8)
     again = zarr.open_array(Repository.open(repo.storage).readonly_session("main").store, path=name)
     assert "checksum" in _corruption(lambda: again[:])
+
+
+def test_a_big_value_under_no_array_is_stored_blocked(tmp_path: Path) -> None:
+    # no metadata says how it is read, so its ranges stay verifiable without a whole read
+    from zarr.core.buffer import default_buffer_prototype
+
+    repo = Repository.create(local_filesystem_storage(tmp_path / "repo", durable=False))
+    s = repo.writable_session("main")
+    blob = np.random.default_rng(2).bytes(3 << 19)
+    run(s.store.set("raw/blob", default_buffer_prototype().buffer.from_bytes(blob)))
+    s.commit("a blob")
+    snap = run(repo._assets.get_snapshot(repo.lookup_branch("main")))
+    refs = {
+        k: r
+        for nm in snap.nodes.values()
+        for mid in nm.manifest_ids()
+        for k, r in run(repo._assets.get_manifest(mid)).items()
+    }
+    (ref,) = refs.values()
+    assert ref is not None and isinstance(ref[0], str) and ref[0].endswith(f".b{BLOCK_BITS}")
+    store = Repository.open(repo.storage).readonly_session("main").store
+    part = run(store.get("raw/blob", default_buffer_prototype(), RangeByteRequest(1000, 5000)))
+    assert part is not None and part.to_bytes() == blob[1000:5000]
