@@ -17,6 +17,7 @@ from icechunk_dask import (
     in_memory_storage,
     local_filesystem_storage,
 )
+from icechunk_dask.storage import Storage
 
 
 def new_repo(path: Path) -> Repository:
@@ -73,3 +74,22 @@ def as_format(data: bytes, version: int) -> bytes:
     prefix = _PREFIX.pack(magic, version, kind, flags, hlen, len(body), 0)[:-4]
     crc = zlib.crc32(body, zlib.crc32(head, zlib.crc32(prefix)))
     return prefix + crc.to_bytes(4, "little") + head + body
+
+
+class CountingReads:
+    """The keys a storage object is asked to read, in order (wraps its ``get`` and ``get_range``)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.reads: list[str] = []
+        get, get_range = storage.get, storage.get_range
+
+        async def counted_get(key: str) -> bytes:
+            self.reads.append(key)
+            return await get(key)
+
+        async def counted_range(key: str, start: int, length: int | None) -> bytes:
+            self.reads.append(key)
+            return await get_range(key, start, length)
+
+        storage.get = counted_get  # type: ignore[method-assign]
+        storage.get_range = counted_range  # type: ignore[method-assign]

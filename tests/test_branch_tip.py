@@ -17,21 +17,7 @@ import zarr
 from icechunk_dask import Repository, local_filesystem_storage
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._sync import run
-from icechunk_dask.storage import Storage
-
-
-class _CountingGets:
-    """The keys a storage is asked to ``get`` (wraps the method of one instance)."""
-
-    def __init__(self, storage: Storage) -> None:
-        self.gets: list[str] = []
-        inner = storage.get
-
-        async def get(key: str) -> bytes:
-            self.gets.append(key)
-            return await inner(key)
-
-        storage.get = get  # type: ignore[method-assign]
+from tests.helpers import CountingReads
 
 
 def _commit(repo: Repository, value: int) -> str:
@@ -48,10 +34,10 @@ def _repo(path: Path) -> Repository:
     return repo
 
 
-def _manager(repo: Repository, path: Path) -> tuple[AssetManager, _CountingGets]:
+def _manager(repo: Repository, path: Path) -> tuple[AssetManager, CountingReads]:
     """An asset manager of its own (another process's view) over its own storage object."""
     storage = local_filesystem_storage(path, durable=False)
-    return AssetManager(storage, repo._assets.config), _CountingGets(storage)
+    return AssetManager(storage, repo._assets.config), CountingReads(storage)
 
 
 def test_a_known_tip_costs_two_reads_and_no_hint(tmp_path: Path) -> None:
@@ -59,10 +45,10 @@ def test_a_known_tip_costs_two_reads_and_no_hint(tmp_path: Path) -> None:
     assets, counting = _manager(repo, tmp_path / "repo")
     seq, ref = run(assets.branch_tip("main"))  # first time: hint, entry, next
     assert ref is not None and ref.snapshot_id == repo.lookup_branch("main")
-    assert any(k.endswith("hint.json") for k in counting.gets)
-    counting.gets.clear()
+    assert any(k.endswith("hint.json") for k in counting.reads)
+    counting.reads.clear()
     assert run(assets.branch_tip("main")) == (seq, ref)
-    assert sorted(counting.gets) == [
+    assert sorted(counting.reads) == [
         f"refs/branch.main/{seq:020d}.json",
         f"refs/branch.main/{seq + 1:020d}.json",
     ]
@@ -92,11 +78,11 @@ def test_an_entry_that_reads_back_different_is_not_trusted(tmp_path: Path, commi
     for v in range(commits):
         _commit(again, v + 1)
     fresh = again.lookup_branch("main")
-    counting.gets.clear()
+    counting.reads.clear()
     seq2, ref = run(assets.branch_tip("main"))
     assert ref is not None and ref.snapshot_id == fresh
     assert seq2 == seq - 2 + commits
-    assert any(k.endswith("hint.json") for k in counting.gets)
+    assert any(k.endswith("hint.json") for k in counting.reads)
 
 
 def test_commits_through_one_handle_read_back_through_another(tmp_path: Path) -> None:

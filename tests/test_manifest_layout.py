@@ -17,6 +17,7 @@ import zarr
 from icechunk_dask import Repository, RepositoryConfig, in_memory_storage, local_filesystem_storage
 from icechunk_dask._sync import run
 from icechunk_dask.format import NodeManifests, choose_split, parse_chunk_suffix
+from tests.helpers import CountingReads
 
 FILL = -1
 
@@ -220,26 +221,6 @@ def test_delete_dir_in_a_fork_that_inherited_writes_merges_back() -> None:
     assert zarr.open_array(repo.readonly_session("main").store, path="g/a")[:].tolist() == [0, 0]
 
 
-class _CountingReads:
-    """Counts storage reads per key prefix (wraps the repository's storage methods)."""
-
-    def __init__(self, repo: Repository) -> None:
-        self.reads: list[str] = []
-        storage = repo.storage
-        get, get_range = storage.get, storage.get_range
-
-        async def counted_get(key: str) -> bytes:
-            self.reads.append(key)
-            return await get(key)
-
-        async def counted_range(key: str, start: int, length: int | None) -> bytes:
-            self.reads.append(key)
-            return await get_range(key, start, length)
-
-        storage.get = counted_get  # type: ignore[method-assign]
-        storage.get_range = counted_range  # type: ignore[method-assign]
-
-
 @pytest.mark.parametrize("nchunks", [10, 2000])
 def test_list_dir_of_a_group_reads_no_manifest(nchunks: int) -> None:
     repo = _repo()
@@ -249,7 +230,7 @@ def test_list_dir_of_a_group_reads_no_manifest(nchunks: int) -> None:
     g.create_array("b", shape=(nchunks,), chunks=(1,), dtype="i2")[:] = 2
     tip = s.commit("two arrays")
     repo = Repository.open(repo.storage)  # empty caches
-    counter = _CountingReads(repo)
+    counter = CountingReads(repo.storage)
     store = repo.readonly_session(snapshot_id=tip).store
     members = sorted(zarr.open_group(store, mode="r").array_keys())
     assert members == ["a", "b"]
@@ -281,7 +262,7 @@ def test_list_dir_after_appends_and_deletions_reads_no_manifest_when_certain() -
     node = _node(repo, tip, "a")
     assert not node.exact and node.surely_nonempty  # layers stacked, none deleting
     repo = Repository.open(repo.storage)  # empty caches
-    counter = _CountingReads(repo)
+    counter = CountingReads(repo.storage)
     ws = repo.readonly_session(snapshot_id=tip)._workspace
     assert run(ws.list_dir("")) == {"zarr.json", "a"}
     assert run(ws.list_dir("a")) == {"zarr.json", "c"}
