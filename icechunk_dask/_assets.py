@@ -134,6 +134,8 @@ class AssetManager:
         self._expiry = _LRU(100_000)
         #: the newest entry this process saw of each branch log, ``(seq, bytes)``
         self._tips: dict[str, tuple[int, bytes]] = {}
+        #: when a commit of this process last lost the race for each branch (monotonic)
+        self.lost_race_at: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"<AssetManager {self.storage.url} id={self.config.repo_id}>"

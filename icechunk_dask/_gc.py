@@ -21,7 +21,8 @@ of one session (``sessions/<id>/...``) go together, when all are old.
 
 Kinds are deleted in an order that never leaves a kept object pointing at a
 deleted one: snapshots, transaction logs, manifests, job records, scratch
-objects, markers, then chunks and the temporary files of interrupted writes.
+objects, markers, commit-queue tickets (:mod:`icechunk_dask._queue`; they
+point at nothing), then chunks and the temporary files of interrupted writes.
 If a reachable object is missing or damaged the collection stops before
 deleting anything (what it references is unknown). Branch logs, tags, expiry
 markers and ``config.json`` are never deleted. Memory holds the reachable
@@ -42,6 +43,7 @@ import numpy as np
 from icechunk_dask._assets import AssetManager
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._exceptions import CorruptObjectError, IcechunkDaskError, NotFoundError
+from icechunk_dask._queue import QUEUE_PREFIX
 from icechunk_dask._reach import KindCount, Reachable, as_utc, manifest_chunks, reachable
 from icechunk_dask.format import decode_scratch
 from icechunk_dask.storage import ObjectInfo, ObjectPage
@@ -56,6 +58,7 @@ GC_KINDS = (
     "jobs",
     "scratch",
     "markers",
+    "queue",
     "chunks",
     "temporary",
 )
@@ -66,6 +69,7 @@ _PREFIX = {
     "jobs": "jobs/",
     "scratch": "scratch/",
     "markers": "sessions/",
+    "queue": QUEUE_PREFIX,
     "chunks": "chunks/",
 }
 #: Keys per delete call, and delete calls in flight.
@@ -88,7 +92,8 @@ class GCSummary:
     deleted : dict of str to KindCount
         Objects and bytes deleted, by kind: ``chunks`` (packs included),
         ``manifests``, ``snapshots``, ``transaction_logs``, ``markers``,
-        ``scratch``, ``jobs`` (records of write jobs) and ``temporary`` (files of
+        ``scratch``, ``jobs`` (records of write jobs), ``queue`` (tickets of the
+        commit queue, left by killed processes) and ``temporary`` (files of
         interrupted writes). With ``dry_run``: what would be deleted.
     reachable : dict of str to KindCount
         Objects kept because a branch or tag needs them.
@@ -351,7 +356,7 @@ async def garbage_collect(
             hold = lambda page: held.has_chunks(chunk_ids(page))
         else:
             pages = _pages(assets, kind)
-            if kind != "temporary":
+            if kind not in ("temporary", "queue"):  # neither is ever reachable
                 keep = _by_key(partial(reach.keeps, kind))
                 hold = _by_key(partial(held.keeps, kind))
         await _sweep(kind, pages, keep, hold, cutoff, summary, deleter)

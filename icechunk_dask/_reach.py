@@ -36,6 +36,7 @@ from icechunk_dask._exceptions import (
     InvalidInputError,
     NotFoundError,
 )
+from icechunk_dask._queue import QUEUE_PREFIX
 from icechunk_dask.format import (
     EXPIRED_PREFIX,
     ChunkRef,
@@ -75,6 +76,7 @@ _PREFIXES = {
     "chunks/": "chunks",
     "refs/": "refs",
     EXPIRED_PREFIX: "expiry_markers",
+    QUEUE_PREFIX: "queue",
 }
 #: Every kind a usage report or a garbage-collection summary counts.
 KINDS = (*_PREFIXES.values(), "config", "temporary", "other")

@@ -27,6 +27,7 @@ import numpy as np
 import zarr
 
 from icechunk_dask import ConflictError, Repository, local_filesystem_storage
+from icechunk_dask._sync import run
 from icechunk_dask.format import BranchRef, branch_ref_key
 
 N_PROCS = 8
@@ -129,6 +130,8 @@ def test_racing_committers_lose_nothing(tmp_path: Path) -> None:
     for prev, entry in itertools.pairwise(log):
         assert entry.parent_id == prev.snapshot_id
     assert log[-1].snapshot_id == ids[0]
+    # every commit that lost a race and queued left the commit queue
+    assert run(local_filesystem_storage(tmp_path).list("queue/")) == []
 
     # every shared round: exactly one winner; the 7 others refused, naming the chunk
     winners = [a for a in acked if a[3]]

@@ -19,6 +19,7 @@ import pytest
 import zarr
 
 from icechunk_dask import Repository, local_filesystem_storage
+from icechunk_dask._sync import run
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITERS, COMMITS = 16, 5
@@ -70,6 +71,7 @@ def test_sixteen_writers_five_commits_each_all_land(tmp_path: Path) -> None:
     assert len(history) == len(set(history))  # nothing applied twice
     assert set(acked) <= set(history)  # nothing acknowledged was lost
     assert len(history) == WRITERS * COMMITS + 2  # the 80, "arrays" and the root
+    assert run(repo.storage.list("queue/")) == []  # every queued commit left the queue
     back = repo.readonly_session("main").store
     expected = np.repeat((np.arange(WRITERS) * 100 + COMMITS)[:, None], 64, axis=1)
     for name in ("a", "b"):

@@ -420,14 +420,23 @@ def test_a_commit_of_unknown_outcome_keeps_the_kind_of_the_storage_error() -> No
     )
 
 
-def test_a_commit_that_keeps_losing_backs_off_exponentially_up_to_a_second(
+class _NoQueue(_OthersLandFirst):
+    """Others land first, and the storage refuses every commit-queue ticket."""
+
+    async def put(self, key: str, data: bytes) -> None:
+        if key.startswith("queue/"):
+            raise StorageError(f"injected failure: put {key}")
+        await super().put(key, data)
+
+
+def test_a_commit_that_keeps_losing_without_a_queue_backs_off_exponentially_up_to_a_second(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     inner = in_memory_storage()
     s = Repository.create(inner).writable_session("main")
     zarr.create_array(s.store, name="a", shape=(120,), chunks=(10,), dtype="i4", fill_value=0)
     s.commit("base")
-    storage = _OthersLandFirst(inner, 10)
+    storage = _NoQueue(inner, 10)
     session = Repository.open(storage).writable_session("main")
     zarr.open_array(session.store, path="a")[0:10] = 7
     pauses: list[float] = []
