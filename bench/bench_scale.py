@@ -91,25 +91,25 @@ def _writers(args: argparse.Namespace, server: Any) -> dict[str, Any]:
     impls = ["ours", *(["icechunk"] if args.icechunk else [])]
     out: dict[str, Any] = {"load_before": loadavg(), "runs": []}
     kinds = ["local", *(["s3"] if server is not None else [])]
-    for kind in kinds:
-        for impl in impls:
-            with tempdir(f"bench-writers-{impl}-") as d:
-                if kind == "local":
-                    spec: dict[str, Any] = {"kind": "local", "path": str(d / "repo")}
-                else:
-                    kw = server.storage_kwargs(server.create_bucket())
-                    spec = {"kind": "s3", "s3": {**kw, "prefix": f"writers-{impl}"}}
-                r = run_writers(impl, spec, n)
-            r["p50"] = percentile(r["latency"], 50)
-            r["p99"] = percentile(r["latency"], 99)
-            r["load"] = loadavg()
-            out["runs"].append(r)
-            print(
-                f"  writers {kind} {impl}: {r['commits_ok']}/{r['commits_attempted']} commits, "
-                f"rows ok {r['rows_ok']}/{r['rows_expected']}, p50 {fmt_time(r['p50'])}, "
-                f"p99 {fmt_time(r['p99'])}, total {fmt_time(r['total_s'])}",
-                flush=True,
-            )
+    rounds = [(kind, impl) for kind in kinds for _ in range(args.writers_repeats) for impl in impls]
+    for kind, impl in rounds:  # the implementations alternate, repeat after repeat
+        with tempdir(f"bench-writers-{impl}-") as d:
+            if kind == "local":
+                spec: dict[str, Any] = {"kind": "local", "path": str(d / "repo")}
+            else:
+                kw = server.storage_kwargs(server.create_bucket())
+                spec = {"kind": "s3", "s3": {**kw, "prefix": f"writers-{impl}"}}
+            r = run_writers(impl, spec, n)
+        r["p50"] = percentile(r["latency"], 50)
+        r["p99"] = percentile(r["latency"], 99)
+        r["load"] = loadavg()
+        out["runs"].append(r)
+        print(
+            f"  writers {kind} {impl}: {r['commits_ok']}/{r['commits_attempted']} commits, "
+            f"rows ok {r['rows_ok']}/{r['rows_expected']}, p50 {fmt_time(r['p50'])}, "
+            f"p99 {fmt_time(r['p99'])}, total {fmt_time(r['total_s'])}",
+            flush=True,
+        )
     out["load_after"] = loadavg()
     return out
 
@@ -230,6 +230,7 @@ def main() -> None:
         help="jobs section: implementations in the order run (ours, plain, icechunk)",
     )
     ap.add_argument("--writers", type=int, default=16)
+    ap.add_argument("--writers-repeats", type=int, default=1, help="runs per implementation")
     ap.add_argument("--s3-repeats", type=int, default=3)
     ap.add_argument("--no-s3", action="store_true", help="no SeaweedFS server (local only)")
     ap.add_argument("--no-icechunk", dest="icechunk", action="store_false")

@@ -42,8 +42,10 @@ QUEUE_PREFIX = "queue/"
 #: How long a ticket may stay first, as seen by a waiter behind it, before the waiter
 #: takes it as abandoned (seconds; a commit whose own attempt took long waits longer).
 STALE_AFTER = 2.0
-#: Seconds between two looks at the queue, per ticket ahead, and at most.
-_POLL_PER_TICKET, _LONGEST_POLL = 0.002, 0.1
+#: Seconds between two looks at the queue with one ticket ahead (at least; twice the time a
+#: listing took if that is longer), times the square of the tickets ahead, and at most:
+#: the next in line notices its turn at once, the ones far back look rarely.
+_POLL, _LONGEST_POLL = 0.002, 0.25
 #: Waiters with at most this many tickets ahead rebase as commits land; the others
 #: rebase once, when they get there (what each reads is the same; they read it later).
 _REBASE_WITHIN = 2
@@ -116,10 +118,12 @@ class CommitQueue:
         abandoned: set[str] = set()
         before: set[str] | None = None
         while True:
+            started = time.monotonic()
             try:
                 keys = await self._storage.list(self._prefix)
             except StorageError:
                 return
+            listing = time.monotonic() - started
             ahead = sorted(k for k in keys if k < ticket and k not in abandoned)
             if not ahead:
                 return
@@ -137,7 +141,7 @@ class CommitQueue:
                 abandoned.add(ahead[0])
                 await self.leave(ahead[0])
                 continue
-            await asyncio.sleep(min(_LONGEST_POLL, _POLL_PER_TICKET * len(ahead)))
+            await asyncio.sleep(min(_LONGEST_POLL, max(_POLL, 2 * listing) * len(ahead) ** 2))
 
     async def leave(self, ticket: str) -> None:
         """Delete ``ticket`` (an error is ignored: a ticket left behind goes stale)."""
