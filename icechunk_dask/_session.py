@@ -438,8 +438,10 @@ class Session:
 
         If the branch moved since the session started, the changes are
         rebased onto the new tip as ``rebase_with`` decides (by default, when
-        they do not collide), with a jittered exponential backoff between
-        attempts. After a commit the session is read-only at the new snapshot.
+        they do not collide). A commit that another commit beat to the branch
+        waits its turn in the branch's commit queue, so concurrent commits
+        land in the order they lost (docs/format.md). After a commit the
+        session is read-only at the new snapshot.
 
         Parameters
         ----------
