@@ -130,6 +130,9 @@ def test_the_bulk_parser_gives_the_rules_boxes(
         (["c/"], DEFAULT, (2,), 0),  # an empty coordinate (at the end)
         (["c//", "c/1"], DEFAULT, (2,), 0),
         (["c/1x"], DEFAULT, (2,), 0),
+        (["c/1x"], DEFAULT, (UNBOUNDED,), 0),  # checked although box 0 needs no parse
+        (["c/5/x"], DEFAULT, (3, 1000), 0),
+        (["c/5/\u0661"], DEFAULT, (3, 1000), 0),
         (["c/1", "c/-2"], DEFAULT, (2,), 0),
         (["c/1:"], DEFAULT, (2,), 0),  # ":" is the byte after "9"
         (["1/"], ("v2", "."), (2,), 0),  # "/" is the byte before "0"

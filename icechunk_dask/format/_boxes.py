@@ -131,24 +131,29 @@ def _batch_boxes(
         if not (ends[lead::width] - at == 1).all() or not (data[at] == ord("c")).all():
             return None
     digits = data - np.uint8(ord("0"))  # wraps around: anything but a digit is > 9
-    not_digit = np.concatenate(([0], np.cumsum(digits > 9, dtype=np.int32)))
     out = np.zeros((n, ndim), dtype=np.int64)
     for d, extent in enumerate(split):
         lo, hi = starts[first + d :: width], ends[first + d :: width]
         sizes = hi - lo
-        if (sizes <= 0).any() or (not_digit[hi] - not_digit[lo]).any():
+        if (sizes <= 0).any():
             return None
         longest = int(sizes.max())
         # a box that spans every number of that many digits: its index is 0, no parse needed
-        if extent >= 10**longest:
-            continue
-        if longest > 18:  # beyond int64: the general path
+        parse = extent < 10**longest
+        if parse and longest > 18:  # beyond int64: the general path
             return None
         values = np.zeros(n, dtype=np.int64)
-        for k in range(longest, 0, -1):  # the k-th digit from the right, where there is one
+        for k in range(longest, 0, -1):  # the k-th byte from the right, where there is one
             pos = hi - k
-            values = values * 10 + np.where(pos >= lo, digits[np.maximum(pos, 0)], np.uint8(0))
-        out[:, d] = values // extent
+            inside = pos >= lo
+            digit = digits[np.where(inside, pos, lo)]  # outside: the first byte, read again
+            if (digit > 9).any():  # every byte of every coordinate is checked: a digit
+                return None
+            if parse:
+                values *= 10
+                values += np.where(inside, digit, np.uint8(0))
+        if parse:
+            out[:, d] = values // extent
     return out
 
 
