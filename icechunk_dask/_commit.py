@@ -32,6 +32,7 @@ from icechunk_dask._exceptions import (
 )
 from icechunk_dask._flush import write_snapshot
 from icechunk_dask._fork import UNMERGED_MESSAGE, clear_markers, unmerged_writers
+from icechunk_dask._gcpause import PAUSE_GC_FROM, gc_paused
 from icechunk_dask._queue import STALE_AFTER, CommitQueue
 from icechunk_dask._rebase import find_conflicts
 from icechunk_dask.format import now_iso
@@ -250,7 +251,8 @@ class _Rebasing:
         await self.onto(tip)
         self._counted = False
         parent = await self.assets.get_snapshot(tip)
-        snap = await write_snapshot(self.assets, parent, self.cs, message, metadata, now_iso())
+        with gc_paused(len(self.cs.chunks) >= PAUSE_GC_FROM):
+            snap = await write_snapshot(self.assets, parent, self.cs, message, metadata, now_iso())
         await self.assets.storage.durability_barrier()
         try:
             won = await self.assets.try_advance_branch(self.branch, seq + 1, snap.id, tip)

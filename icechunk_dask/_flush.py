@@ -26,7 +26,6 @@ from collections.abc import Collection
 from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any
 
-from icechunk_dask._gcpause import gc_paused
 from icechunk_dask._layers import LayerWriter, stack_box, write_box
 from icechunk_dask._manifests import load_node
 from icechunk_dask._prebuilt import layered_keys
@@ -171,10 +170,6 @@ def planned_layout(
     return nm.encoding, nm.split  # type: ignore[return-value]
 
 
-#: Commits of at least this many chunk changes pause the cyclic garbage collector.
-_PAUSE_GC_FROM = 100_000
-
-
 async def write_snapshot(
     assets: AssetManager,
     parent: Snapshot,
@@ -186,26 +181,13 @@ async def write_snapshot(
     """Write manifests, the transaction log and the snapshot for a commit.
 
     Nothing becomes visible until the caller moves the branch to the returned
-    snapshot. A big commit pauses the cyclic garbage collector meanwhile
-    (:mod:`icechunk_dask._gcpause`).
+    snapshot.
 
     Returns
     -------
     Snapshot
         The new snapshot (already stored).
     """
-    with gc_paused(len(changes.chunks) >= _PAUSE_GC_FROM):
-        return await _write_snapshot(assets, parent, changes, message, metadata, written_at)
-
-
-async def _write_snapshot(
-    assets: AssetManager,
-    parent: Snapshot,
-    changes: ChangeSet,
-    message: str,
-    metadata: dict[str, Any],
-    written_at: str,
-) -> Snapshot:
     meta = dict(parent.meta)
     for key, doc in changes.meta.items():
         if doc is None:

@@ -17,7 +17,10 @@ import gc
 import threading
 from collections.abc import Iterator
 
-__all__ = ["gc_paused"]
+__all__ = ["PAUSE_GC_FROM", "gc_paused"]
+
+#: Commits of at least this many chunk changes pause the collector while they write.
+PAUSE_GC_FROM = 100_000
 
 _LOCK = threading.Lock()
 _pauses = 0

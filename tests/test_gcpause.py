@@ -9,8 +9,7 @@ import pytest
 import zarr
 
 from icechunk_dask import ChangeSet, Repository, in_memory_storage
-from icechunk_dask._flush import _PAUSE_GC_FROM
-from icechunk_dask._gcpause import gc_paused
+from icechunk_dask._gcpause import PAUSE_GC_FROM, gc_paused
 from icechunk_dask.storage import FaultyStorage, Storage
 
 
@@ -39,12 +38,12 @@ def _commit_refs(n: int) -> tuple[Repository, str, _CollectorSeen]:
     return repo, s.commit("refs"), storage
 
 
-@pytest.mark.parametrize("n", [_PAUSE_GC_FROM - 1, _PAUSE_GC_FROM])
+@pytest.mark.parametrize("n", [PAUSE_GC_FROM - 1, PAUSE_GC_FROM])
 def test_a_big_commit_pauses_the_collector_while_it_writes_its_manifests(n: int) -> None:
     assert gc.isenabled()
     repo, sid, storage = _commit_refs(n)
     assert repo.lookup_branch("main") == sid
-    assert storage.enabled and set(storage.enabled) == {n < _PAUSE_GC_FROM}
+    assert storage.enabled and set(storage.enabled) == {n < PAUSE_GC_FROM}
     assert gc.isenabled()  # given back
 
 
