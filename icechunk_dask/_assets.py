@@ -363,7 +363,7 @@ class AssetManager:
         seq, ref = await self.branch_tip(branch)
         if ref is None or ref.deleted or ref.snapshot_id is None:
             hint = ""
-            if ID_PATTERN.match(branch):
+            if ID_PATTERN.fullmatch(branch):
                 hint = (
                     f"; {branch!r} looks like a snapshot id: pass it as snapshot_id= "
                     f"(repo.readonly_session(snapshot_id={branch!r}))"

@@ -65,7 +65,7 @@ def resolve_ref(repo: AssetManager, ref: str) -> str:
     if not ref:
         raise InvalidInputError(f"expected a branch, tag or snapshot id, got {ref!r}")
     base, steps = ref, 0
-    m = _ANCESTOR.match(ref)
+    m = _ANCESTOR.fullmatch(ref)
     if m:
         base, steps = m["base"], int(m["n"] or 1)
     snapshot_id = _resolve_base(repo, base)
@@ -105,7 +105,7 @@ def _resolve_base(repo: AssetManager, name: str) -> str:
         return run(repo.lookup_branch(name))[1]
     if name in tags:
         return run(repo.lookup_tag(name))
-    if ID_PATTERN.match(name):
+    if ID_PATTERN.fullmatch(name):
         try:
             run(repo.get_snapshot(name))
         except ExpiredSnapshotError:

@@ -235,9 +235,12 @@ def test_e11_unknown_snapshot(repo: Repository, root: Path) -> None:
             check(info.value, ErrorKind.NOT_FOUND, f"snapshot {unknown} does not exist")
 
 
-def test_e12_malformed_snapshot_id(repo: Repository, root: Path) -> None:
+@pytest.mark.parametrize("bad", ["HEAD~1", "snapshot id and a newline"])
+def test_e12_malformed_snapshot_id(repo: Repository, root: Path, bad: str) -> None:
+    if bad != "HEAD~1":
+        bad = repo.lookup_branch("main") + "\n"
     with unchanged(root), pytest.raises(NotFoundError) as info:
-        repo.readonly_session(snapshot_id="HEAD~1")
+        repo.readonly_session(snapshot_id=bad)
     check(info.value, ErrorKind.NOT_FOUND, "is not a snapshot id", "repo.ancestry")
 
 
@@ -369,6 +372,7 @@ BAD_NAMES = [
     "x" * 256,
     "sp ace",
     "naïve",
+    "main\n",  # a trailing newline is no letter
     None,
     3,
 ]

@@ -55,6 +55,8 @@ def test_default_split_puts_slabs_of_the_first_dimension_in_a_box() -> None:
         ("c/1/x", ("default", "/"), 2, None),
         ("c/1", ("default", "/"), 2, None),
         ("d/1/2", ("default", "/"), 2, None),
+        ("c/1/2\n", ("default", "/"), 2, None),  # a trailing newline is no digit
+        ("1.2\n", ("v2", "."), 2, None),
     ],
 )
 def test_chunk_suffix_parsing(

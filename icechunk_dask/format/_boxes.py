@@ -39,7 +39,7 @@ UNBOUNDED = 2**62
 #: How an array names its chunks: ``("default" | "v2", separator)``.
 Encoding = tuple[str, str]
 
-_DIGITS = re.compile(r"^[0-9]+$")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def parse_chunk_suffix(suffix: str, encoding: Encoding, ndim: int) -> tuple[int, ...] | None:
@@ -73,7 +73,7 @@ def parse_chunk_suffix(suffix: str, encoding: Encoding, ndim: int) -> tuple[int,
         parts = suffix.split(sep)
     else:
         return None
-    if len(parts) != ndim or not all(_DIGITS.match(p) for p in parts):
+    if len(parts) != ndim or not all(_DIGITS.fullmatch(p) for p in parts):
         return None
     return tuple(map(int, parts))
 

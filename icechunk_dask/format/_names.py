@@ -44,7 +44,7 @@ def validate_ref_name(name: object, what: str, max_name_bytes: int | None = None
     InvalidInputError
         If the name breaks the rules.
     """
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name or name.endswith("."):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name or name.endswith("."):
         raise InvalidInputError(
             f"invalid {what} name {name!r}: use 1-255 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (for example 'main' or 'experiment-2')"
@@ -85,7 +85,7 @@ def validate_snapshot_id(snapshot_id: object) -> str:
     NotFoundError
         If it cannot be a snapshot id (so no such snapshot exists).
     """
-    if not isinstance(snapshot_id, str) or not ID_PATTERN.match(snapshot_id):
+    if not isinstance(snapshot_id, str) or not ID_PATTERN.fullmatch(snapshot_id):
         raise NotFoundError(
             f"{snapshot_id!r} is not a snapshot id (20 characters, 0-9 and A-Z); list them "
             "with repo.ancestry(branch='main')"
