@@ -49,6 +49,7 @@ from icechunk_dask._jobs import load_task_records, store_result, store_task_reco
 from icechunk_dask._plan import Piece, WritePlan
 from icechunk_dask._prebuilt import merge_records
 from icechunk_dask._session import Session
+from icechunk_dask._shipgraph import Shipped
 from icechunk_dask._sync import run
 
 if TYPE_CHECKING:
@@ -211,7 +212,9 @@ def optimize_write_graph(dsk: Any, keys: Any, **kwargs: Any) -> dict[Key, GraphN
     Runs where the graph is materialised: on the scheduler with distributed
     (so that the client only builds a few small layers), in the calling
     thread otherwise. The sources are optimised as dask optimises arrays
-    (blockwise fusion, culling) with their blocks as outputs.
+    (blockwise fusion, culling) with their blocks as outputs. Each write
+    task's private subgraph and block keys are :class:`Shipped`: once sent to a
+    worker, the scheduler keeps them only as compressed bytes.
     """
     graph: HighLevelGraph = (
         dsk
@@ -253,8 +256,8 @@ def optimize_write_graph(dsk: Any, keys: Any, **kwargs: Any) -> dict[Key, GraphN
             ctx_ref,
             index,
             pieces,
-            piece_keys,
-            inner,
+            Shipped(piece_keys),
+            Shipped(inner),
             external,
             *(TaskRef(d) for d in external),
         )
@@ -292,13 +295,16 @@ def _write_task(
     ctx: WriteContext,
     index: int,
     pieces: tuple[Piece, ...],
-    keys: tuple[tuple[Key, ...], ...],
-    inner: dict[Key, GraphNode],
+    keys: tuple[tuple[Key, ...], ...] | Shipped[tuple[tuple[Key, ...], ...]],
+    inner: dict[Key, GraphNode] | Shipped[dict[Key, GraphNode]],
     external: tuple[Key, ...],
     *values: Any,
 ) -> ChangeSet:
     """Compute the blocks, write them through a new fork, return (and keep) the fork's record."""
     cache: dict[Key, Any] = dict(zip(external, values, strict=True))
+    # an optimised graph ships them (_shipgraph); a graph computed unoptimised has them bare
+    keys = keys.get() if isinstance(keys, Shipped) else keys
+    inner = inner.get() if isinstance(inner, Shipped) else inner
     if inner:
         wanted = {k for ks in keys for k in ks}
         cache = dict(execute_graph(inner, cache=cache, keys=wanted))

@@ -88,7 +88,7 @@ def test_the_optimised_graph_inlines_each_write_tasks_private_sources(tmp_path: 
     for k in writes:
         task = graph[k]
         assert isinstance(task, Task)
-        inner, external = task.args[4], task.args[5]
+        inner, external = task.args[4].get(), task.args[5]
         assert inner and external == ()
         inlined += len(inner)
     assert inlined == 2 * 4  # two source tasks for each of the four blocks
@@ -111,7 +111,7 @@ def test_a_source_block_two_write_tasks_need_stays_outside_both(tmp_path: Path) 
     shared = {d for k in writes for d in graph[k].args[5]}  # type: ignore[attr-defined]
     assert len(shared) == 2 and all(k in graph for k in shared)  # once, outside the writes
     for k in writes:
-        inner, external = graph[k].args[4], graph[k].args[5]  # type: ignore[attr-defined]
+        inner, external = graph[k].args[4].get(), graph[k].args[5]  # type: ignore[attr-defined]
         assert len(external) == 1 and len(inner) == 2 and not set(inner) & shared
     dask.compute(optimised)
     s.commit("shared blocks")
