@@ -37,7 +37,7 @@ class Shipped[T]:
     ----------
     value : T
         The argument (a subgraph, a tuple of keys). Pickled as distributed
-        pickles: with :mod:`pickle`, by value with :mod:`cloudpickle` when that
+        pickles: with ``pickle``, by value with ``cloudpickle`` when that
         fails or refers to ``__main__`` (functions the client defined
         interactively exist on the workers only by value).
     """
