@@ -9,15 +9,26 @@ The dataset: ``v(time, x)`` float32, 100,000 x 1,024, dask blocks of one row
 (100,000 blocks), Zarr chunks of one row (4 KiB). The block function creates a
 marker file with ``O_EXCL`` the first time any block runs and writes the wall
 clock time into it, so "time before the first task starts" is measured from
-the client's clock before the write call to the first block's start.
+the client's clock before the write call to the first block's start (end to
+end: the client's graph build and submission, then the scheduler
+materialising and optimising the graph). The client's own share is timed
+directly: the graph build plus ``Client.compute``, which returns once the
+graph is sent. Scheduler RSS is read after every job; "flat" means that from
+the second job's end to the last one's (four jobs or more) the scheduler grew by
+at most ``TARGETS["scheduler_growth_bytes"]`` per job on average (the first
+jobs raise the allocator's high-water mark; single jobs move it by +-20 MiB).
+
+The source is ``map_blocks`` of a function taking ``block_info`` (dask then
+materialises a dict per block on the scheduler: the heavier case) or, with
+``--job-source constant``, of one that takes no arguments.
 
 Jobs (interleaved; ours repeated to see the scheduler's RSS over jobs):
 
 ours
     ``to_zarr(ds, session, mode="w", compute=False)`` (graph build, timed),
-    ``dask.compute`` + ``session.merge`` of the record, ``session.commit``.
+    ``Client.compute`` (timed) + ``session.merge`` of the record, ``session.commit``.
 plain
-    ``ds.to_zarr(LocalStore, mode="w", compute=False)`` then ``dask.compute``.
+    ``ds.to_zarr(LocalStore, mode="w", compute=False)`` then ``Client.compute``.
 icechunk
     ``to_icechunk(ds, session, mode="w")`` + commit (it has no ``compute=False``).
 """
@@ -35,7 +46,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -52,7 +62,11 @@ from _common import (
     verdict,
 )
 
-TARGETS = {"first_task_us_per_block": 20.0, "client_rss_bytes": 200 * 2**20}
+TARGETS = {
+    "client_us_per_block": 20.0,
+    "client_rss_bytes": 200 * 2**20,
+    "scheduler_growth_bytes": 10 * 2**20,
+}
 WIDTH = 1024
 
 _CLUSTER = """
@@ -113,9 +127,18 @@ def _row(marker: str, block_info: Any = None) -> np.ndarray:
     return np.full(shape, row % 1000, dtype=np.float32)
 
 
-def make_dataset(n: int, marker: Path) -> xr.Dataset:
+def _constant_row(marker: str) -> np.ndarray:
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.write(fd, repr(time.time()).encode())
+        os.close(fd)
+    return np.full((1, WIDTH), 7, dtype=np.float32)
+
+
+def make_dataset(n: int, marker: Path, source: str = "block-info") -> xr.Dataset:
+    """``v(time, x)``; each block is the row number (``block_info``) or a constant."""
     arr = da.map_blocks(
-        _row,
+        _row if source == "block-info" else _constant_row,
         str(marker),
         dtype=np.float32,
         chunks=((1,) * n, (WIDTH,)),
@@ -127,9 +150,9 @@ def make_dataset(n: int, marker: Path) -> xr.Dataset:
 ENCODING = {"v": {"chunks": (1, WIDTH)}}
 
 
-def _job(impl: str, n: int, d: Path, client: Any) -> dict[str, Any]:
+def _job(impl: str, n: int, d: Path, client: Any, source: str) -> dict[str, Any]:
     marker = d / "first-task"
-    ds = make_dataset(n, marker)
+    ds = make_dataset(n, marker, source)
     sched0 = client.run_on_scheduler(_rss)
     peak_reset = reset_peak_rss()
     rss0 = proc_status("VmRSS")
@@ -142,7 +165,9 @@ def _job(impl: str, n: int, d: Path, client: Any) -> dict[str, Any]:
         lazy = to_zarr(ds, session, mode="w", encoding=ENCODING, compute=False)
         out["graph_build_s"] = time.time() - t0
         t1 = time.time()
-        (record,) = dask.compute(lazy)
+        future = client.compute(lazy)
+        out["submit_s"] = time.time() - t1
+        record = future.result()
         out["compute_s"] = time.time() - t1
         if record is not None:  # the lazy write merges into the session when computed
             session.merge(record)
@@ -159,7 +184,10 @@ def _job(impl: str, n: int, d: Path, client: Any) -> dict[str, Any]:
             compute=False,
         )
         out["graph_build_s"] = time.time() - t0
-        dask.compute(lazy)
+        t1 = time.time()
+        future = client.compute(lazy)
+        out["submit_s"] = time.time() - t1
+        future.result()
     else:
         import icechunk
         from icechunk.xarray import to_icechunk
@@ -171,6 +199,9 @@ def _job(impl: str, n: int, d: Path, client: Any) -> dict[str, Any]:
     out["total_s"] = time.time() - t0
     out["first_task_s"] = float(marker.read_text()) - t0
     out["first_task_us_per_block"] = out["first_task_s"] / n * 1e6
+    if "submit_s" in out:
+        out["client_s"] = out["graph_build_s"] + out["submit_s"]
+        out["client_us_per_block"] = out["client_s"] / n * 1e6
     out["client_rss_growth"] = proc_status("VmHWM") - rss0 if peak_reset else None
     out["client_rss_after"] = proc_status("VmRSS")
     out["scheduler_rss_before"] = sched0
@@ -182,14 +213,20 @@ def _job(impl: str, n: int, d: Path, client: Any) -> dict[str, Any]:
 def section_jobs(args: argparse.Namespace) -> dict[str, Any]:
     n = 5_000 if args.quick else args.job_blocks
     order = [i for i in args.job_order.split(",") if args.icechunk or i != "icechunk"]
-    res: dict[str, Any] = {"blocks": n, "load_before": loadavg(), "jobs": []}
+    res: dict[str, Any] = {
+        "blocks": n,
+        "source": args.job_source,
+        "load_before": loadavg(),
+        "jobs": [],
+    }
     with cluster_process() as client:
         for impl in order:
             with tempdir(f"bench-job-{impl}-") as d:
-                r = _job(impl, n, d, client)
+                r = _job(impl, n, d, client, args.job_source)
             res["jobs"].append(r)
             print(
-                f"  job {impl}: first task after {fmt_time(r['first_task_s'])} "
+                f"  job {impl}: client {r.get('client_us_per_block', float('nan')):.1f} us/block, "
+                f"first task after {fmt_time(r['first_task_s'])} "
                 f"({r['first_task_us_per_block']:.1f} us/block), total {fmt_time(r['total_s'])}, "
                 f"client RSS +{fmt_bytes(r['client_rss_growth'])}, scheduler RSS "
                 f"{fmt_bytes(r['scheduler_rss_before'])} -> {fmt_bytes(r['scheduler_rss_after'])}",
@@ -199,22 +236,36 @@ def section_jobs(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def _scheduler_flat(jobs: list[dict[str, Any]]) -> str:
+    """Verdict on the scheduler's RSS: mean growth per job after the second job."""
+    if len(jobs) < 4:
+        return "- (needs 4 jobs)"
+    grown = jobs[-1]["scheduler_rss_after"] - jobs[1]["scheduler_rss_after"]
+    per_job = grown / (len(jobs) - 2)
+    sign = "+" if per_job >= 0 else "-"
+    return (
+        f"{verdict(per_job, TARGETS['scheduler_growth_bytes'])} "
+        f"({sign}{fmt_bytes(abs(per_job))} per job over jobs 3-{len(jobs)})"
+    )
+
+
 def report_jobs(res: dict[str, Any]) -> str:
     rows = []
     for i, r in enumerate(res["jobs"]):
         ours = r["impl"] == "ours"
+        client = r.get("client_us_per_block")
+        growth = r["scheduler_rss_after"] - r["scheduler_rss_before"]
         rows.append(
             [
                 str(i + 1),
                 r["impl"],
-                fmt_time(r["first_task_s"]),
-                f"{r['first_task_us_per_block']:.1f}"
-                + (
-                    f" {verdict(r['first_task_us_per_block'], TARGETS['first_task_us_per_block'])}"
-                    if ours
-                    else ""
-                ),
+                "-"
+                if client is None
+                else f"{client:.1f}"
+                + (f" {verdict(client, TARGETS['client_us_per_block'])}" if ours else ""),
                 fmt_time(r["graph_build_s"]) if "graph_build_s" in r else "-",
+                fmt_time(r["submit_s"]) if "submit_s" in r else "-",
+                f"{fmt_time(r['first_task_s'])} ({r['first_task_us_per_block']:.1f})",
                 fmt_time(r["total_s"]),
                 fmt_bytes(r["client_rss_growth"])
                 + (
@@ -222,21 +273,31 @@ def report_jobs(res: dict[str, Any]) -> str:
                     if ours
                     else ""
                 ),
-                f"{fmt_bytes(r['scheduler_rss_before'])} -> {fmt_bytes(r['scheduler_rss_after'])}",
+                (
+                    f"{fmt_bytes(r['scheduler_rss_before'])} -> "
+                    f"{fmt_bytes(r['scheduler_rss_after'])} ({'+' if growth >= 0 else '-'}"
+                    f"{fmt_bytes(abs(growth))})"
+                ),
                 f"{r['load'][0]:.1f}",
             ]
         )
+    ours_jobs = [r for r in res["jobs"] if r["impl"] == "ours"]
     head = (
         f"### `to_zarr` job of {res['blocks']:,} dask blocks (4 KiB chunks) on "
-        "LocalCluster(2x1), jobs in the order run\n\n"
+        f"LocalCluster(2x1), source {res.get('source', 'block-info')}, jobs in the order run\n\n"
+        f"Scheduler RSS flat (ours, after job 2 it grows by <= "
+        f"{fmt_bytes(TARGETS['scheduler_growth_bytes'])} per job on average): "
+        f"{_scheduler_flat(ours_jobs) if len(ours_jobs) == len(res['jobs']) else '- (mixed run)'}"
+        "\n\n"
     )
     return head + table(
         [
             "job",
             "impl",
-            "until first task",
-            "µs/block",
-            "graph build (compute=False)",
+            "client µs/block (build + submit)",
+            "graph build",
+            "submit",
+            "until first task, end to end (µs/block)",
             "total (incl. commit)",
             "client RSS growth",
             "scheduler RSS",

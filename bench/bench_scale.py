@@ -229,6 +229,12 @@ def main() -> None:
         default="ours,plain,ours,icechunk,ours",
         help="jobs section: implementations in the order run (ours, plain, icechunk)",
     )
+    ap.add_argument(
+        "--job-source",
+        choices=["block-info", "constant"],
+        default="block-info",
+        help="jobs section: blocks made with block_info (row numbers) or constant ones",
+    )
     ap.add_argument("--writers", type=int, default=16)
     ap.add_argument("--writers-repeats", type=int, default=1, help="runs per implementation")
     ap.add_argument("--s3-repeats", type=int, default=3)
