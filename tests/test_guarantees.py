@@ -39,7 +39,7 @@ from icechunk_dask import (
     local_filesystem_storage,
 )
 from icechunk_dask.distributed import merge_sessions
-from icechunk_dask.storage import _local
+from icechunk_dask.storage import _local_files
 
 FILL = -1
 #: chunk length (int64 elements) -> how the chunk is stored: inline in the manifest
@@ -232,15 +232,19 @@ class SyncRecorder:
         self.events: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
         wrap = self._wrap
-        monkeypatch.setattr(_local, "_syncfs", wrap("syncfs", _local._syncfs, str))
-        monkeypatch.setattr(_local, "_fsync_dir", wrap("fsync_dir", _local._fsync_dir, str))
-        monkeypatch.setattr(_local.os, "fsync", wrap("fsync", os.fsync, None))
-        monkeypatch.setattr(_local.os, "sync", wrap("os.sync", os.sync, None))
-        if _local._SYNC_FILE_RANGE is not None:
-            real = _local._SYNC_FILE_RANGE
-            monkeypatch.setattr(_local, "_SYNC_FILE_RANGE", wrap("sync_file_range", real, None))
-        monkeypatch.setattr(_local.os, "replace", wrap("place", os.replace, self._key, 1))
-        monkeypatch.setattr(_local.os, "link", wrap("place", os.link, self._key, 1))
+        monkeypatch.setattr(_local_files, "_syncfs", wrap("syncfs", _local_files._syncfs, str))
+        monkeypatch.setattr(
+            _local_files, "_fsync_dir", wrap("fsync_dir", _local_files._fsync_dir, str)
+        )
+        monkeypatch.setattr(_local_files.os, "fsync", wrap("fsync", os.fsync, None))
+        monkeypatch.setattr(_local_files.os, "sync", wrap("os.sync", os.sync, None))
+        if _local_files._SYNC_FILE_RANGE is not None:
+            real = _local_files._SYNC_FILE_RANGE
+            monkeypatch.setattr(
+                _local_files, "_SYNC_FILE_RANGE", wrap("sync_file_range", real, None)
+            )
+        monkeypatch.setattr(_local_files.os, "replace", wrap("place", os.replace, self._key, 1))
+        monkeypatch.setattr(_local_files.os, "link", wrap("place", os.link, self._key, 1))
 
     def _key(self, path: Any) -> str:
         return os.path.relpath(path, self.root).replace(os.sep, "/")

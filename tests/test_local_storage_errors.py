@@ -26,7 +26,7 @@ from icechunk_dask import (
     StorageError,
     local_filesystem_storage,
 )
-from icechunk_dask.storage import _local
+from icechunk_dask.storage import _local_files
 from tests.fs_children import new_array, rows
 from tests.fs_faults import (
     SmallTmpfs,
@@ -350,7 +350,7 @@ def test_l10_a_failed_flush_fails_the_commit(
     session = repo.writable_session("main")
     zarr.open_array(session.store, path="a")[1] = 2.0
     with monkeypatch.context() as m:
-        m.setattr(_local, "_SYNCFS", failing_syncfs)
+        m.setattr(_local_files, "_SYNCFS", failing_syncfs)
         with pytest.raises(StorageError) as e:
             session.commit("row 1")
     name = errno.errorcode[code]
@@ -369,8 +369,8 @@ def test_l10_without_syncfs_the_barrier_syncs_everything(
         return -1
 
     synced: list[bool] = []
-    monkeypatch.setattr(_local, "_SYNCFS", missing_syncfs)
-    monkeypatch.setattr(_local.os, "sync", lambda: synced.append(True))
+    monkeypatch.setattr(_local_files, "_SYNCFS", missing_syncfs)
+    monkeypatch.setattr(_local_files.os, "sync", lambda: synced.append(True))
     repo = Repository.create(local_filesystem_storage(tmp_path / "repo"))
     new_array(repo)
     assert synced  # creation and commit flushed through os.sync

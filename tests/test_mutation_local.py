@@ -1,4 +1,4 @@
-"""Local-filesystem storage (``storage/_local.py``) at its edges.
+"""Local-filesystem storage (``storage/_local.py``, ``storage/_local_files.py``) at its edges.
 
 ``test_storage.py`` runs the storage contract and ``test_local_storage_errors.py`` the
 filesystem's failures; these pin what mutation testing found unchecked (issue 13): keys
@@ -31,7 +31,12 @@ from typing import Any
 import pytest
 
 from icechunk_dask._exceptions import InvalidInputError, NotFoundError, StorageError
-from icechunk_dask.storage import LocalFileSystemStorage, _local, local_filesystem_storage
+from icechunk_dask.storage import (
+    LocalFileSystemStorage,
+    _local,
+    _local_files,
+    local_filesystem_storage,
+)
 from icechunk_dask.storage._base import ObjectInfo, ObjectPage
 from icechunk_dask.storage._local_walk import walk_pages
 from tests.fs_faults import SmallTmpfs, without_dac_override
@@ -119,7 +124,7 @@ async def test_written_objects_are_plain_files_readable_by_all(
 
 async def test_temporary_files_are_not_objects(storage: LocalFileSystemStorage) -> None:
     await storage.put("a/b", b"x")
-    tmp = storage.root / "a" / f"{_local._TMP}left-behind"
+    tmp = storage.root / "a" / f"{_local_files._TMP}left-behind"
     tmp.write_bytes(b"partial")
     assert await storage.list("") == ["a/b"]
     assert await storage.list("a/") == ["a/b"]
@@ -179,14 +184,14 @@ async def test_a_barrier_before_anything_was_written_does_nothing(tmp_path: Path
 class _WritebackRecorder:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[int, int, int]] = []
-        real = _local._SYNC_FILE_RANGE
+        real = _local_files._SYNC_FILE_RANGE
 
         def record(fd: int, offset: int, length: int, flags: int) -> int:
             self.calls.append((offset, length, flags))
             assert os.fstat(fd).st_size == length  # the temporary file just written
             return int(real(fd, offset, length, flags)) if real is not None else 0
 
-        monkeypatch.setattr(_local, "_SYNC_FILE_RANGE", record)
+        monkeypatch.setattr(_local_files, "_SYNC_FILE_RANGE", record)
 
 
 @pytest.mark.parametrize("durable", [True, False])
@@ -195,7 +200,7 @@ async def test_large_objects_start_their_writeback_when_written(
 ) -> None:
     recorder = _WritebackRecorder(monkeypatch)
     storage = local_filesystem_storage(tmp_path / "repo", durable=durable)
-    size = _local._EARLY_WRITEBACK
+    size = _local_files._EARLY_WRITEBACK
     assert size == 1 << 20
     await storage.put("small", bytes(size - 1))
     await storage.put("large", bytes(size))
@@ -207,9 +212,9 @@ async def test_large_objects_start_their_writeback_when_written(
 
 
 def test_the_c_functions_are_found_in_the_process() -> None:
-    assert _local._libc_function("no_such_function_in_libc") is None
-    syncfs = _local._libc_function("syncfs")
-    assert syncfs is not None and syncfs is not _local._libc_function("sync_file_range")
+    assert _local_files._libc_function("no_such_function_in_libc") is None
+    syncfs = _local_files._libc_function("syncfs")
+    assert syncfs is not None and syncfs is not _local_files._libc_function("sync_file_range")
     ctypes.set_errno(0)
     assert syncfs(-1) == -1 and ctypes.get_errno() == 9  # EBADF: errno is kept
 
@@ -353,25 +358,25 @@ def test_storages_of_different_folders_hash_apart(tmp_path: Path) -> None:
 
 
 def test_the_walk_error_hook_passes_over_removed_folders_only() -> None:
-    assert _local._raise(FileNotFoundError(2, "gone")) is None
+    assert _local_files._raise(FileNotFoundError(2, "gone")) is None
     for error in (PermissionError(13, "no"), NotADirectoryError(20, "file"), OSError(5, "io")):
         with pytest.raises(type(error)) as info:
-            _local._raise(error)
+            _local_files._raise(error)
         assert info.value is error
 
 
 def test_a_forked_child_forgets_the_deletion_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    parent_pool = _local._delete_pool()
-    monkeypatch.setattr(_local, "_POOL", parent_pool)  # restored after the test
-    monkeypatch.setattr(_local, "_POOL_LOCK", _local._POOL_LOCK)
-    old_lock = _local._POOL_LOCK
-    _local._forget_pool_after_fork()  # what runs in a forked child
-    assert _local._POOL is None
-    assert _local._POOL_LOCK is not old_lock
-    assert type(_local._POOL_LOCK) is type(threading.Lock())
-    own = _local._delete_pool()
+    parent_pool = _local_files.delete_pool()
+    monkeypatch.setattr(_local_files, "_POOL", parent_pool)  # restored after the test
+    monkeypatch.setattr(_local_files, "_POOL_LOCK", _local_files._POOL_LOCK)
+    old_lock = _local_files._POOL_LOCK
+    _local_files._forget_pool_after_fork()  # what runs in a forked child
+    assert _local_files._POOL is None
+    assert _local_files._POOL_LOCK is not old_lock
+    assert type(_local_files._POOL_LOCK) is type(threading.Lock())
+    own = _local_files.delete_pool()
     try:
-        assert own is not parent_pool and _local._delete_pool() is own
+        assert own is not parent_pool and _local_files.delete_pool() is own
     finally:
         own.shutdown()
 
@@ -561,7 +566,7 @@ class _SyncfsRecorder:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: int = 0) -> None:
         self.flushed: list[tuple[int, int]] = []
-        real = _local._SYNCFS
+        real = _local_files._SYNCFS
 
         def record(fd: int) -> int:
             st = os.fstat(fd)
@@ -571,7 +576,7 @@ class _SyncfsRecorder:
                 return -1
             return int(real(fd)) if real is not None else 0
 
-        monkeypatch.setattr(_local, "_SYNCFS", record)
+        monkeypatch.setattr(_local_files, "_SYNCFS", record)
 
 
 async def test_a_durable_barrier_flushes_the_repository_filesystem_once(
@@ -604,9 +609,9 @@ async def test_a_failed_flush_is_reported_in_full(
 async def test_deletions_run_on_the_storage_threads(storage: LocalFileSystemStorage) -> None:
     await storage.put("k", b"x")
     await storage.delete(["k"])
-    pool = _local._delete_pool()
-    assert pool is _local._delete_pool()
-    assert pool._max_workers == _local._DELETE_THREADS == 8
+    pool = _local_files.delete_pool()
+    assert pool is _local_files.delete_pool()
+    assert pool._max_workers == _local_files._DELETE_THREADS == 8
     names = [t.name for t in threading.enumerate()]
     assert any(n.startswith("icechunk_dask-delete_") for n in names), names
 
@@ -618,10 +623,10 @@ async def test_temporary_files_anywhere_in_a_folder_hide_no_object(
     folder.mkdir(parents=True)
     keys = []
     for i in range(5):  # temporaries created before, between and after the objects
-        (folder / f"{_local._TMP}{i}").write_bytes(b"partial")
+        (folder / f"{_local_files._TMP}{i}").write_bytes(b"partial")
         await storage.put(f"a/o{i}", b"x")
         keys.append(f"a/o{i}")
-    (folder / f"{_local._TMP}last").write_bytes(b"partial")
+    (folder / f"{_local_files._TMP}last").write_bytes(b"partial")
     assert sorted(await storage.list("")) == keys
     assert sorted(await storage.list("a/")) == keys
     assert sorted([i.key async for i in storage.list_objects("a/")]) == keys
@@ -663,13 +668,13 @@ async def test_only_created_objects_are_fsynced_with_their_folder(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
 
-    monkeypatch.setattr(_local.os, "fsync", record)
+    monkeypatch.setattr(_local_files.os, "fsync", record)
     durable = local_filesystem_storage(tmp_path / "repo")
     await durable.put("a/b", b"x")
     assert synced == []
     assert await durable.put_if_absent("a/c", b"x")
     assert len(synced) == 2
-    assert synced[0].startswith(str(durable.root / "a" / _local._TMP))
+    assert synced[0].startswith(str(durable.root / "a" / _local_files._TMP))
     assert synced[1] == str(durable.root / "a")
     assert not await durable.put_if_absent("a/c", b"y")
     assert len(synced) == 3  # the loser's temporary file, never its folder
@@ -735,11 +740,11 @@ async def test_deleting_a_key_whose_folder_is_missing_touches_nothing_else(
 async def test_temporary_pages_hold_the_temporary_files_only(tmp_path: Path) -> None:
     storage = local_filesystem_storage(tmp_path / "repo", durable=False)
     await storage.put("chunks/a", b"abc")
-    (storage.root / "chunks" / f"{_local._TMP}x").write_bytes(b"partial")
-    (storage.root / f"{_local._TMP}y").write_bytes(b"")
+    (storage.root / "chunks" / f"{_local_files._TMP}x").write_bytes(b"partial")
+    (storage.root / f"{_local_files._TMP}y").write_bytes(b"")
     pages = [page async for page in storage.list_temporary_pages()]
     found = {k: int(s) for page in pages for k, s in zip(page.keys, page.sizes, strict=True)}
-    assert found == {f"chunks/{_local._TMP}x": 7, f"{_local._TMP}y": 0}
+    assert found == {f"chunks/{_local_files._TMP}x": 7, f"{_local_files._TMP}y": 0}
     assert sorted(found) == sorted([info.key async for info in storage.list_temporary()])
     objects = [page async for page in storage.list_object_pages("")]
     assert [page.keys for page in objects] == [["chunks/a"]]

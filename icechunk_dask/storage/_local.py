@@ -1,140 +1,28 @@
 """Local-filesystem storage: atomic writes, create-only refs, one durability barrier.
 
-Every ``OSError`` from the filesystem leaves this module as the library's typed
-error naming the path and what to do (``_os_error``); a write that fails
-removes its temporary file, whatever the failure.
+The blocking file operations live in ``_local_files`` and run in worker
+threads; this module is the async protocol and its documentation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import errno
 import os
 import stat
-import threading
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from icechunk_dask._exceptions import IcechunkDaskError, InvalidInputError, NotFoundError
+from icechunk_dask._exceptions import InvalidInputError
 from icechunk_dask.storage._base import ObjectInfo, ObjectPage, Storage
-from icechunk_dask.storage._local_errors import (
-    NAME_MAX,
-    TMP_PREFIX,
-    long_component,
-    name_too_long,
-    os_error,
-)
+from icechunk_dask.storage._local_errors import NAME_MAX, os_error
+from icechunk_dask.storage._local_files import DELETE_PART, LocalFiles, delete_pool
 from icechunk_dask.storage._local_walk import walk_pages
 
 __all__ = ["LocalFileSystemStorage", "local_filesystem_storage"]
 
-_TMP = TMP_PREFIX
-#: Keys per thread of a deletion, and threads deleting at most.
-_DELETE_PART, _DELETE_THREADS = 128, 8
-#: Deletions unlink relative to their folder's descriptor (listings: ``_local_walk``).
-_UNLINK_AT = os.unlink in os.supports_dir_fd
-#: A descriptor that only names a folder (unlinking needs no read permission on it).
-_FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_pool_after_fork() -> None:
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
-def _delete_pool() -> ThreadPoolExecutor:
-    """The deletion threads of this process (a forked child starts its own)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(_DELETE_THREADS, thread_name_prefix="icechunk_dask-delete")
-        return _POOL
-
-
 T = TypeVar("T")
-
-
-def _libc_function(name: str) -> Any:
-    """A function of the C library already loaded in this process, or ``None``."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc included
-    except (OSError, TypeError):  # pragma: no cover - platforms without dlopen(NULL)
-        return None
-    return getattr(libc, name, None)
-
-
-_SYNCFS = _libc_function("syncfs")
-_SYNC_FILE_RANGE = _libc_function("sync_file_range")
-if _SYNC_FILE_RANGE is not None:
-    _SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    _SYNC_FILE_RANGE.restype = ctypes.c_int
-_SYNC_FILE_RANGE_WRITE = 2  # start writeback, do not wait
-
-
-def _syncfs(path: Path) -> None:
-    """Flush the whole filesystem holding ``path`` (Linux ``syncfs``), else ``os.sync``.
-
-    Raises
-    ------
-    OSError
-        If ``syncfs`` reports an error: since Linux 5.8 that includes a failed
-        writeback (``EIO``, ``ENOSPC``) of any file on the filesystem, which means
-        data written earlier may not be on disk.
-    """
-    if _SYNCFS is not None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if _SYNCFS(fd) == 0:
-                return
-            code = ctypes.get_errno()
-        finally:
-            os.close(fd)
-        if code != errno.ENOSYS:
-            raise OSError(code, os.strerror(code), str(path))
-    os.sync()  # no syncfs: flush everything (reports no errors)
-
-
-#: Objects at least this large start their writeback as soon as they are written, so that
-#: the commit's durability barrier finds little left to flush (the disk works while the job
-#: computes instead of after it).
-_EARLY_WRITEBACK = 1 << 20
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove(path: Path) -> None:
-    """Remove a temporary file, ignoring every error (it may never have been created)."""
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def _check_key(key: str) -> None:
-    """Refuse a key that is empty, absolute or leaves the repository folder."""
-    if not key or key.startswith("/") or ".." in key.split("/"):
-        raise InvalidInputError(f"invalid storage key {key!r}")
-
-
-def _raise(e: OSError) -> None:
-    """``os.walk``'s error hook: a folder that cannot be listed fails the listing."""
-    if not isinstance(e, FileNotFoundError):  # a folder removed while walking: nothing in it
-        raise e
 
 
 class LocalFileSystemStorage(Storage):
@@ -201,13 +89,22 @@ class LocalFileSystemStorage(Storage):
                 f"the repository path {str(root)!r} is a file, not a directory; "
                 "give the path of a directory (it is created if missing)"
             )
-        self.root = root
-        self.durable = durable
+        self._files = LocalFiles(root, durable)
+
+    @property
+    def root(self) -> Path:
+        """The absolute path of the repository directory."""
+        return self._files.root
+
+    @property
+    def durable(self) -> bool:
+        """Whether commits are flushed to disk."""
+        return self._files.durable
 
     @property
     def url(self) -> str:
         """``file://`` and the absolute path of the repository directory."""
-        return f"file://{self.root}"
+        return self._files.url
 
     def __repr__(self) -> str:
         return f"LocalFileSystemStorage({str(self.root)!r})"
@@ -220,200 +117,6 @@ class LocalFileSystemStorage(Storage):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (str(self.root), self.durable))
-
-    def _path(self, key: str) -> Path:
-        _check_key(key)
-        return self.root / key
-
-    def _can_exist(self, key: str) -> bool:
-        """Whether a file could have ``key``'s name (no component is too long)."""
-        return long_component(key, self.max_name_bytes) is None
-
-    def _write_path(self, action: str, key: str) -> Path:
-        """The path to write ``key`` at; refuses names the filesystem cannot hold."""
-        path = self._path(key)
-        if not self._can_exist(key):
-            raise name_too_long(action, key, self.url, self.max_name_bytes)
-        return path
-
-    def _error(self, e: OSError, action: str, key: str) -> IcechunkDaskError:
-        return os_error(e, f"{action} {key!r} in {self.url}", self.root / key)
-
-    # -- synchronous implementations, run in worker threads -----------------
-
-    def _get_sync(self, key: str, start: int = 0, length: int | None = None) -> bytes:
-        path = self._path(key)
-        if not self._can_exist(key):
-            raise NotFoundError(f"no object at {key!r} in {self.url}")
-        try:
-            # one pread into the result (no buffered file object, no seek)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if length is None:
-                    length = max(0, os.fstat(fd).st_size - start)
-                data = os.pread(fd, length, start)
-                if len(data) < length:  # short read (signals, huge ranges): finish it
-                    parts, got = [data], len(data)
-                    while got < length and (more := os.pread(fd, length - got, start + got)):
-                        parts.append(more)
-                        got += len(more)
-                    data = b"".join(parts)
-                return data
-            finally:
-                os.close(fd)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise NotFoundError(f"no object at {key!r} in {self.url}") from None
-        except OSError as e:
-            raise self._error(e, "read", key) from e
-
-    def _write_tmp(self, path: Path, data: bytes, fsync: bool) -> Path:
-        """Write ``data`` to a new temporary file beside ``path``; on any error, remove it."""
-        tmp = path.with_name(f"{_TMP}{uuid.uuid4().hex}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileNotFoundError:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except FileExistsError:  # a file where a folder of the key should be
-                raise NotADirectoryError(
-                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)
-                ) from None
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if fsync:
-                    os.fsync(fd)
-                elif self.durable and _SYNC_FILE_RANGE and len(data) >= _EARLY_WRITEBACK:
-                    # best effort: a failure only means the barrier flushes more
-                    _SYNC_FILE_RANGE(fd, 0, len(data), _SYNC_FILE_RANGE_WRITE)
-            finally:
-                os.close(fd)
-        except BaseException:
-            _remove(tmp)
-            raise
-        return tmp
-
-    def _put_sync(self, key: str, data: bytes) -> None:
-        path = self._write_path("write", key)
-        try:
-            tmp = self._write_tmp(path, data, fsync=False)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                _remove(tmp)
-                raise
-        except OSError as e:
-            raise self._error(e, "write", key) from e
-
-    def _put_if_absent_sync(self, key: str, data: bytes) -> bool:
-        path = self._write_path("create", key)
-        try:
-            tmp = self._write_tmp(path, data, fsync=self.durable)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                if os.path.isdir(path):  # not an object: a folder in the way
-                    code = errno.EISDIR
-                    raise IsADirectoryError(code, os.strerror(code), str(path)) from None
-                return False
-            finally:
-                _remove(tmp)
-            if self.durable:
-                _fsync_dir(path.parent)
-        except OSError as e:
-            raise self._error(e, "create", key) from e
-        return True
-
-    def _list_sync(self, prefix: str) -> list[str]:
-        head, _, _ = prefix.rpartition("/")
-        if head and not self._can_exist(head):
-            return []
-        base = self.root / head if head else self.root
-        try:
-            if not stat.S_ISDIR(os.stat(base).st_mode):
-                return []
-        except (FileNotFoundError, NotADirectoryError):
-            return []  # nothing was ever written under the prefix
-        except OSError as e:
-            raise os_error(e, f"list {prefix!r} in {self.url}", base) from e
-        out: list[str] = []
-        rel0 = f"{head}/" if head else ""
-        try:
-            for dirpath, _dirnames, filenames in os.walk(base, onerror=_raise):
-                rel_dir = os.path.relpath(dirpath, base)
-                rel = rel0 if rel_dir == "." else f"{rel0}{rel_dir.replace(os.sep, '/')}/"
-                for name in filenames:
-                    if name.startswith(_TMP):
-                        continue
-                    key = rel + name
-                    if key.startswith(prefix):
-                        out.append(key)
-        except OSError as e:  # a folder that cannot be read: the listing would be incomplete
-            raise os_error(e, f"list {prefix!r} in {self.url}", base) from e
-        return out
-
-    def _delete_sync(self, keys: Iterable[str]) -> None:
-        folders: dict[str, int | None] = {}  # parent folder -> its descriptor (None: absent)
-        try:
-            for key in keys:
-                _check_key(key)
-                if not self._can_exist(key):
-                    continue  # no object can be there: deleting it is a no-op
-                if not _UNLINK_AT:  # pragma: no cover - platforms without unlinkat
-                    self._unlink(key, None, self.root / key)
-                    continue
-                parent, _, name = key.rpartition("/")
-                if parent not in folders:
-                    folders[parent] = self._open_folder(parent, key)
-                if folders[parent] is not None:  # no folder: nothing to delete
-                    self._unlink(key, folders[parent], name)
-        finally:
-            for fd in folders.values():
-                if fd is not None:
-                    os.close(fd)
-
-    def _open_folder(self, folder: str, key: str) -> int | None:
-        """A descriptor of ``folder`` to unlink in (``None``: there is no such folder)."""
-        try:
-            return os.open(self.root / folder, _FOLDER_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as e:
-            raise self._error(e, "delete", key) from e
-
-    def _unlink(self, key: str, folder: int | None, name: str | Path) -> None:
-        """Delete ``key``: ``name`` in the ``folder`` descriptor, or a whole path."""
-        try:
-            os.unlink(name, dir_fd=folder)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return  # no object there: deleting it is a no-op
-        except OSError as e:
-            raise self._error(e, "delete", key) from e
-
-    def _exists_sync(self, key: str) -> bool:
-        path = self._path(key)
-        if not self._can_exist(key):
-            return False
-        try:
-            return stat.S_ISREG(os.stat(path).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        except OSError as e:
-            raise self._error(e, "look up", key) from e
-
-    def _barrier_sync(self) -> None:
-        try:
-            if not stat.S_ISDIR(os.stat(self.root).st_mode):
-                return  # pragma: no cover - a file where the repository was
-            _syncfs(self.root)
-        except FileNotFoundError:
-            return  # nothing written yet: nothing to flush
-        except OSError as e:
-            raise os_error(e, f"flush {self.url} to disk", self.root) from e
 
     # -- the async protocol ---------------------------------------------------
 
@@ -441,7 +144,7 @@ class LocalFileSystemStorage(Storage):
             If the file cannot be read (permission, I/O error); the message names
             the path and what to do.
         """
-        return await asyncio.to_thread(self._get_sync, key)
+        return await asyncio.to_thread(self._files.get, key)
 
     async def get_range(self, key: str, start: int, length: int | None) -> bytes:
         """Return ``length`` bytes from ``start`` (to the end when ``length`` is None).
@@ -471,7 +174,7 @@ class LocalFileSystemStorage(Storage):
             If the file cannot be read (permission, I/O error); the message names
             the path and what to do.
         """
-        return await asyncio.to_thread(self._get_sync, key, start, length)
+        return await asyncio.to_thread(self._files.get, key, start, length)
 
     async def get_range_then(
         self, key: str, start: int, length: int | None, then: Callable[[bytes], T]
@@ -505,7 +208,7 @@ class LocalFileSystemStorage(Storage):
             If the file cannot be read (permission, I/O error); the message names
             the path and what to do.
         """
-        return await asyncio.to_thread(lambda: then(self._get_sync(key, start, length)))
+        return await asyncio.to_thread(lambda: then(self._files.get(key, start, length)))
 
     async def put(self, key: str, data: bytes) -> None:
         """Write an object atomically: a temporary file renamed into place.
@@ -529,7 +232,7 @@ class LocalFileSystemStorage(Storage):
             If the file cannot be written (full disk, permission, a file where a
             folder of the key should be); its temporary file is removed.
         """
-        await asyncio.to_thread(self._put_sync, key, data)
+        await asyncio.to_thread(self._files.put, key, data)
 
     async def put_if_absent(self, key: str, data: bytes) -> bool:
         """Create an object only if none exists: a temporary file hard-linked into place.
@@ -558,7 +261,7 @@ class LocalFileSystemStorage(Storage):
             If the file cannot be written (full disk, permission, a file where a
             folder of the key should be); its temporary file is removed.
         """
-        return await asyncio.to_thread(self._put_if_absent_sync, key, data)
+        return await asyncio.to_thread(self._files.put_if_absent, key, data)
 
     async def list(self, prefix: str) -> list[str]:
         """Return every key that starts with ``prefix`` (temporary files left out).
@@ -579,7 +282,7 @@ class LocalFileSystemStorage(Storage):
             If a folder under the prefix cannot be read (the listing would be
             incomplete).
         """
-        return await asyncio.to_thread(self._list_sync, prefix)
+        return await asyncio.to_thread(self._files.list_keys, prefix)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix``, with size and time.
@@ -691,9 +394,9 @@ class LocalFileSystemStorage(Storage):
         # deletion (garbage collection) runs in parallel on threads of its own
         todo = list(keys)
         loop = asyncio.get_running_loop()
-        pool = _delete_pool()
-        parts = [todo[i : i + _DELETE_PART] for i in range(0, len(todo), _DELETE_PART)]
-        await asyncio.gather(*(loop.run_in_executor(pool, self._delete_sync, p) for p in parts))
+        pool = delete_pool()
+        parts = [todo[i : i + DELETE_PART] for i in range(0, len(todo), DELETE_PART)]
+        await asyncio.gather(*(loop.run_in_executor(pool, self._files.delete, p) for p in parts))
 
     async def exists(self, key: str) -> bool:
         """Return whether a file exists at ``key``.
@@ -715,7 +418,7 @@ class LocalFileSystemStorage(Storage):
         StorageError
             If the path cannot be examined.
         """
-        return await asyncio.to_thread(self._exists_sync, key)
+        return await asyncio.to_thread(self._files.exists, key)
 
     async def durability_barrier(self) -> None:
         """Flush the filesystem (Linux ``syncfs``, else ``os.sync``) if ``durable``.
@@ -728,7 +431,7 @@ class LocalFileSystemStorage(Storage):
             published.
         """
         if self.durable:
-            await asyncio.to_thread(self._barrier_sync)
+            await asyncio.to_thread(self._files.barrier)
 
 
 def _rebuild(path: str, durable: bool) -> LocalFileSystemStorage:
