@@ -218,6 +218,6 @@ def test_format1_count_is_still_checked() -> None:
 
 
 def test_columns_keep_their_dtype_through_the_header() -> None:
-    cols = (["o"], np.array([1], dtype=np.int64), np.array([2]), np.array([3]))
+    cols = (b"o", np.array([1], dtype=np.int64), np.array([2]), np.array([3]))
     data = encode_manifest_columns("M1", "n", "", ["c/0"], cols)
     assert decode_manifest(data, KEY) == {"c/0": ("o", 1, 2, 3)}

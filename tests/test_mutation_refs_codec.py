@@ -68,7 +68,7 @@ def test_ref_columns_transposes_object_references() -> None:
     cols = ref_columns([("a", 1, 2, 3), ("b", 4, 5, 2**64 - 1)])
     assert cols is not None
     ids, offs, lens, sums = cols
-    assert ids == ["a", "b"]
+    assert ids == b"a\0b"  # the stored form
     for arr, want in ((offs, [1, 4]), (lens, [2, 5]), (sums, [3, 2**64 - 1])):
         assert arr.dtype == np.uint64
         assert arr.tolist() == want
@@ -82,6 +82,8 @@ def test_ref_columns_transposes_object_references() -> None:
         [None],
         [("a", 1, 2, 3), (b"inline", 0, 6, 1)],
         [(b"inline", 0, 6, 1)],
+        [(b"inline", 0, 6, 1), ("a", 1, 2, 3)],
+        [None, ("a", 1, 2, 3)],
     ],
 )
 def test_ref_columns_refuses_deletions_inline_chunks_and_nothing(

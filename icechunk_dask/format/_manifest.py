@@ -60,7 +60,7 @@ def encode_manifest_columns(
     node: str,
     box: str,
     suffixes: Sequence[str],
-    columns: tuple[Sequence[str], np.ndarray, np.ndarray, np.ndarray],
+    columns: tuple[bytes, np.ndarray, np.ndarray, np.ndarray],
     strip: str = "",
 ) -> bytes:
     """Encode a layer of references to chunk objects given as columns (no tombstones).

@@ -57,24 +57,28 @@ def same_chunk(a: ChunkRef | None, b: ChunkRef | None) -> bool:
 
 def ref_columns(
     refs: Sequence[ChunkRef | None],
-) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:
+) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None:
     """Transpose references that all point into chunk objects, in C.
 
     Returns
     -------
     tuple or None
-        ``(ids, offsets, lengths, checksums)``, or ``None`` if a reference is
-        a deletion or an inline chunk (the caller takes the general path).
+        ``(ids, offsets, lengths, checksums)``, the ids already in their stored
+        form (UTF-8, NUL-separated), or ``None`` if there are no references or
+        one is a deletion or an inline chunk (the caller takes the general path).
     """
     n = len(refs)
-    if not n or set(map(type, refs)) != {tuple}:
+    if not n:
         return None
     file_refs = cast("Sequence[tuple[str, int, int, int]]", refs)
-    ids = list(map(_LOC, file_refs))
-    if set(map(type, ids)) != {str}:
+    try:
+        # one pass finds both exceptions: a deletion (None) cannot be indexed, and joining
+        # fails on an inline chunk's bytes (each check was a pass of its own over the refs)
+        id_blob = "\0".join(map(_LOC, file_refs)).encode()
+    except TypeError:
         return None
     return (
-        ids,
+        id_blob,
         np.fromiter(map(_OFF, file_refs), dtype=np.uint64, count=n),
         np.fromiter(map(_LEN, file_refs), dtype=np.uint64, count=n),
         np.fromiter(map(_SUM, file_refs), dtype=np.uint64, count=n),
@@ -94,7 +98,7 @@ def join_keys(keys: Sequence[str], strip: str = "") -> bytes:
 
 def encode_ref_columns(
     keys: Sequence[str],
-    ids: Sequence[str],
+    id_blob: bytes,
     offsets: np.ndarray,
     lengths: np.ndarray,
     checksums: np.ndarray,
@@ -102,11 +106,11 @@ def encode_ref_columns(
 ) -> bytes:
     """Encode references to chunk objects given as columns (see :func:`ref_columns`).
 
-    ``strip`` is a prefix that every key has and that is not stored.
+    ``id_blob`` is the ids as :func:`ref_columns` gives them; ``strip`` is a
+    prefix that every key has and that is not stored.
     """
     n = len(keys)
     key_blob = join_keys(keys, strip)
-    id_blob = "\0".join(ids).encode()
     return b"".join(
         (
             _COUNTS.pack(n, len(key_blob), len(id_blob), 0),
