@@ -82,7 +82,11 @@ def _dumps(value: Any) -> bytes:
     try:
         blob = pickle.dumps(value, protocol=5)
     except Exception:  # noqa: BLE001 - any pickling failure: try by value
-        blob = b"__main__"
-    if b"__main__" in blob:
-        blob = cloudpickle.dumps(value, protocol=5)
+        return _by_value(value)
+    # pickle names functions by module; the workers have no __main__ of the client's
+    return _by_value(value) if b"__main__" in blob else blob
+
+
+def _by_value(value: Any) -> bytes:
+    blob: bytes = cloudpickle.dumps(value, protocol=5)
     return blob

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import gc
 import pickle
+import subprocess
+import sys
 import threading
+import types
 import uuid
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from dask._task_spec import DataNode, Task, TaskRef, execute_graph
 from distributed import Client
 
 from icechunk_dask import Repository, local_filesystem_storage, to_zarr
-from icechunk_dask._shipgraph import Shipped
+from icechunk_dask._shipgraph import _CODEC, Shipped
 from tests.dask_support import open_main
 
 pytest_plugins = ["tests.dask_fixtures"]
@@ -63,6 +66,14 @@ def test_pickled_again_it_sends_the_same_bytes() -> None:
     assert pickle.dumps(shipped) == first  # a task sent again after a worker was lost
 
 
+def test_the_bytes_are_a_protocol_5_pickle() -> None:
+    # protocol 5 keeps large buffers (NumPy arrays in a subgraph) without an extra copy
+    shipped = Shipped((("src", 0),))
+    pickle.dumps(shipped)
+    assert shipped._blob is not None
+    assert _CODEC.decode(shipped._blob)[:2] == b"\x80\x05"
+
+
 def test_what_repeats_is_compressed() -> None:
     keys = tuple(("some-source-name-0123456789abcdef", i, 0) for i in range(10_000))
     shipped = Shipped(keys)
@@ -71,14 +82,34 @@ def test_what_repeats_is_compressed() -> None:
     assert pickle.loads(sent).get() == keys
 
 
-def test_functions_defined_interactively_travel_by_value() -> None:
-    def double(x: float) -> float:
-        return 2 * x
+_WORKER = """
+import pickle, sys
+from dask._task_spec import execute_graph
+shipped = pickle.loads(sys.stdin.buffer.read())
+print(execute_graph(shipped.get(), keys={"a"})["a"])
+"""
 
-    double.__module__ = "__main__"  # as if the client had typed it in a notebook
+
+def _double(x: float) -> float:
+    return 2 * x
+
+
+def test_functions_defined_interactively_travel_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a function the client defined in its __main__ (a notebook, a script): pickle would
+    # name it "__main__.double", which a worker's __main__ does not have
+    double = types.FunctionType(_double.__code__, {}, "double")
+    double.__module__, double.__qualname__ = "__main__", "double"
+    monkeypatch.setattr(sys.modules["__main__"], "double", double, raising=False)
+    assert b"__main__" in pickle.dumps(double)  # pickle would send it by name
     shipped = Shipped({"a": Task("a", double, DataNode(None, 21.0))})
-    received = pickle.loads(pickle.dumps(shipped))
-    assert execute_graph(received.get(), keys={"a"})["a"] == 42.0
+    worker = subprocess.run(
+        [sys.executable, "-c", _WORKER],
+        input=pickle.dumps(shipped),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert worker.stdout.strip() == b"42.0"
 
 
 def test_what_does_not_pickle_fails_when_it_is_sent_and_stays_usable() -> None:
