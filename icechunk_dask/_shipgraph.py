@@ -63,10 +63,13 @@ class Shipped[T]:
         return self._blob is not None
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        # the value first: another thread may pack meanwhile, and it drops the value only
+        # after it has set the bytes (read in this order, a dropped value is never packed)
+        value = self._value
         blob = self._blob
         if blob is None:
             # a thread racing here packs the same value to equal bytes; either is kept
-            blob = self._blob = bytes(_CODEC.encode(_dumps(self._value)))
+            blob = self._blob = bytes(_CODEC.encode(_dumps(value)))
             self._value = None
         # a module-level function: cloudpickle would copy a classmethod by value
         return (_unpack, (blob,))

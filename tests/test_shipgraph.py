@@ -51,6 +51,37 @@ def test_a_shipped_subgraph_computes_what_the_subgraph_computes() -> None:
         assert sorted(float(got[k].sum()) for k in want) == [12.0, 44.0, 76.0]
 
 
+class _PackedMeanwhile(Shipped[object]):
+    """Another thread packs it between this pickle's reads (made deterministic here)."""
+
+    __slots__ = ("_armed",)
+
+    def __init__(self, value: object) -> None:
+        self._armed = False
+        super().__init__(value)
+
+    @property  # type: ignore[override]
+    def _blob(self) -> bytes | None:
+        blob: bytes | None = Shipped._blob.__get__(self)  # type: ignore[attr-defined]
+        if blob is None and self._armed:
+            self._armed = False
+            pickle.dumps(self)  # the other thread: it sets the bytes, then drops the value
+        return blob  # what this thread read before that
+
+    @_blob.setter
+    def _blob(self, blob: bytes | None) -> None:
+        Shipped._blob.__set__(self, blob)  # type: ignore[attr-defined]
+
+
+def test_a_pickle_racing_another_sends_the_value() -> None:
+    keys = ((("src", 0), ("src", 1)),)
+    shipped = _PackedMeanwhile(keys)
+    shipped._armed = True
+    received = pickle.loads(pickle.dumps(shipped))
+    assert received.get() == keys  # not the dropped value (None)
+    assert shipped.get() == keys
+
+
 def test_cloudpickle_sends_it_as_pickle_does() -> None:
     # dask's "processes" scheduler and distributed's fallback pickle tasks with cloudpickle
     shipped = Shipped(((("src", 0), ("src", 1)),))
