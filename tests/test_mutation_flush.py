@@ -25,6 +25,7 @@ from icechunk_dask._flush import (
     _layout_of,
     _nodes_to_rewrite,
     _per_box,
+    _runs,
     _under,
     _write_node,
     group_by_node,
@@ -41,6 +42,8 @@ from icechunk_dask.format import (
     RepoConfig,
     Snapshot,
     array_layout,
+    box_key,
+    group_boxes,
     new_id,
 )
 from icechunk_dask.format._locate import node_of
@@ -278,6 +281,45 @@ def test_per_box_groups_a_nodes_changes_by_box() -> None:
     assert dotted == {"0": (["c.0"], [refs[0]]), "1": (["c.5"], [refs[1]])}
     single = _per_box(["g/a/c.0", "g/a/c.1"], refs[:2], "g/a/", ("default", "."), (4,))
     assert single == {"0": (["c.0", "c.1"], refs[:2])}
+
+
+def _box_by_box(keys: list[str], refs: list[ChunkRef | None], split: tuple[int, ...]) -> dict:
+    """What ``_per_box`` must give, one key at a time (chunk keys ``c/i/j``, else ``FLAT``)."""
+    want: dict[str, tuple[list[str], list[ChunkRef | None]]] = {}
+    for key, ref in zip(keys, refs, strict=True):
+        parts = key.split("/")
+        box = box_key([int(p) for p in parts[1:]], split) if parts[0] == "c" else ""
+        want.setdefault(box, ([], []))
+        want[box][0].append(key)
+        want[box][1].append(ref)
+    return want
+
+
+@pytest.mark.parametrize("order", ["rows", "columns", "reversed", "shuffled"])
+def test_per_box_gives_each_box_its_keys_in_order_however_they_come(order: str) -> None:
+    keys = [f"c/{i}/{j}" for i in range(16) for j in range(24)]  # rows cross 3 boxes of 8
+    if order == "columns":
+        keys = [f"c/{i}/{j}" for j in range(24) for i in range(16)]
+    elif order == "reversed":
+        keys.reverse()
+    elif order == "shuffled":
+        keys = [keys[i] for i in np.random.default_rng(0).permutation(len(keys))]
+    keys.insert(37, "zz")  # not a chunk key: the flat box, in the middle of a run
+    refs: list[ChunkRef | None] = [_ref(i) for i in range(len(keys))]
+    names, index, bounds = group_boxes(keys, ENC, (8, 8))
+    # neighbours in the list stay neighbours in their box (copied as slices), unless shuffled
+    assert (_runs(index, bounds) is not None) == (order != "shuffled")
+    got = _per_box(keys, refs, "", ENC, (8, 8))
+    assert got == _box_by_box(keys, refs, (8, 8))
+    assert list(got) == names
+
+
+def test_runs_stop_at_box_bounds_and_gaps() -> None:
+    index = np.array([0, 1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16])
+    assert _runs(index, [0, 3, 14]) == ([0, 3, 9], [3, 6, 17], [0, 1, 3])
+    assert _runs(index, [0, 14]) == ([0, 9], [6, 17], [0, 2])
+    # runs shorter than _MIN_RUN keys on average: key by key
+    assert _runs(np.array([3, 2, 1, 0, 4, 5, 6, 7]), [0, 8]) is None
 
 
 def test_nodes_to_rewrite() -> None:
