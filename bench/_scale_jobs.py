@@ -117,21 +117,23 @@ def _rss() -> int:
     return proc_status("VmRSS")
 
 
-def _row(marker: str, block_info: Any = None) -> np.ndarray:
+def _mark_first(marker: str) -> None:
+    """The first block to run writes the wall clock into ``marker`` (``O_EXCL``)."""
     with contextlib.suppress(FileExistsError):
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         os.write(fd, repr(time.time()).encode())
         os.close(fd)
+
+
+def _row(marker: str, block_info: Any = None) -> np.ndarray:
+    _mark_first(marker)
     shape = block_info[None]["chunk-shape"]
     row = block_info[None]["array-location"][0][0]
     return np.full(shape, row % 1000, dtype=np.float32)
 
 
 def _constant_row(marker: str) -> np.ndarray:
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        os.write(fd, repr(time.time()).encode())
-        os.close(fd)
+    _mark_first(marker)
     return np.full((1, WIDTH), 7, dtype=np.float32)
 
 
