@@ -39,6 +39,7 @@ from icechunk_dask.format import (
     TransactionLog,
     array_layout,
     group_boxes,
+    group_joined,
     new_id,
 )
 from icechunk_dask.format._locate import array_paths, node_of
@@ -59,7 +60,9 @@ _Layout = tuple[Encoding, tuple[int, ...]] | None
 
 
 def group_by_node(
-    chunks: dict[str, ChunkRef | None], arrays: frozenset[str]
+    chunks: dict[str, ChunkRef | None],
+    arrays: frozenset[str],
+    joined: dict[str, bytes] | None = None,
 ) -> dict[str, tuple[list[str], _Refs, str]]:
     """Group chunk changes by node: ``{node: (keys, refs, strip)}`` (parallel lists).
 
@@ -69,6 +72,11 @@ def group_by_node(
     suffixes within the node. Anything else goes through :func:`node_of` once
     per directory and is returned as suffixes (``strip`` is ``""``). Both give
     exactly ``node_of``'s grouping.
+
+    With ``joined``, it also receives, for nodes grouped in bulk, the node's
+    whole keys joined by NUL (UTF-8): what the commit parses, slices into its
+    manifests and stores as its transaction log. When every key left belongs
+    to one array, that join also serves as the prefix test.
     """
     out: dict[str, tuple[list[str], _Refs, str]] = {}
     keys = list(chunks)
@@ -82,6 +90,12 @@ def group_by_node(
             break
         head = f"{node}/" if node else ""
         prefix = head + "c/"
+        if joined is not None and _looks_whole(keys, prefix):
+            blob = _join(keys)
+            if blob is not None and _all_start_with(blob, len(keys), prefix.encode()):
+                out[node] = (keys, refs, head)
+                joined[node] = blob
+                return out
         mask = list(map(str.startswith, keys, repeat(prefix)))
         if all(mask):
             mine_k, mine_r, keys, refs = keys, refs, [], []
@@ -90,6 +104,8 @@ def group_by_node(
             rest = list(map(operator.not_, mask))
             keys, refs = list(compress(keys, rest)), list(compress(refs, rest))
         out[node] = (mine_k, mine_r, head)
+        if joined is not None and (blob := _join(mine_k)) is not None:
+            joined[node] = blob
     # the general case; memo: directory -> (node's lists, length of the node prefix to strip)
     memo: dict[str, tuple[list[str], _Refs, int]] = {}
     for key, ref in zip(keys, refs, strict=True):
@@ -98,6 +114,8 @@ def group_by_node(
         if hit is None:
             node, suffix = node_of(key, arrays)
             group = out.get(node)
+            if joined is not None:
+                joined.pop(node, None)  # the node gets keys of its own: no join
             if group is None or group[2]:  # a fast-path node: turn it into suffixes
                 old_k, old_r = (group[0], group[1]) if group else ([], [])
                 cut = len(group[2]) if group else 0
@@ -112,6 +130,34 @@ def group_by_node(
             sfx.append(key[cut_at:])
             rfs.append(ref)
     return out
+
+
+#: Keys sampled by :func:`_looks_whole` before a commit joins them all to test one prefix.
+_SAMPLES = 64
+
+
+def _looks_whole(keys: list[str], prefix: str) -> bool:
+    """Whether a sample of ``keys`` (the last one included) all start with ``prefix``."""
+    step = max(1, len(keys) // _SAMPLES)
+    return keys[-1].startswith(prefix) and all(k.startswith(prefix) for k in keys[::step])
+
+
+def _join(keys: list[str]) -> bytes | None:
+    """``keys`` joined by NUL (UTF-8), or ``None`` if a key holds a NUL (or cannot be encoded)."""
+    try:
+        blob = "\0".join(keys).encode()
+    except UnicodeEncodeError:
+        return None
+    return blob if blob.count(b"\0") == len(keys) - 1 else None
+
+
+def _all_start_with(blob: bytes, n: int, prefix: bytes) -> bool:
+    """Whether each of the ``n`` NUL-joined keys of ``blob`` (none holds a NUL) has ``prefix``.
+
+    Every match of NUL + ``prefix`` is at a key's start (keys hold no NUL), and
+    matches cannot overlap (``prefix`` holds no NUL): counting them counts the keys.
+    """
+    return blob.startswith(prefix) and blob.count(b"\0" + prefix) == n - 1
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -210,14 +256,16 @@ async def write_snapshot(
             changes.cleared,
             {n: {b: tuple(x.id for x in st) for b, st in k.boxes.items()} for n, k in kept.items()},
         )
-        await assets.storage.put(f"transactions/{snap_id}", await asyncio.to_thread(txlog.encode))
+        data = await asyncio.to_thread(txlog.encode, txlog_keys)
+        await assets.storage.put(f"transactions/{snap_id}", data)
 
     nodes = dict(parent.nodes)
     cleared = changes.cleared
     for path in [p for p in nodes if any(_under(p, c) for c in cleared)]:
         del nodes[path]  # everything committed under a cleared prefix is gone
     chunks = changes.chunks
-    by_node = await asyncio.to_thread(group_by_node, chunks, arrays)
+    joined: dict[str, bytes] = {}  # nodes' keys joined by NUL, where the grouping made them
+    by_node = await asyncio.to_thread(group_by_node, chunks, arrays, joined)
     touched = {*by_node, *changes.layers}
     layouts = {n: _layout_of(n, meta, arrays, cfg) for n in {*nodes, *touched}}
     redo = _nodes_to_rewrite(nodes, touched, layouts, arrays, parent.arrays, cleared)
@@ -230,8 +278,13 @@ async def write_snapshot(
     if len(kept) < len(changes.layers):  # the others are loaded: older than the chunk changes
         loaded = await layered_keys(assets, changes.layers, changes.layers.keys() - kept.keys())
         chunks = {**loaded, **chunks}
-        by_node = await asyncio.to_thread(group_by_node, chunks, arrays)
+        joined = {}
+        by_node = await asyncio.to_thread(group_by_node, chunks, arrays, joined)
     chunk_keys = chunks.keys()
+    # the transaction log's keys: the nodes' joins, if every node has one (else it joins them)
+    txlog_keys = (
+        [joined[n] for n in by_node] if by_node and joined.keys() == by_node.keys() else None
+    )
 
     async def write_manifests() -> dict[str, NodeManifests]:
         nonlocal by_node
@@ -244,14 +297,21 @@ async def write_snapshot(
                     base[key] = ref
         if base:  # re-group the rewritten nodes' keys; the changes win over them
             base.update(chunks)
-            by_node = await asyncio.to_thread(group_by_node, base, arrays)
+            joined.clear()
+            by_node = await asyncio.to_thread(group_by_node, base, arrays, joined)
             layouts.update({n: _layout_of(n, meta, arrays, cfg) for n in by_node})
         writer = LayerWriter(assets)
         names = [*by_node, *(n for n in kept if n not in by_node)]
         results = await asyncio.gather(
             *(
                 _write_node(
-                    writer, n, nodes.get(n), layouts[n], *by_node.get(n, ([], [], "")), kept.get(n)
+                    writer,
+                    n,
+                    nodes.get(n),
+                    layouts[n],
+                    *by_node.get(n, ([], [], "")),
+                    kept.get(n),
+                    joined.get(n),
                 )
                 for n in names
             )
@@ -269,43 +329,72 @@ async def write_snapshot(
     return snap
 
 
+_Box = tuple[list[str], _Refs, bytes | None]
+
+
 def _per_box(
     keys: list[str],
     refs: _Refs,
     strip: str,
     encoding: Encoding | None,
     split: tuple[int, ...] | None,
-) -> dict[str, tuple[list[str], _Refs]]:
+    blob: bytes | None = None,
+) -> dict[str, _Box]:
     """The changes of one node, by box (CPU-bound: run in a worker thread).
 
     ``keys`` keep the prefix ``strip`` (every key has it) when the grouping
-    can skip it in bulk; the result's keys keep it too.
+    can skip it in bulk; the result's keys keep it too. ``blob`` is ``keys``
+    joined by NUL (see :func:`group_by_node`): parsed instead of the keys, and
+    sliced into each box's keys as its manifest stores them (``strip`` removed),
+    the third item of a box (``None``: the manifest joins the keys itself).
     """
     if split is None or encoding is None:
-        return {FLAT: (keys, refs)}
+        return {FLAT: (keys, refs, None)}
     lead = strip.count("/")
-    if strip and encoding[1] != "/":  # the bulk parser splits at "/" only: strip first
-        keys, lead = [k[len(strip) :] for k in keys], 0
-    names, order, bounds = group_boxes(keys, encoding, split, lead=lead)
+    grouped = None
+    if blob is not None and encoding[1] == "/":
+        grouped = group_joined(blob, len(keys), encoding, split, lead=lead)
+    if grouped is None:
+        blob = None
+        if strip and encoding[1] != "/":  # the bulk parser splits at "/" only: strip first
+            keys, lead = [k[len(strip) :] for k in keys], 0
+        names, order, bounds = group_boxes(keys, encoding, split, lead=lead)
+    else:
+        names, order, bounds, offsets = grouped
     if len(names) == 1:
-        return {names[0]: (keys, refs)}
+        return {names[0]: (keys, refs, None if blob is None else _strip(blob, strip))}
     runs = _runs(order, bounds)
-    out = {}
+    out: dict[str, _Box] = {}
     if runs is not None:  # boxes made of runs of neighbouring keys: copy slices
         starts, ends, first = runs
+        if blob is not None:  # each run's bytes: from its first key's start to its last's end
+            byte_lo = offsets[starts].tolist()
+            byte_hi = (offsets[ends] - 1).tolist()
         for i, name in enumerate(names):
             box_keys: list[str] = []
             box_refs: _Refs = []
-            for run in range(first[i], first[i + 1]):
+            span = range(first[i], first[i + 1])
+            for run in span:
                 box_keys += keys[starts[run] : ends[run]]
                 box_refs += refs[starts[run] : ends[run]]
-            out[name] = (box_keys, box_refs)
+            box_blob = None
+            if blob is not None:
+                box_blob = _strip(b"\0".join([blob[byte_lo[r] : byte_hi[r]] for r in span]), strip)
+            out[name] = (box_keys, box_refs, box_blob)
         return out
     idx = order.tolist()
     for i, name in enumerate(names):
         part = idx[bounds[i] : bounds[i + 1]]
-        out[name] = (list(map(keys.__getitem__, part)), list(map(refs.__getitem__, part)))
+        out[name] = (list(map(keys.__getitem__, part)), list(map(refs.__getitem__, part)), None)
     return out
+
+
+def _strip(blob: bytes, strip: str) -> bytes:
+    """NUL-joined keys without the prefix ``strip`` that each has (as :func:`join_keys`)."""
+    if not strip:
+        return blob
+    head = strip.encode()
+    return blob[len(head) :].replace(b"\0" + head, b"\0")
 
 
 #: Boxes are copied as slices when their keys come in runs at least this long on average
@@ -364,11 +453,13 @@ async def _write_node(
     refs: _Refs,
     strip: str,
     prebuilt: NodeManifests | None = None,
+    blob: bytes | None = None,
 ) -> NodeManifests | None:
     """The node's new manifests: one new layer per box that changed.
 
     ``prebuilt`` layers (of the node's layout) go on top of their boxes, under
-    the layer of the box's chunk changes.
+    the layer of the box's chunk changes. ``blob`` is ``keys`` joined by NUL
+    (see :func:`group_by_node`), if the grouping made it.
     """
     if old is not None:
         encoding, split = old.encoding, old.split  # a layout is kept for the node's life
@@ -382,15 +473,18 @@ async def _write_node(
         for b, stack in prebuilt.boxes.items():
             boxes[b] = (*stack, *boxes.get(b, ()))
             stacked.append(b)
-    per_box: dict[str, tuple[list[str], _Refs]] = {}
+    per_box: dict[str, _Box] = {}
     if keys:
-        per_box = await asyncio.to_thread(_per_box, keys, refs, strip, encoding, split)
+        per_box = await asyncio.to_thread(_per_box, keys, refs, strip, encoding, split, blob)
     if strip and encoding is not None and encoding[1] != "/":
         strip = ""  # _per_box stripped the keys
     names = list(per_box)
     only_stacked = [b for b in stacked if b not in per_box]
     written = await asyncio.gather(
-        *(write_box(writer, node, b, boxes.get(b, ()), *per_box[b], strip) for b in names),
+        *(
+            write_box(writer, node, b, boxes.get(b, ()), k, r, strip, key_blob)
+            for b, (k, r, key_blob) in per_box.items()
+        ),
         *(stack_box(writer, node, b, boxes[b]) for b in only_stacked),
     )
     names += only_stacked

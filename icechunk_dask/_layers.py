@@ -65,18 +65,27 @@ class LayerWriter:
         return out
 
     async def write(
-        self, node: str, box: str, keys: list[str], refs: _Refs, strip: str = ""
+        self,
+        node: str,
+        box: str,
+        keys: list[str],
+        refs: _Refs,
+        strip: str = "",
+        key_blob: bytes | None = None,
     ) -> Layer:
         """Store the entries ``keys`` -> ``refs`` (distinct) as a new manifest.
 
-        ``strip`` is a prefix of every key that the manifest does not store.
+        ``strip`` is a prefix of every key that the manifest does not store;
+        ``key_blob`` is, if the caller has it, the keys as the manifest stores
+        them (``strip`` removed, joined by NUL, UTF-8).
         """
         mid = new_id()
 
         def encode() -> tuple[bytes, int]:
             columns = ref_columns(refs)
             if columns is not None:  # only references to chunk objects: straight from columns
-                return encode_manifest_columns(mid, node, box, keys, columns, strip), 0
+                data = encode_manifest_columns(mid, node, box, keys, columns, strip, key_blob)
+                return data, 0
             suffixes = [k[len(strip) :] for k in keys] if strip else keys
             n_del = sum(1 for r in refs if r is None)
             return encode_manifest(mid, node, box, dict(zip(suffixes, refs, strict=True))), n_del
@@ -95,6 +104,7 @@ async def write_box(
     keys: list[str],
     refs: _Refs,
     strip: str = "",
+    key_blob: bytes | None = None,
 ) -> tuple[Layer, ...]:
     """Write ``changes`` into a box whose layers are ``layers``; return the new layers.
 
@@ -110,6 +120,8 @@ async def write_box(
         The changed key suffixes (distinct) and their new references (``None``: deleted).
     strip : str
         A prefix every key of ``keys`` has, to remove to get the suffix.
+    key_blob : bytes, optional
+        The suffixes joined by NUL (UTF-8), if the caller has them.
 
     Returns
     -------
@@ -130,10 +142,10 @@ async def write_box(
     if not taken:  # a new layer of just the changes (the common case of big writes)
         if not rest and None in refs:  # nothing older to hide: tombstones can go
             pairs = [(k, r) for k, r in zip(keys, refs, strict=True) if r is not None]
-            keys, refs = [k for k, _ in pairs], [r for _, r in pairs]
+            keys, refs, key_blob = [k for k, _ in pairs], [r for _, r in pairs], None
         if not keys:
             return rest
-        return (await writer.write(node, box, keys, refs, strip), *rest)
+        return (await writer.write(node, box, keys, refs, strip, key_blob), *rest)
     merged = await writer.load(node, box, layers[:taken])
     suffixes = [k[len(strip) :] for k in keys] if strip else keys
     merged.update(zip(suffixes, refs, strict=True))

@@ -9,6 +9,8 @@ output, and the layout chosen for an array document.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ from icechunk_dask.format import (
     box_key,
     choose_split,
     group_boxes,
+    group_joined,
     parse_chunk_suffix,
 )
 from icechunk_dask.format._boxes import UNBOUNDED, _bulk_boxes
@@ -237,6 +240,74 @@ def test_grouping_keys_that_are_no_chunk_keys_goes_key_by_key() -> None:
     assert (names, parts) == ([FLAT], [[0, 1]])  # without ``lead`` the node path is no chunk key
     names, order, bounds = group_boxes(["g/c/3", "g/c/0"], DEFAULT, (2,), lead=1)
     assert (names, order.tolist(), bounds) == (["0", "1"], [1, 0], [0, 1, 2])
+
+
+# -- keys given joined by NUL ---------------------------------------------------------------
+
+
+def _joined(keys: list[str], encoding: tuple[str, str], split: tuple[int, ...], lead: int = 0):
+    return group_joined("\0".join(keys).encode(), len(keys), encoding, split, lead)
+
+
+@pytest.mark.parametrize("lead", [0, 1, 2])
+@pytest.mark.parametrize("encoding", [DEFAULT, ("v2", "/")])
+def test_joined_keys_group_as_the_keys_do(encoding: tuple[str, str], lead: int) -> None:
+    rng = np.random.default_rng(lead)
+    head = "/".join(["g\u00e9", "a"][:lead])  # a multi-byte character before the chunk key
+    c = "c/" if encoding == DEFAULT else ""
+    keys = [
+        f"{head}/{c}{i}/{j}/{k}".lstrip("/")
+        for i, j, k in rng.integers(0, [40, 1000, 3], size=(3000, 3))
+    ]
+    keys = list(dict.fromkeys(keys))
+    got = _joined(keys, encoding, (3, 100, 1), lead)
+    assert got is not None
+    names, order, bounds, offsets = got
+    want = group_boxes(keys, encoding, (3, 100, 1), lead=lead)
+    assert (names, order.tolist(), bounds) == (want[0], want[1].tolist(), want[2])
+    blob = "\0".join(keys).encode()
+    spans = pairwise(offsets.tolist())  # key i: from its start to the NUL before the next
+    assert [blob[a : b - 1].decode() for a, b in spans] == keys
+
+
+@pytest.mark.parametrize(
+    ("keys", "n", "lead"),
+    [
+        (["c/1/2", "c/x/2"], 2, 0),  # no chunk key
+        (["c/1/2", "zarr.json"], 2, 0),
+        (["c/1/2", ""], 2, 0),  # an empty key
+        (["", "c/1/2"], 2, 0),
+        (["c/1/2", "c/3/4"], 3, 0),  # fewer keys than said
+        (["c/1/2", "c/3/4"], 1, 0),  # more keys than said
+        (["c/1", "2/c/3/4"], 2, 0),  # a NUL where a separator belongs, tokens line up
+        (["c/1/2/c/3"], 2, 0),  # a separator where a NUL belongs
+        (["a/c/1/2"], 1, 0),  # the node path needs ``lead``
+        (["c/1/2"], 1, 1),
+    ],
+)
+def test_joined_keys_that_are_no_chunk_keys_give_none(keys: list[str], n: int, lead: int) -> None:
+    blob = "\0".join(keys).encode()
+    assert group_joined(blob, n, DEFAULT, (2, 2), lead) is None
+
+
+def test_joined_keys_need_the_slash_separator_and_a_known_encoding() -> None:
+    assert _joined(["c.1.2"], ("default", "."), (2, 2)) is None
+    assert _joined(["1.2"], V2, (2, 2)) is None
+    assert _joined(["c/1/2"], ("other", "/"), (2, 2)) is None
+    assert group_joined(b"", 0, DEFAULT, (2,)) is None
+    assert _joined(["c"], DEFAULT, ()) is None  # a zero-dimensional array: key by key
+
+
+def test_joined_keys_are_parsed_in_batches_of_whole_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_boxes, "_BATCH_BYTES", 8)  # about one key per batch
+    keys = [f"c/{i}/{i % 3}" for i in range(30)]
+    got = _joined(keys, DEFAULT, (4, 2))
+    assert got is not None
+    want = group_boxes(keys, DEFAULT, (4, 2))
+    assert (got[0], got[1].tolist(), got[2]) == (want[0], want[1].tolist(), want[2])
+    for bad in (0, 15, 29):  # a key that is no chunk key in the first, a middle, the last batch
+        for odd in ("c/x/0", "", "c/1/2/3", "c/1"):
+            assert _joined([*keys[:bad], odd, *keys[bad + 1 :]], DEFAULT, (4, 2)) is None
 
 
 # -- the layout of an array ----------------------------------------------------------------

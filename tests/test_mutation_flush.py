@@ -47,6 +47,7 @@ from icechunk_dask.format import (
     new_id,
 )
 from icechunk_dask.format._locate import node_of
+from icechunk_dask.format._refs_codec import join_keys
 
 _OID = new_id()
 
@@ -79,6 +80,12 @@ def _check(keys: list[str], arrays: frozenset[str]) -> dict[str, tuple[list[str]
         want = _expected(keys, arrays)[node]
         assert len(suffixes) == len(want)  # each key once (their order does not matter)
         assert dict(zip(suffixes, refs, strict=True)) == {s: chunks[keys[i]] for s, i in want}
+    # asked for the joins: the same grouping, and each join is its node's keys as they are
+    joined: dict[str, bytes] = {}
+    assert group_by_node(chunks, arrays, joined) == got
+    for node, blob in joined.items():
+        assert got[node][2] == (f"{node}/" if node else "")  # only nodes grouped in bulk
+        assert blob == "\0".join(got[node][0]).encode()
     return got
 
 
@@ -149,6 +156,43 @@ def test_bulk_nodes_are_found_with_the_views_arrays() -> None:
     # a root array first, then arrays under it: each split off in bulk
     got = _check(["c/0", "x/c/0", "y/c/0", "c/1", "x/c/1"], frozenset({"", "x", "y"}))
     assert (got[""][2], got["x"][2], got["y"][2]) == ("", "x/", "y/")
+
+
+def test_one_whole_array_is_taken_at_once_with_its_join() -> None:
+    """Every key in one array: the join tests the prefix; a sample that misses a stray key
+    does not fool it (the stray key sits between the sampled ones)."""
+    keys = [f"a/c/{i}" for i in range(1000)]
+    got = _check(keys, frozenset({"a"}))
+    assert got["a"][0] == keys and got["a"][2] == "a/"
+    for stray in ("a/x", "b/c/0", "a/c", "a\0/c/1"):
+        odd = [*keys[:501], stray, *keys[501:]]  # not among the 64 sampled keys
+        got = _check(odd, frozenset({"a", "b"}))
+        assert len(got["a"][0]) == 1000 + stray.startswith("a/")
+
+
+@pytest.mark.parametrize("bad", ["a/c/1\0", "a/c/\0/1", "a/c/\ud800"])
+def test_a_key_with_a_nul_or_that_utf8_cannot_encode_gets_no_join(bad: str) -> None:
+    for keys in ([f"a/c/{i}" for i in range(100)], [f"{n}/c/{i}" for i in range(9) for n in "ab"]):
+        keys = [*keys[:50], bad, *keys[50:]]
+        joined: dict[str, bytes] = {}
+        got = group_by_node(dict.fromkeys(keys), frozenset({"a", "b"}), joined)
+        assert bad in got["a"][0] and "a" not in joined
+        assert joined.get("b", b"") == "\0".join(got.get("b", ([], [], ""))[0]).encode()
+
+
+def test_a_bulk_node_that_gets_keys_one_by_one_loses_its_join() -> None:
+    keys = ["a/c/0", "a/c/1", "v2/0.0", "a/extra", "b/c/0"]
+    joined: dict[str, bytes] = {}
+    got = group_by_node(dict.fromkeys(keys), frozenset({"a", "b", "v2"}), joined)
+    assert got["a"][2] == "" and joined == {}
+    # a root array keeps its keys as they are, bulk or not: its join goes all the same
+    keys = ["c/0", "c/1", "v2/0.0", "x/y", "c/2"]
+    got = _check(keys, frozenset({"", "v2"}))
+    joined = {}
+    assert group_by_node(dict.fromkeys(keys), frozenset({"", "v2"}), joined) == {
+        n: (k, [None] * len(k), s) for n, (k, _, s) in got.items()
+    }
+    assert joined == {}
 
 
 # -- the commit's layout decisions (``_under``, ``_keeps_layout``, ``_layout_of``, ...) --------
@@ -264,23 +308,28 @@ def test_planned_layout() -> None:
 def test_per_box_groups_a_nodes_changes_by_box() -> None:
     refs: list[ChunkRef | None] = [_ref(i) for i in range(5)]
     keys = ["c/0", "c/3", "c/1", "zz", "c/2"]
-    assert _per_box(keys, refs, "", None, (2,)) == {"": (keys, refs)}
-    assert _per_box(keys, refs, "", ENC, None) == {"": (keys, refs)}
+    assert _per_box(keys, refs, "", None, (2,)) == {"": (keys, refs, None)}
+    assert _per_box(keys, refs, "", ENC, None) == {"": (keys, refs, None)}
     got = _per_box(keys, refs, "", ENC, (2,))
     assert got == {
-        "0": (["c/0", "c/1"], [refs[0], refs[2]]),
-        "1": (["c/3", "c/2"], [refs[1], refs[4]]),
-        "": (["zz"], [refs[3]]),
+        "0": (["c/0", "c/1"], [refs[0], refs[2]], None),
+        "1": (["c/3", "c/2"], [refs[1], refs[4]], None),
+        "": (["zz"], [refs[3]], None),
     }
     one = _per_box(["c/0", "c/1"], refs[:2], "", ENC, (4,))
-    assert one == {"0": (["c/0", "c/1"], refs[:2])}
+    assert one == {"0": (["c/0", "c/1"], refs[:2], None)}
     # whole keys with the node's prefix: kept with "/" separators, stripped first for "."
     whole = _per_box(["g/a/c/0", "g/a/c/5"], refs[:2], "g/a/", ENC, (4,))
-    assert whole == {"0": (["g/a/c/0"], [refs[0]]), "1": (["g/a/c/5"], [refs[1]])}
+    assert whole == {"0": (["g/a/c/0"], [refs[0]], None), "1": (["g/a/c/5"], [refs[1]], None)}
     dotted = _per_box(["g/a/c.0", "g/a/c.5"], refs[:2], "g/a/", ("default", "."), (4,))
-    assert dotted == {"0": (["c.0"], [refs[0]]), "1": (["c.5"], [refs[1]])}
+    assert dotted == {"0": (["c.0"], [refs[0]], None), "1": (["c.5"], [refs[1]], None)}
     single = _per_box(["g/a/c.0", "g/a/c.1"], refs[:2], "g/a/", ("default", "."), (4,))
-    assert single == {"0": (["c.0", "c.1"], refs[:2])}
+    assert single == {"0": (["c.0", "c.1"], refs[:2], None)}
+    # a "." encoding: the join cannot be parsed (it splits at "/"), the keys are, no blobs
+    joined = b"g/a/c.0\0g/a/c.5"
+    assert (
+        _per_box(["g/a/c.0", "g/a/c.5"], refs[:2], "g/a/", ("default", "."), (4,), joined) == dotted
+    )
 
 
 def _box_by_box(keys: list[str], refs: list[ChunkRef | None], split: tuple[int, ...]) -> dict:
@@ -310,8 +359,21 @@ def test_per_box_gives_each_box_its_keys_in_order_however_they_come(order: str) 
     # neighbours in the list stay neighbours in their box (copied as slices), unless shuffled
     assert (_runs(index, bounds) is not None) == (order != "shuffled")
     got = _per_box(keys, refs, "", ENC, (8, 8))
-    assert got == _box_by_box(keys, refs, (8, 8))
+    want = _box_by_box(keys, refs, (8, 8))
+    assert got == {b: (k, r, None) for b, (k, r) in want.items()}
     assert list(got) == names
+    # given the keys joined: the same boxes; each box's keys joined as its manifest stores
+    # them, sliced from the join where the box is made of runs (without "zz": bulk only)
+    keys.remove("zz")
+    refs = refs[: len(keys)]
+    head = "g/a/"
+    whole = [head + k for k in keys]
+    got = _per_box(whole, refs, head, ENC, (8, 8), "\0".join(whole).encode())
+    want = _box_by_box(keys, refs, (8, 8))
+    assert list(got) == group_boxes(keys, ENC, (8, 8))[0]
+    for box, (k, r, blob) in got.items():
+        assert k == [head + x for x in want[box][0]] and r == want[box][1]
+        assert blob == (None if order == "shuffled" else join_keys(k, head))
 
 
 def test_runs_stop_at_box_bounds_and_gaps() -> None:

@@ -142,6 +142,22 @@ def test_transaction_log_stored_form_and_round_trip() -> None:
     assert got.cleared == frozenset() and got.layers == {}
 
 
+def test_a_transaction_log_stores_the_joined_keys_it_is_given() -> None:
+    """The commit hands over its keys already joined, in parts: the same stored keys."""
+    log = TransactionLog("S", "P", set(), {"a/c/0", "a/c/1", "b/c/0"})
+    data = log.encode([b"b/c/0", b"a/c/1\0a/c/0"])
+    _, body = decode_object(data, "transactions/S", ObjectKind.TRANSACTION)
+    assert body == b"b/c/0\0a/c/1\0a/c/0"
+    assert TransactionLog.decode(data, "transactions/S") == log
+    for wrong in ([b"a/c/0\0a/c/1"], [b"a/c/0", b"a/c/1", b"b/c/0", b"x"], []):
+        with pytest.raises(ValueError, match="3 chunk keys"):
+            log.encode(wrong)
+    empty = TransactionLog("S", "P", set(), set())
+    assert empty.encode([]) == empty.encode()
+    with pytest.raises(ValueError, match="0 chunk keys"):
+        empty.encode([b"k"])
+
+
 def test_a_transaction_log_without_chunks() -> None:
     log = TransactionLog("S", "P", {"zarr.json"}, set())
     got = TransactionLog.decode(log.encode(), "transactions/S")

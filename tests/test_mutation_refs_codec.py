@@ -121,6 +121,11 @@ def test_the_columnar_form_is_pinned() -> None:
     assert cols is not None
     assert encode_ref_columns(["k0", "k1"], *cols) == data  # the default: nothing stripped
     assert encode_ref_columns(["p/k0", "p/k1"], *cols, strip="p/") == data
+    # the stored keys given joined: the same bytes; joins of another count are refused
+    assert encode_ref_columns(["p/k0", "p/k1"], *cols, strip="p/", key_blob=b"k0\0k1") == data
+    for wrong in (b"k0", b"k0\0k1\0k2"):
+        with pytest.raises(ValueError, match="not 2"):
+            encode_ref_columns(["k0", "k1"], *cols, key_blob=wrong)
 
 
 def test_the_general_form_is_pinned() -> None:

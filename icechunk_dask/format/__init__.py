@@ -9,6 +9,7 @@ from icechunk_dask.format._boxes import (
     box_key,
     choose_split,
     group_boxes,
+    group_joined,
     parse_chunk_suffix,
 )
 from icechunk_dask.format._envelope import (
@@ -81,6 +82,7 @@ __all__ = [
     "encode_scratch",
     "expiry_key",
     "group_boxes",
+    "group_joined",
     "key_id",
     "manifest_object_ids",
     "new_id",

@@ -28,6 +28,7 @@ __all__ = [
     "box_key",
     "choose_split",
     "group_boxes",
+    "group_joined",
     "parse_chunk_suffix",
 ]
 
@@ -105,23 +106,39 @@ def _bulk_boxes(
 def _batch_boxes(
     suffixes: Sequence[str], encoding: Encoding, split: Sequence[int], lead: int = 0
 ) -> np.ndarray | None:
-    """One batch of :func:`_bulk_boxes`.
-
-    Exactly :func:`parse_chunk_suffix`'s rule, on the keys' joined UTF-8 bytes
-    with NumPy: split at the separator (a byte no multi-byte character
-    contains), the tokens must line up as ``c``, then ``ndim`` ASCII digit
-    strings per key (default encoding), or ``ndim`` digit strings (v2).
-    """
+    """One batch of :func:`_bulk_boxes`."""
     name, sep = encoding
-    n, ndim = len(suffixes), len(split)
     if name not in ("default", "v2") or len(sep) != 1 or not sep.isascii():
         return None
     if lead and sep != "/":
         return None
+    data = np.frombuffer(sep.join(suffixes).encode(), dtype=np.uint8)
+    parsed = _parse_tokens(
+        data, len(suffixes), encoding, split, lead, np.flatnonzero(data == ord(sep))
+    )
+    return None if parsed is None else parsed[0]
+
+
+def _parse_tokens(
+    data: np.ndarray,
+    n: int,
+    encoding: Encoding,
+    split: Sequence[int],
+    lead: int,
+    cuts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Box indices of ``n`` keys whose bytes are ``data``, cut into tokens at ``cuts``.
+
+    Exactly :func:`parse_chunk_suffix`'s rule, with NumPy: the tokens must
+    line up as ``lead`` tokens to skip, then ``c`` (default encoding), then
+    ``ndim`` ASCII digit strings per key. A separator is a byte no multi-byte
+    character contains. Returns ``(boxes, key starts)``: each key's box index
+    (``(n, ndim)``) and the offset of its first byte in ``data``.
+    """
+    name = encoding[0]
+    ndim = len(split)
     first = lead + (1 if name == "default" else 0)  # the first coordinate's token
     width = first + ndim
-    data = np.frombuffer(sep.join(suffixes).encode(), dtype=np.uint8)
-    cuts = np.flatnonzero(data == ord(sep))
     if len(cuts) + 1 != n * width:
         return None
     starts = np.concatenate(([0], cuts + 1))  # token i is data[starts[i]:ends[i]]
@@ -154,7 +171,69 @@ def _batch_boxes(
                 values += np.where(inside, digit, np.uint8(0))
         if parse:
             out[:, d] = values // extent
-    return out
+    return out, starts[::width]
+
+
+#: Bytes of joined keys parsed per batch by :func:`group_joined` (bounds its temporaries).
+_BATCH_BYTES = 1 << 21
+
+
+def _joined_boxes(
+    blob: bytes, n: int, encoding: Encoding, split: Sequence[int], lead: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`_bulk_boxes` for keys joined by NUL: ``(boxes, offsets)`` or ``None``.
+
+    ``offsets[i]`` is where key ``i`` starts in ``blob``; ``offsets[n]`` is
+    ``len(blob) + 1`` (past the NUL that would follow the last key).
+    """
+    name, sep = encoding
+    ndim = len(split)
+    if n == 0 or ndim == 0 or name not in ("default", "v2") or sep != "/":
+        return None
+    width = lead + (1 if name == "default" else 0) + ndim  # tokens per key
+    boxes = np.empty((n, ndim), dtype=np.int64)
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[n] = len(blob) + 1
+    lo = done = 0
+    while True:
+        hi = blob.find(b"\0", lo + _BATCH_BYTES)
+        hi = len(blob) if hi < 0 else hi  # the batch is blob[lo:hi], whole keys
+        if hi == lo:
+            return None  # an empty key
+        data = np.frombuffer(blob, dtype=np.uint8, count=hi - lo, offset=lo)
+        cuts = np.flatnonzero((data == ord(sep)) | (data == 0))
+        count = int(np.count_nonzero(data[cuts] == 0)) + 1
+        if done + count > n:
+            return None
+        parsed = _parse_tokens(data, count, encoding, split, lead, cuts)
+        if parsed is None:
+            return None
+        part, starts = parsed
+        if count > 1 and not (data[cuts[width - 1 :: width]] == 0).all():
+            return None  # a NUL where a separator belongs (the token count matched by chance)
+        boxes[done : done + count] = part
+        offsets[done : done + count] = starts + lo
+        done += count
+        lo = hi + 1
+        if hi == len(blob):
+            break
+    return (boxes, offsets) if done == n else None
+
+
+def group_joined(
+    blob: bytes, n: int, encoding: Encoding, split: Sequence[int], lead: int = 0
+) -> tuple[list[str], np.ndarray, list[int], np.ndarray] | None:
+    """:func:`group_boxes` for ``n`` keys given joined by NUL (UTF-8), in bulk only.
+
+    The encoding's separator must be ``/``. Returns ``(box keys, order,
+    bounds, offsets)``, ``offsets`` as :func:`_joined_boxes` gives them, or
+    ``None`` when a key is not a chunk key (the caller groups the keys one by
+    one with :func:`group_boxes`).
+    """
+    parsed = _joined_boxes(blob, n, encoding, split, lead)
+    if parsed is None:
+        return None
+    return (*_group_rows(parsed[0]), parsed[1])
 
 
 def group_boxes(
@@ -183,6 +262,12 @@ def group_boxes(
         for b in names:
             bounds.append(bounds[-1] + len(groups[b]))
         return names, order, bounds
+    return _group_rows(boxes)
+
+
+def _group_rows(boxes: np.ndarray) -> tuple[list[str], np.ndarray, list[int]]:
+    """Group the rows of ``boxes`` (one box index per key): ``(box keys, order, bounds)``."""
+    n = len(boxes)
     extents = tuple(int(e) for e in boxes.max(axis=0) + 1)
     total = math.prod(extents)
     if total <= n + 2**16:  # few possible boxes (memory as for ``flat``): count, no sort

@@ -62,13 +62,15 @@ def encode_manifest_columns(
     suffixes: Sequence[str],
     columns: tuple[bytes, np.ndarray, np.ndarray, np.ndarray],
     strip: str = "",
+    key_blob: bytes | None = None,
 ) -> bytes:
     """Encode a layer of references to chunk objects given as columns (no tombstones).
 
-    ``suffixes`` may be whole keys with the prefix ``strip`` that is not stored.
+    ``suffixes`` may be whole keys with the prefix ``strip`` that is not stored;
+    ``key_blob``, if given, is the stored suffixes joined by NUL (UTF-8).
     """
     header = _header(mid, node, box, len(suffixes), 0)
-    body = encode_ref_columns(suffixes, *columns, strip=strip)
+    body = encode_ref_columns(suffixes, *columns, strip=strip, key_blob=key_blob)
     return encode_object(ObjectKind.MANIFEST, header, body)
 
 

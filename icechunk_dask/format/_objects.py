@@ -21,7 +21,7 @@ read from another key is reported as damage, never used.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,8 +161,17 @@ class TransactionLog:
     cleared: AbstractSet[str] = frozenset()
     layers: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
 
-    def encode(self) -> bytes:
-        """Return the stored form."""
+    def encode(self, joined: Sequence[bytes] | None = None) -> bytes:
+        """Return the stored form.
+
+        ``joined`` may give the chunk keys already joined by NUL (UTF-8), in
+        parts (each part holding whole keys; any order): the commit has them.
+        """
+        n = len(self.chunk_keys)
+        if joined is None:
+            keys = "\0".join(self.chunk_keys).encode()
+        elif (keys := b"\0".join(joined)).count(b"\0") + 1 != n and (n or keys):
+            raise ValueError(f"the joined keys are not the transaction's {n} chunk keys")
         header: dict[str, Any] = {
             "snapshot": self.snapshot_id,
             "parent": self.parent_id,
@@ -174,7 +183,7 @@ class TransactionLog:
             header["layers"] = {
                 n: {b: list(i) for b, i in bx.items()} for n, bx in self.layers.items()
             }
-        return encode_object(ObjectKind.TRANSACTION, header, "\0".join(self.chunk_keys).encode())
+        return encode_object(ObjectKind.TRANSACTION, header, keys)
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> TransactionLog:

@@ -103,14 +103,19 @@ def encode_ref_columns(
     lengths: np.ndarray,
     checksums: np.ndarray,
     strip: str = "",
+    key_blob: bytes | None = None,
 ) -> bytes:
     """Encode references to chunk objects given as columns (see :func:`ref_columns`).
 
     ``id_blob`` is the ids as :func:`ref_columns` gives them; ``strip`` is a
-    prefix that every key has and that is not stored.
+    prefix that every key has and that is not stored; ``key_blob``, if given,
+    is what :func:`join_keys` would make of ``keys`` and ``strip``.
     """
     n = len(keys)
-    key_blob = join_keys(keys, strip)
+    if key_blob is None:
+        key_blob = join_keys(keys, strip)
+    elif n and (held := key_blob.count(b"\0") + 1) != n:
+        raise ValueError(f"key_blob holds {held} keys, not {n}")
     return b"".join(
         (
             _COUNTS.pack(n, len(key_blob), len(id_blob), 0),
