@@ -23,12 +23,13 @@ import json
 import operator
 import re
 from collections.abc import Collection
+from functools import partial
 from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from icechunk_dask._layers import LayerWriter, stack_box, write_box
+from icechunk_dask._layers import KeyBlob, LayerWriter, stack_box, write_box
 from icechunk_dask._manifests import load_node
 from icechunk_dask._prebuilt import layered_keys
 from icechunk_dask.format import (
@@ -329,7 +330,7 @@ async def write_snapshot(
     return snap
 
 
-_Box = tuple[list[str], _Refs, bytes | None]
+_Box = tuple[list[str], _Refs, KeyBlob | None]
 
 
 def _per_box(
@@ -344,9 +345,9 @@ def _per_box(
 
     ``keys`` keep the prefix ``strip`` (every key has it) when the grouping
     can skip it in bulk; the result's keys keep it too. ``blob`` is ``keys``
-    joined by NUL (see :func:`group_by_node`): parsed instead of the keys, and
-    sliced into each box's keys as its manifest stores them (``strip`` removed),
-    the third item of a box (``None``: the manifest joins the keys itself).
+    joined by NUL (see :func:`group_by_node`): parsed instead of the keys; the
+    third item of a box makes its keys as its manifest stores them out of it
+    (``strip`` removed), by slices (``None``: the manifest joins the keys).
     """
     if split is None or encoding is None:
         return {FLAT: (keys, refs, None)}
@@ -354,6 +355,7 @@ def _per_box(
     grouped = None
     if blob is not None and encoding[1] == "/":
         grouped = group_joined(blob, len(keys), encoding, split, lead=lead)
+    offsets = None
     if grouped is None:
         blob = None
         if strip and encoding[1] != "/":  # the bulk parser splits at "/" only: strip first
@@ -361,25 +363,27 @@ def _per_box(
         names, order, bounds = group_boxes(keys, encoding, split, lead=lead)
     else:
         names, order, bounds, offsets = grouped
+        del grouped
     if len(names) == 1:
-        return {names[0]: (keys, refs, None if blob is None else _strip(blob, strip))}
+        return {names[0]: (keys, refs, None if blob is None else partial(_strip, blob, strip))}
     runs = _runs(order, bounds)
     out: dict[str, _Box] = {}
     if runs is not None:  # boxes made of runs of neighbouring keys: copy slices
         starts, ends, first = runs
-        if blob is not None:  # each run's bytes: from its first key's start to its last's end
-            byte_lo = offsets[starts].tolist()
-            byte_hi = (offsets[ends] - 1).tolist()
+        if blob is not None and offsets is not None:  # each run's bytes: first to last key
+            byte_lo = offsets[starts]
+            byte_hi = offsets[ends] - 1
+        del order, offsets  # 8 bytes a key each: gone before the boxes' lists grow
         for i, name in enumerate(names):
             box_keys: list[str] = []
             box_refs: _Refs = []
-            span = range(first[i], first[i + 1])
-            for run in span:
+            for run in range(first[i], first[i + 1]):
                 box_keys += keys[starts[run] : ends[run]]
                 box_refs += refs[starts[run] : ends[run]]
             box_blob = None
             if blob is not None:
-                box_blob = _strip(b"\0".join([blob[byte_lo[r] : byte_hi[r]] for r in span]), strip)
+                lo, hi = byte_lo[first[i] : first[i + 1]], byte_hi[first[i] : first[i + 1]]
+                box_blob = partial(_spans, blob, lo, hi, strip)
             out[name] = (box_keys, box_refs, box_blob)
         return out
     idx = order.tolist()
@@ -387,6 +391,12 @@ def _per_box(
         part = idx[bounds[i] : bounds[i + 1]]
         out[name] = (list(map(keys.__getitem__, part)), list(map(refs.__getitem__, part)), None)
     return out
+
+
+def _spans(blob: bytes, lo: np.ndarray, hi: np.ndarray, strip: str) -> bytes:
+    """The byte spans ``blob[lo[i]:hi[i]]`` (whole keys) joined by NUL, without ``strip``."""
+    parts = map(blob.__getitem__, map(slice, lo.tolist(), hi.tolist()))
+    return _strip(b"\0".join(parts), strip)
 
 
 def _strip(blob: bytes, strip: str) -> bytes:

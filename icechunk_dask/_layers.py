@@ -15,7 +15,7 @@ merge reaches the box's oldest layer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from icechunk_dask._assets import AssetManager
 from icechunk_dask.format import (
@@ -27,9 +27,14 @@ from icechunk_dask.format import (
     ref_columns,
 )
 
-__all__ = ["MERGE_BUDGET", "LayerWriter", "stack_box", "write_box"]
+__all__ = ["MERGE_BUDGET", "KeyBlob", "LayerWriter", "stack_box", "write_box"]
 
 _Refs = list[ChunkRef | None]
+
+#: A layer's keys as its manifest stores them (prefix removed, joined by NUL, UTF-8), or a
+#: function that makes them: called in the encoding thread, so that only the layers being
+#: encoded hold theirs.
+KeyBlob = bytes | Callable[[], bytes]
 
 #: A new layer absorbs the newest layers while their size is at most this many times its own.
 MERGE_BUDGET = 2
@@ -71,20 +76,21 @@ class LayerWriter:
         keys: list[str],
         refs: _Refs,
         strip: str = "",
-        key_blob: bytes | None = None,
+        key_blob: KeyBlob | None = None,
     ) -> Layer:
         """Store the entries ``keys`` -> ``refs`` (distinct) as a new manifest.
 
         ``strip`` is a prefix of every key that the manifest does not store;
         ``key_blob`` is, if the caller has it, the keys as the manifest stores
-        them (``strip`` removed, joined by NUL, UTF-8).
+        them (see :data:`KeyBlob`).
         """
         mid = new_id()
 
         def encode() -> tuple[bytes, int]:
             columns = ref_columns(refs)
             if columns is not None:  # only references to chunk objects: straight from columns
-                data = encode_manifest_columns(mid, node, box, keys, columns, strip, key_blob)
+                blob = key_blob() if callable(key_blob) else key_blob
+                data = encode_manifest_columns(mid, node, box, keys, columns, strip, blob)
                 return data, 0
             suffixes = [k[len(strip) :] for k in keys] if strip else keys
             n_del = sum(1 for r in refs if r is None)
@@ -104,7 +110,7 @@ async def write_box(
     keys: list[str],
     refs: _Refs,
     strip: str = "",
-    key_blob: bytes | None = None,
+    key_blob: KeyBlob | None = None,
 ) -> tuple[Layer, ...]:
     """Write ``changes`` into a box whose layers are ``layers``; return the new layers.
 
@@ -120,8 +126,8 @@ async def write_box(
         The changed key suffixes (distinct) and their new references (``None``: deleted).
     strip : str
         A prefix every key of ``keys`` has, to remove to get the suffix.
-    key_blob : bytes, optional
-        The suffixes joined by NUL (UTF-8), if the caller has them.
+    key_blob : bytes or callable, optional
+        The suffixes joined by NUL (UTF-8), or what makes them (:data:`KeyBlob`).
 
     Returns
     -------

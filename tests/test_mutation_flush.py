@@ -373,7 +373,16 @@ def test_per_box_gives_each_box_its_keys_in_order_however_they_come(order: str) 
     assert list(got) == group_boxes(keys, ENC, (8, 8))[0]
     for box, (k, r, blob) in got.items():
         assert k == [head + x for x in want[box][0]] and r == want[box][1]
-        assert blob == (None if order == "shuffled" else join_keys(k, head))
+        if order == "shuffled":
+            assert blob is None
+        else:  # made when the manifest is encoded
+            assert callable(blob) and blob() == join_keys(k, head)
+    # one box: its keys are the join as it is, less the prefix
+    k, r, blob = _per_box(
+        whole[:2], refs[:2], head, ENC, (100, 100), "\0".join(whole[:2]).encode()
+    )["0.0"]
+    assert (k, r) == (whole[:2], refs[:2]) and callable(blob)
+    assert blob() == join_keys(whole[:2], head)
 
 
 def test_runs_stop_at_box_bounds_and_gaps() -> None:

@@ -192,7 +192,7 @@ def _joined_boxes(
         return None
     width = lead + (1 if name == "default" else 0) + ndim  # tokens per key
     boxes = np.empty((n, ndim), dtype=np.int64)
-    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets = np.empty(n + 1, dtype=np.uint32 if len(blob) < 2**32 - 1 else np.int64)
     offsets[n] = len(blob) + 1
     lo = done = 0
     while True:
