@@ -400,7 +400,7 @@ def _spans(blob: bytes, lo: np.ndarray, hi: np.ndarray, strip: str) -> bytes:
 
 
 def _strip(blob: bytes, strip: str) -> bytes:
-    """NUL-joined keys without the prefix ``strip`` that each has (as :func:`join_keys`)."""
+    """NUL-joined keys without the prefix ``strip`` that each has (as ``format.join_keys`` makes them)."""
     if not strip:
         return blob
     head = strip.encode()
