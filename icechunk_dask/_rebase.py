@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Iterable
 
 from icechunk_dask._assets import AssetManager
+from icechunk_dask._bynode import group_by_node
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._diff import chunk_coordinates
 from icechunk_dask._exceptions import (
@@ -29,7 +30,6 @@ from icechunk_dask._exceptions import (
     NotFoundError,
     RebaseFailedError,
 )
-from icechunk_dask._flush import group_by_node
 from icechunk_dask._prebuilt import box_entries, materialize
 from icechunk_dask.format import Layer, Snapshot, TransactionLog
 from icechunk_dask.format._locate import array_paths, node_of

@@ -1,4 +1,4 @@
-"""Grouping a commit's chunk changes by node (``_flush.group_by_node``), exactly.
+"""Grouping a commit's chunk changes by node (``_bynode.group_by_node``), exactly.
 
 ``group_by_node`` has a bulk path (prefix tests over all keys, for arrays in
 Zarr's default key encoding) and a per-directory path; both must give exactly
@@ -18,6 +18,7 @@ import pytest
 import zarr
 
 from icechunk_dask import CorruptObjectError, Repository, RepositoryConfig, in_memory_storage
+from icechunk_dask._bynode import group_by_node
 from icechunk_dask._changeset import ChangeSet
 from icechunk_dask._flush import (
     _keeps_layout,
@@ -28,7 +29,6 @@ from icechunk_dask._flush import (
     _runs,
     _under,
     _write_node,
-    group_by_node,
     planned_layout,
     write_snapshot,
 )
