@@ -143,6 +143,16 @@ def test_a_key_named_c_and_directories_seen_twice() -> None:
     assert group_by_node({}, frozenset({"a"})) == {}
 
 
+@pytest.mark.parametrize(
+    "keys", [["a/c/0", "a/c/c", "a/c/1"], ["a/c/c", "a/c/0", "a/c/1"]], ids=["0-first", "c-first"]
+)
+def test_one_directory_two_nodes_when_a_key_is_named_c(keys: list[str]) -> None:
+    # with no array named: "a/c/0" belongs to "a", "a/c/c" to "a/c" (a 0-d array's chunk),
+    # so the directory "a/c" must not be memoized from, or looked up for, the key named "c"
+    got = _check(keys, frozenset())
+    assert sorted(got["a"][0]) == ["c/0", "c/1"] and got["a/c"][0] == ["c"]
+
+
 def test_an_array_inside_another_arrays_c_directory_is_never_taken_in_bulk() -> None:
     # "a/c/x" is an array under "a": a bulk split of "a/c/" would take its keys
     _check(["a/c/0", "a/c/x/c/0", "a/c/1", "a/c/x/c/1"], frozenset({"a", "a/c/x"}))
