@@ -43,6 +43,7 @@ from icechunk_dask.format import (
     new_id,
 )
 from icechunk_dask.format._locate import array_paths
+from icechunk_dask.format._refs_codec import strip_joined
 
 if TYPE_CHECKING:
     from icechunk_dask._assets import AssetManager
@@ -258,7 +259,9 @@ def _per_box(
         names, order, bounds, offsets = grouped
         del grouped
     if len(names) == 1:
-        return {names[0]: (keys, refs, None if blob is None else partial(_strip, blob, strip))}
+        return {
+            names[0]: (keys, refs, None if blob is None else partial(strip_joined, blob, strip))
+        }
     runs = _runs(order, bounds)
     out: dict[str, _Box] = {}
     if runs is not None:  # boxes made of runs of neighbouring keys: copy slices
@@ -289,15 +292,7 @@ def _per_box(
 def _spans(blob: bytes, lo: np.ndarray, hi: np.ndarray, strip: str) -> bytes:
     """The byte spans ``blob[lo[i]:hi[i]]`` (whole keys) joined by NUL, without ``strip``."""
     parts = map(blob.__getitem__, map(slice, lo.tolist(), hi.tolist()))
-    return _strip(b"\0".join(parts), strip)
-
-
-def _strip(blob: bytes, strip: str) -> bytes:
-    """NUL-joined keys without the prefix ``strip`` that each has (as ``format.join_keys`` makes them)."""
-    if not strip:
-        return blob
-    head = strip.encode()
-    return blob[len(head) :].replace(b"\0" + head, b"\0")
+    return strip_joined(b"\0".join(parts), strip)
 
 
 #: Boxes are copied as slices when their keys come in runs at least this long on average

@@ -30,6 +30,7 @@ __all__ = [
     "object_ids",
     "ref_columns",
     "same_chunk",
+    "strip_joined",
 ]
 
 ChunkRef = tuple[str | bytes, int, int, int]
@@ -90,10 +91,15 @@ def join_keys(keys: Sequence[str], strip: str = "") -> bytes:
 
     Stripping the joined string in C spares one Python string per key.
     """
-    blob = "\0".join(keys)
-    if strip and keys:
-        blob = blob[len(strip) :].replace("\0" + strip, "\0")
-    return blob.encode()
+    return strip_joined("\0".join(keys).encode(), strip)
+
+
+def strip_joined(blob: bytes, strip: str) -> bytes:
+    """NUL-joined keys (UTF-8) without the prefix ``strip`` that each of them has."""
+    if not strip:
+        return blob
+    head = strip.encode()
+    return blob[len(head) :].replace(b"\0" + head, b"\0")
 
 
 def encode_ref_columns(
